@@ -1,0 +1,54 @@
+"""colorquant: reduce an image's colors with mini-batch k-means, exactly and reproducibly.
+
+The public API is imported lazily, so ``import colorquant`` (and the command's ``--help``)
+does not pay for numpy, Pillow or scikit-learn until they are used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ColorSpace",
+    "ColorquantError",
+    "ImageTooLargeError",
+    "InputError",
+    "OutputError",
+    "Palette",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "__version__",
+    "quantize",
+    "quantize_file",
+    "quantize_image",
+]
+
+_WHERE = {
+    "ColorSpace": "options",
+    "QuantizeOptions": "options",
+    "ColorquantError": "errors",
+    "ImageTooLargeError": "errors",
+    "InputError": "errors",
+    "OutputError": "errors",
+    "Palette": "palette",
+    "QuantizeResult": "pipeline",
+    "quantize": "pipeline",
+    "quantize_file": "pipeline",
+    "quantize_image": "pipeline",
+}
+
+if TYPE_CHECKING:
+    from .errors import ColorquantError, ImageTooLargeError, InputError, OutputError
+    from .options import ColorSpace, QuantizeOptions
+    from .palette import Palette
+    from .pipeline import QuantizeResult, quantize, quantize_file, quantize_image
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

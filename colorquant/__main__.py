@@ -1,0 +1,5 @@
+"""``python -m colorquant``."""
+
+from .cli import main
+
+main()

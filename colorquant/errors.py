@@ -1,0 +1,27 @@
+"""Exception types raised by the colorquant library.
+
+The library never prints or exits; the command line turns these into
+``Error: …`` lines and exit codes (see :mod:`colorquant.report`).
+"""
+
+from __future__ import annotations
+
+
+class ColorquantError(Exception):
+    """Base class of every error colorquant raises on purpose."""
+
+
+class InputError(ColorquantError):
+    """An input could not be read as an image (missing, not an image, corrupt, truncated)."""
+
+
+class ImageTooLargeError(InputError):
+    """An input declares more pixels than the configured limit (a decompression bomb guard)."""
+
+
+class OutputError(ColorquantError):
+    """An output could not be written (bad folder, no permission, unknown format)."""
+
+
+class PaletteError(ColorquantError):
+    """A palette file could not be read or written."""

@@ -1,0 +1,58 @@
+"""The options of one quantization run, as one frozen, validated value."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+MIN_COLORS = 2
+MAX_COLORS = 256
+#: Default pixel limit: room for 100-megapixel photos, far below a decompression bomb.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+class ColorSpace(enum.Enum):
+    """The space in which k-means measures distance."""
+
+    RGB = "rgb"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Everything that decides the output of a run; equal options give identical bytes.
+
+    Parameters
+    ----------
+    colors : int
+        Palette size N, from 2 to 256.
+    seed : int
+        Seed for every random choice (k-means initialisation, mini-batches, plot sampling).
+    space : ColorSpace
+        Color space of the fit and of the nearest-color search.
+    compress_level : int
+        zlib level for PNG output, 0 (fast, large) to 9 (slow, small).
+    max_pixels : int
+        Refuse inputs with more pixels than this (decompression bombs).
+    """
+
+    colors: int = 16
+    seed: int = 0
+    space: ColorSpace = ColorSpace.RGB
+    compress_level: int = 6
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.colors, bool) or not isinstance(self.colors, int):
+            raise ValueError(f"colors must be an integer, got {self.colors!r}")
+        if not MIN_COLORS <= self.colors <= MAX_COLORS:
+            raise ValueError(
+                f"colors must be between {MIN_COLORS} and {MAX_COLORS}, got {self.colors}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.space, ColorSpace):
+            raise ValueError(f"space must be a ColorSpace, got {self.space!r}")
+        if not 0 <= self.compress_level <= 9:
+            raise ValueError(f"compress_level must be between 0 and 9, got {self.compress_level}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")

@@ -1,0 +1,84 @@
+"""The palette: a frozen value of colors and their pixel counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _frozen(array: np.ndarray, dtype: type, ndim: int, name: str) -> np.ndarray:
+    """A read-only copy of ``array`` with the given dtype and number of dimensions."""
+    out = np.array(array, dtype=dtype, copy=True)
+    if out.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {out.shape}")
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Palette:
+    """An ordered set of colors with the number of pixels each one stands for.
+
+    Parameters
+    ----------
+    colors : ndarray of uint8, shape (k, 3) or (k, 4)
+        sRGB(A) colors; the index of a color is its index in the output image.
+    counts : ndarray of int64, shape (k,)
+        Pixels mapped to each color (zeros for a palette not yet applied).
+    """
+
+    colors: np.ndarray
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        colors = _frozen(self.colors, np.uint8, 2, "colors")
+        if colors.shape[1] not in (3, 4):
+            raise ValueError(f"colors must have 3 or 4 channels, got shape {colors.shape}")
+        if not 1 <= len(colors) <= 256:
+            raise ValueError(f"a palette holds 1 to 256 colors, got {len(colors)}")
+        counts = _frozen(self.counts, np.int64, 1, "counts")
+        if counts.shape != (len(colors),):
+            raise ValueError(f"counts must have shape ({len(colors)},), got {counts.shape}")
+        object.__setattr__(self, "colors", colors)
+        object.__setattr__(self, "counts", counts)
+
+    def __len__(self) -> int:
+        return len(self.colors)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Palette):
+            return NotImplemented
+        return np.array_equal(self.colors, other.colors) and np.array_equal(
+            self.counts, other.counts
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def has_alpha(self) -> bool:
+        """Whether the colors carry an alpha channel."""
+        return self.colors.shape[1] == 4
+
+    @property
+    def total(self) -> int:
+        """Pixels counted over the whole palette."""
+        return int(self.counts.sum())
+
+    def hex(self) -> list[str]:
+        """Colors as ``#rrggbb`` (or ``#rrggbbaa``) strings, in palette order."""
+        return ["#" + bytes(c).hex() for c in self.colors]
+
+    def shares(self) -> np.ndarray:
+        """Fraction of pixels per color (float64, sums to 1 when counts are known)."""
+        total = self.total
+        return self.counts / total if total else np.zeros(len(self), dtype=np.float64)
+
+    def frequency_order(self) -> np.ndarray:
+        """Permutation that sorts by descending count, ties by color value (deterministic)."""
+        channels = [self.colors[:, c] for c in range(self.colors.shape[1] - 1, -1, -1)]
+        return np.lexsort([*channels, -self.counts])
+
+    def take(self, order: np.ndarray) -> Palette:
+        """The palette with its entries picked (and reordered) by ``order``."""
+        return Palette(self.colors[order], self.counts[order])

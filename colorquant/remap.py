@@ -1,0 +1,38 @@
+"""Nearest palette color for each distinct color, computed exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Rows per block of the distance computation: bounds memory to CHUNK × k floats.
+CHUNK = 1 << 15
+
+
+def nearest(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center for every point (squared Euclidean distance).
+
+    Uses ``argmin_j(|c_j|^2 - 2 x·c_j)`` with one matrix product per block. With the whole-
+    number float32 coordinates of :meth:`RGBSpace.metric` every term is an integer below
+    2**24, so the result is exact; ties go to the lowest index.
+
+    Parameters
+    ----------
+    points : ndarray of float32, shape (m, C)
+    centers : ndarray of float32, shape (k, C), k <= 256
+
+    Returns
+    -------
+    ndarray of uint8, shape (m,)
+    """
+    points = np.asarray(points, dtype=np.float32)
+    centers = np.asarray(centers, dtype=np.float32)
+    if len(centers) > 256:
+        raise ValueError(f"at most 256 centers, got {len(centers)}")
+    norms = np.einsum("ij,ij->i", centers, centers)
+    minus_twice = -2.0 * centers.T
+    out = np.empty(len(points), dtype=np.uint8)
+    for start in range(0, len(points), CHUNK):
+        scores = points[start : start + CHUNK] @ minus_twice
+        scores += norms
+        out[start : start + CHUNK] = scores.argmin(axis=1)
+    return out

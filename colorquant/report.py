@@ -1,0 +1,52 @@
+"""Exit codes, decided in one place, and the tally of a batch."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ExitCode(enum.IntEnum):
+    """Documented exit codes of the ``colorquant`` command."""
+
+    OK = 0
+    #: One or more inputs failed (unreadable, corrupt, too large, unwritable output).
+    FAILURE = 1
+    #: The command line is wrong (bad option value, unknown extension, output = input).
+    USAGE = 2
+    #: ``--no-clobber`` refused to replace an existing output (pngquant uses 15 too).
+    NOT_OVERWRITTEN = 15
+    #: Interrupted by Ctrl-C or SIGTERM; no partial file is left.
+    INTERRUPTED = 130
+
+
+@dataclass
+class Report:
+    """What happened to each input of a run."""
+
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def done(self, path: str) -> None:
+        self.written.append(path)
+
+    def failure(self, path: str, reason: str) -> None:
+        self.failed.append((path, reason))
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Failures outrank refusals to overwrite, which outrank success."""
+        if self.failed:
+            return ExitCode.FAILURE
+        if self.skipped:
+            return ExitCode.NOT_OVERWRITTEN
+        return ExitCode.OK
+
+    def summary(self) -> str:
+        """One line, e.g. ``3 written, 1 failed, 0 skipped``."""
+        written, failed, skipped = len(self.written), len(self.failed), len(self.skipped)
+        return f"{written} written, {failed} failed, {skipped} skipped"

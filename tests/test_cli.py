@@ -1,0 +1,207 @@
+"""End-to-end: the installed ``colorquant`` command on real files, in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import palette_image, run
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def test_main_job_writes_image_plot_and_comparison(china, tmp_path):
+    out, plot, cmp = tmp_path / "out.png", tmp_path / "plot.png", tmp_path / "cmp.png"
+    proc = run(china, "-k", "16", "-o", out, "--plot", plot, "--compare", cmp)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b""
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.mode == "P"
+        assert im.size == Image.open(china).size
+        assert len(im.getcolors(256)) <= 16
+    for figure in (plot, cmp):
+        with Image.open(figure) as im:
+            im.load()
+            assert im.width > 400 and im.height > 300
+    assert listing(tmp_path) == ["cmp.png", "out.png", "plot.png"]
+
+
+def test_two_runs_give_identical_bytes(flower, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert run(flower, "-k", "12", "-o", a, "--seed", "5").returncode == 0
+    assert run(flower, "-k", "12", "-o", b, "--seed", "5").returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_plots_are_reproducible(small_png, tmp_path):
+    for name in ("p1", "p2"):
+        assert run(small_png, "-o", tmp_path / f"{name}.png", "--plot",
+                   tmp_path / f"{name}-plot.png").returncode == 0
+    assert (tmp_path / "p1-plot.png").read_bytes() == (tmp_path / "p2-plot.png").read_bytes()
+
+
+@pytest.mark.parametrize(("k", "bits"), [(2, 1), (4, 2), (9, 4), (16, 4), (17, 8), (200, 8)])
+def test_png_uses_smallest_bit_depth(tmp_path, k, bits):
+    rng = np.random.default_rng(k)
+    colors = np.unique(rng.integers(0, 256, (k * 2, 3), dtype=np.uint8), axis=0)[:k]
+    src = tmp_path / "src.png"
+    Image.fromarray(palette_image(colors, 30, 30, seed=k)).save(src)
+    out = tmp_path / "out.png"
+    assert run(src, "-k", str(k), "-o", out).returncode == 0
+    header = out.read_bytes()[:33]
+    assert header[24] == bits  # IHDR bit depth
+    assert header[25] == 3  # color type 3: indexed
+    with Image.open(out) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(Image.open(src)))
+
+
+def test_default_output_name(tmp_path, small_png):
+    proc = run(small_png, "-k", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert (small_png.parent / "small-8c.png").exists()
+
+
+def test_gif_output_is_indexed(tmp_path, small_png):
+    out = tmp_path / "out.gif"
+    assert run(small_png, "-k", "8", "-o", out).returncode == 0
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.mode == "P"
+        assert len(im.convert("RGB").getcolors(256)) <= 8
+
+
+def test_jpeg_output_warns(tmp_path, small_png):
+    out = tmp_path / "out.jpg"
+    proc = run(small_png, "-k", "8", "-o", out)
+    assert proc.returncode == 0
+    assert b"warning" in proc.stderr and b"adds colors" in proc.stderr
+    assert Image.open(out).mode == "RGB"
+    quiet = run(small_png, "-k", "8", "-o", out, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+def test_verbose_reports_palette_times_and_error(small_png, tmp_path):
+    proc = run(small_png, "-k", "4", "-o", tmp_path / "o.png", "-v")
+    assert proc.returncode == 0
+    text = proc.stderr.decode()
+    assert "PSNR" in text and "MSE" in text and "fit" in text
+    assert text.count("#") == 4 and "%" in text
+    assert proc.stdout == b""
+
+
+def test_help_and_version_are_fast_paths():
+    proc = run("--help")
+    assert proc.returncode == 0 and b"Examples:" in proc.stdout and b"--colors" in proc.stdout
+    proc = run("--version")
+    assert proc.returncode == 0 and b"colorquant" in proc.stdout
+    code = ("import sys; from colorquant.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numpy', 'PIL', 'sklearn', 'scipy', 'matplotlib') "
+            "if m in sys.modules]\nprint(heavy, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stderr.strip() == "[]"
+
+
+# --- errors: one line, right exit code, nothing written, existing output untouched ---------
+
+def assert_one_error_line(proc: subprocess.CompletedProcess[bytes], code: int, *needles: str):
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("Error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert proc.stdout == b""
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 80, 3), np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:500])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image at all")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    return {"missing": tmp_path / "missing.jpg", "directory": folder, "text": text,
+            "truncated": truncated, "empty": empty}
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("missing", "no such file"), ("directory", "directory"), ("text", "not a recognized image"),
+    ("truncated", "truncated"), ("empty", "not a recognized image"),
+])
+def test_bad_input_fails_cleanly(tmp_path, case, reason):
+    src = bad_inputs(tmp_path)[case]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "out.png"
+    proc = run(src, "-o", out)
+    assert_one_error_line(proc, 1, src.name, reason)
+    assert listing(out_dir) == []
+    out.write_bytes(b"existing")
+    proc = run(src, "-o", out)
+    assert proc.returncode == 1
+    assert out.read_bytes() == b"existing"
+    assert listing(out_dir) == ["out.png"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["-k", "1"], "--colors"), (["-k", "257"], "--colors"), (["-k", "many"], "--colors"),
+    (["-o", "{tmp}/out.xyz"], "unknown output extension"),
+    (["--plot", "{tmp}/plot.xyz"], "plot must be"),
+    (["-o", "{src}"], "same file as the input"),
+    (["--frobnicate"], "--frobnicate"),
+])
+def test_usage_errors_exit_2(tmp_path, small_png, args, needle):
+    before = listing(tmp_path)
+    original = small_png.read_bytes()
+    args = [a.format(tmp=tmp_path, src=small_png) for a in args]
+    proc = run(small_png, *args)
+    assert_one_error_line(proc, 2, needle)
+    assert listing(tmp_path) == before
+    assert small_png.read_bytes() == original
+
+
+def test_no_input_is_a_usage_error():
+    proc = run()
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("Error: ")
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "under-a-file"])
+def test_unwritable_output_fails_cleanly(tmp_path, small_png, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "nope" / "out.png" if where == "missing-folder" else blocker / "out.png"
+    proc = run(small_png, "-o", out)
+    assert_one_error_line(proc, 1, "out.png")
+    assert not out.exists()
+
+
+def test_interrupted_run_leaves_nothing(tmp_path, china):
+    """SIGTERM mid-run: exit 130, no output, no temporary file."""
+    import signal
+    import time
+
+    from tests.conftest import COMMAND
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    proc = subprocess.Popen([str(COMMAND), str(china), "-k", "64", "-o", str(out), "--plot",
+                             str(tmp_path / "plot.png")], stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert out.read_bytes() == b"keep me"
+    assert [p for p in listing(tmp_path) if p.endswith(".tmp")] == []

@@ -1,0 +1,47 @@
+import numpy as np
+
+from colorquant import fit
+from colorquant.colorspace import get_space
+from colorquant.options import ColorSpace
+
+RGB = get_space(ColorSpace.RGB)
+
+
+def test_recovers_well_separated_clusters():
+    rng = np.random.default_rng(3)
+    truth = np.array([[20, 20, 20], [230, 30, 40], [30, 200, 60], [40, 50, 220]])
+    noise = rng.integers(-3, 4, (4, 200, 3))
+    colors = np.clip(truth[:, None, :] + noise, 0, 255).reshape(-1, 3).astype(np.uint8)
+    colors, counts = np.unique(colors, axis=0, return_counts=True)
+    centers = fit.fit_centers(colors, counts, 4, seed=0, space=RGB)
+    assert centers.shape == (4, 3) and centers.dtype == np.uint8
+    for t in truth:
+        assert np.abs(centers.astype(int) - t).sum(axis=1).min() <= 6
+
+
+def test_same_seed_same_centers():
+    rng = np.random.default_rng(4)
+    colors = np.unique(rng.integers(0, 256, (5000, 3), dtype=np.uint8), axis=0)
+    counts = rng.integers(1, 50, len(colors))
+    a = fit.fit_centers(colors, counts, 16, seed=7, space=RGB)
+    b = fit.fit_centers(colors, counts, 16, seed=7, space=RGB)
+    assert np.array_equal(a, b)
+
+
+def test_reduce_points_keeps_weight_and_mean():
+    rng = np.random.default_rng(5)
+    colors = rng.integers(0, 256, (20000, 3), dtype=np.uint8)
+    weights = rng.integers(1, 10, len(colors)).astype(np.float64)
+    coords = RGB.encode(colors)
+    means, totals = fit.reduce_points(colors, weights, coords, k=16)
+    assert len(means) <= 32**3
+    assert np.isclose(totals.sum(), weights.sum())
+    overall = (coords * weights[:, None]).sum(0) / weights.sum()
+    assert np.allclose((means * totals[:, None]).sum(0) / totals.sum(), overall)
+    assert means.min() >= 0 and means.max() <= 1
+
+
+def test_weights_pull_centers():
+    colors = np.array([[0, 0, 0], [10, 0, 0], [200, 200, 200], [255, 255, 255]], dtype=np.uint8)
+    heavy = fit.fit_centers(colors, np.array([1000, 1, 1, 1]), 2, seed=0, space=RGB)
+    assert [0, 0, 0] in heavy.tolist()

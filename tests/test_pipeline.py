@@ -1,0 +1,139 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import colorquant
+from colorquant import QuantizeOptions, quantize_image
+from tests.conftest import palette_image, random_image
+
+
+def nearest_brute_force(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    d = ((pixels[:, None, :].astype(np.int64) - palette[None].astype(np.int64)) ** 2).sum(2)
+    return d.min(axis=1)
+
+
+@pytest.mark.parametrize(("k", "seed"), [(2, 0), (5, 1), (16, 2), (64, 3), (256, 4)])
+def test_every_pixel_gets_its_nearest_palette_color(k, seed):
+    array = random_image(40, 50, seed=seed)
+    result = quantize_image(array, k, seed=seed)
+    indices = np.asarray(result.image).reshape(-1)
+    colors = result.palette.colors
+    out = colors[indices]
+    flat = array.reshape(-1, 3)
+    chosen = ((flat.astype(np.int64) - out) ** 2).sum(1)
+    assert np.array_equal(chosen, nearest_brute_force(flat, colors))
+    assert len(colors) <= k
+    assert len(np.unique(out, axis=0)) == len(colors)  # every palette entry is used
+
+
+def test_photo_is_exact_too(china):
+    with Image.open(china) as im:
+        array = np.asarray(im.convert("RGB").resize((120, 90)))
+    result = quantize_image(array, 16)
+    flat = array.reshape(-1, 3)
+    out = result.palette.colors[np.asarray(result.image).reshape(-1)]
+    assert np.array_equal(((flat.astype(np.int64) - out) ** 2).sum(1),
+                          nearest_brute_force(flat, result.palette.colors))
+
+
+@pytest.mark.parametrize("k", [2, 3, 16, 255, 256])
+def test_image_with_exactly_k_colors_comes_back_unchanged(k):
+    rng = np.random.default_rng(k)
+    colors = np.unique(rng.integers(0, 256, (k * 3, 3), dtype=np.uint8), axis=0)[:k]
+    assert len(colors) == k
+    array = palette_image(colors, 37, 41, seed=k)
+    result = quantize_image(array, k)
+    assert result.n_colors == k
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), array)
+    assert sorted(map(tuple, result.palette.colors.tolist())) == sorted(map(tuple, colors.tolist()))
+    assert result.mse == 0 and result.psnr == float("inf")
+
+
+def test_fewer_colors_than_k():
+    array = palette_image(np.array([[0, 0, 0], [255, 255, 255], [1, 2, 3]]), 10, 10, seed=0)
+    result = quantize_image(array, 16)
+    assert result.n_colors == 3
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), array)
+
+
+def test_palette_counts_and_order():
+    array = random_image(30, 30, seed=9)
+    result = quantize_image(array, 8)
+    counts = result.palette.counts
+    assert counts.sum() == 900
+    assert np.all(np.diff(counts) <= 0)
+    assert np.array_equal(np.bincount(np.asarray(result.image).reshape(-1), minlength=len(counts)),
+                          counts)
+
+
+def test_same_input_and_seed_same_result():
+    array = random_image(64, 64, seed=11)
+    a = quantize_image(array, 16, seed=3)
+    b = quantize_image(Image.fromarray(array), 16, seed=3)
+    assert a.palette == b.palette
+    assert a.image.tobytes() == b.image.tobytes()
+
+
+def test_quality_floor_on_sample(china):
+    with Image.open(china) as im:
+        result = quantize_image(im, 16)
+    assert result.psnr >= 26.0
+    assert result.n_colors == 16
+
+
+def test_mse_matches_a_direct_computation():
+    array = random_image(20, 25, seed=12)
+    result = quantize_image(array, 6)
+    out = np.asarray(result.image.convert("RGB")).astype(np.int64)
+    assert result.mse == pytest.approx(np.mean((out - array) ** 2))
+
+
+@pytest.mark.parametrize("bad", [
+    {"k": 1}, {"k": 257}, {"k": 2.5}, {"seed": -1}, {"compress_level": 10},
+])
+def test_bad_arguments_raise_value_error(bad):
+    k = bad.pop("k", 16)
+    with pytest.raises(ValueError):
+        quantize_image(random_image(4, 4, seed=0), k, **bad)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 4, 2), (4, 4, 5)])
+def test_bad_arrays_raise_value_error(shape):
+    with pytest.raises(ValueError):
+        quantize_image(np.zeros(shape, dtype=np.uint8), 4)
+
+
+def test_float_arrays_are_refused():
+    with pytest.raises(ValueError):
+        quantize_image(np.zeros((4, 4, 3), dtype=np.float64), 4)
+
+
+def test_options_are_frozen():
+    options = QuantizeOptions(colors=8)
+    with pytest.raises(AttributeError):
+        options.colors = 9  # type: ignore[misc]
+
+
+def test_public_api_is_lazy_and_complete():
+    code = (
+        "import sys, colorquant; "
+        "assert 'numpy' not in sys.modules, 'numpy imported eagerly'; "
+        "assert callable(colorquant.quantize_image) and callable(colorquant.quantize_file); "
+        "print(colorquant.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == colorquant.__version__
+
+
+def test_no_fit_needed_imports_no_scikit_learn():
+    code = (
+        "import sys, numpy as np; from colorquant import quantize_image; "
+        "a = np.zeros((8, 8, 3), np.uint8); a[::2] = 200; "
+        "r = quantize_image(a, 4); assert r.n_colors == 2; "
+        "print(any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,70 @@
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from colorquant import pixels
+
+
+@given(arrays(np.uint8, st.tuples(st.integers(0, 50), st.sampled_from([3, 4]))))
+def test_pack_unpack_round_trip(colors):
+    keys = pixels.pack(colors)
+    assert keys.dtype == np.uint32
+    assert np.array_equal(pixels.unpack(keys, colors.shape[1]), colors)
+
+
+def _keys(array: np.ndarray) -> np.ndarray:
+    image = Image.fromarray(array, "RGB")
+    return pixels.pixel_keys(image.tobytes("raw", "RGBX"))
+
+
+def test_keys_match_pillow_pixels():
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    keys = pixels.canonical(_keys(array), 3)
+    assert np.array_equal(pixels.unpack(keys, 3), array.reshape(-1, 3))
+
+
+def test_histogram_counts_every_color():
+    array = np.array([[[1, 2, 3], [1, 2, 3]], [[4, 5, 6], [1, 2, 3]]], dtype=np.uint8)
+    hist = pixels.histogram(_keys(array), 3)
+    assert len(hist) == 2
+    assert hist.n_pixels == 4
+    found = {tuple(c): n for c, n in zip(hist.colors.tolist(), hist.counts.tolist(), strict=True)}
+    assert found == {(1, 2, 3): 3, (4, 5, 6): 1}
+    assert np.all(np.diff(hist.keys.astype(np.int64)) > 0)
+
+
+def test_dense_and_sorting_paths_agree(monkeypatch):
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 40, (300, 400, 3), dtype=np.uint8)
+    keys = _keys(array)
+    monkeypatch.setattr(pixels, "DENSE_FROM", 1 << 40)
+    sorted_hist = pixels.histogram(keys, 3)
+    labels = (np.arange(len(sorted_hist)) % 7).astype(np.uint8)
+    sorted_map = pixels.lookup(keys, sorted_hist, labels)
+    monkeypatch.setattr(pixels, "DENSE_FROM", 1)
+    monkeypatch.setattr(pixels, "STRIP", 10_007)  # several uneven strips
+    dense_hist = pixels.histogram(keys, 3)
+    assert np.array_equal(sorted_hist.keys, dense_hist.keys)
+    assert np.array_equal(sorted_hist.counts, dense_hist.counts)
+    assert np.array_equal(pixels.lookup(keys, dense_hist, labels), sorted_map)
+
+
+def test_lookup_maps_each_pixel_to_its_color_label():
+    rng = np.random.default_rng(2)
+    array = rng.integers(0, 4, (20, 30, 3), dtype=np.uint8)
+    keys = _keys(array)
+    hist = pixels.histogram(keys, 3)
+    labels = np.arange(len(hist), dtype=np.uint8)
+    mapped = pixels.lookup(keys, hist, labels)
+    assert np.array_equal(hist.colors[mapped], array.reshape(-1, 3))
+
+
+def test_transparent_pixels_share_one_key():
+    rgba = np.array([[[1, 2, 3, 0], [9, 9, 9, 0], [1, 2, 3, 128]]], dtype=np.uint8)
+    keys = pixels.pixel_keys(Image.fromarray(rgba, "RGBA").tobytes("raw", "RGBA"))
+    hist = pixels.histogram(keys, 4)
+    assert len(hist) == 2
+    assert hist.colors.tolist() == [[0, 0, 0, 0], [1, 2, 3, 128]]
