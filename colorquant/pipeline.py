@@ -73,43 +73,101 @@ def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[2] == 3 else "RGBA")
 
 
-def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions) -> QuantizeResult:
-    """Reduce an image to at most ``options.colors`` colors (pure, in memory).
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """An image ready for the palette stages: its RGB(A) form, pixel keys and histogram."""
 
-    Every output pixel is the palette color nearest to its input pixel in the fit space.
-    """
-    clock = _Clock()
+    image: Image.Image
+    keys: np.ndarray
+    histogram: pixels.Histogram
+
+
+def prepare(image: Image.Image | np.ndarray) -> Prepared:
+    """Upright RGB(A) image, its packed pixel keys and its histogram of distinct colors."""
     rgb = io.to_rgb(_as_image(image))
     channels = len(rgb.mode)
     keys = pixels.pixel_keys(rgb.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-    hist = pixels.histogram(keys, channels)
-    clock.lap("histogram")
+    return Prepared(rgb, keys, pixels.histogram(keys, channels))
 
-    space = get_space(options.space)
-    colors = hist.colors
-    if len(hist) <= options.colors:
-        centers = colors  # already few enough colors: keep them exactly, no fit
+
+def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palette:
+    """Fit at most ``options.colors`` colors to a histogram (one image, or several merged).
+
+    A histogram with no more distinct colors than that is its own palette (no k-means, no
+    scikit-learn import). Counts are the pixels each color will receive; the order is by
+    frequency.
+    """
+    return _fit(histogram, options)[0]
+
+
+def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette, np.ndarray]:
+    """The fitted palette and the label of each distinct color in it."""
+    colors = histogram.colors
+    if len(histogram) <= options.colors:
+        centers = colors
     else:
-        centers = fit.fit_centers(colors, hist.counts, options.colors, seed=options.seed,
-                                  space=space)
-    clock.lap("fit")
-
-    labels = remap.nearest(space.metric(colors), space.metric(centers))
-    counts = np.bincount(labels, weights=hist.counts, minlength=len(centers)).astype(np.int64)
-    used = Palette(centers, counts).take(np.flatnonzero(counts))
+        centers = fit.fit_centers(colors, histogram.counts, options.colors, seed=options.seed,
+                                  space=get_space(options.space))
+    labels = _nearest(colors, centers, options)
+    counts = np.bincount(labels, weights=histogram.counts, minlength=len(centers))
+    kept = np.flatnonzero(counts)
+    used = Palette(centers, counts.astype(np.int64)).take(kept)
     order = used.frequency_order()
-    palette = used.take(order)
-    relabel = np.empty(len(centers), dtype=np.uint8)
-    relabel[np.flatnonzero(counts)[order]] = np.arange(len(palette), dtype=np.uint8)
-    labels = relabel[labels]
-    indices = pixels.lookup(keys, hist, labels)
-    clock.lap("map")
+    relabel = np.zeros(len(centers), dtype=np.uint8)
+    relabel[kept[order]] = np.arange(len(order), dtype=np.uint8)
+    return used.take(order), relabel[labels]
 
-    out = Image.frombuffer("P", rgb.size, indices.tobytes(), "raw", "P", 0, 1)
+
+def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) -> np.ndarray:
+    space = get_space(options.space)
+    return remap.nearest(space.metric(colors), space.metric(centers))
+
+
+def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions, *,
+                  labels: np.ndarray | None = None) -> QuantizeResult:
+    """Map every pixel to its exactly nearest palette color; the palette is kept as given.
+
+    The result's palette has the same colors in the same order, with this image's counts.
+    ``labels`` (the nearest palette index of each distinct color) skips that search when the
+    caller has it already.
+    """
+    clock = _Clock()
+    hist = prepared.histogram
+    colors = hist.colors
+    if palette.colors.shape[1] != colors.shape[1]:
+        raise ValueError(
+            f"palette has {palette.colors.shape[1]} channels, image has {colors.shape[1]}"
+        )
+    if labels is None:
+        labels = _nearest(colors, palette.colors, options)
+    counts = np.bincount(labels, weights=hist.counts, minlength=len(palette)).astype(np.int64)
+    indices = pixels.lookup(prepared.keys, hist, labels)
+    clock.lap("map")
+    out = Image.frombuffer("P", prepared.image.size, indices.tobytes(), "raw", "P", 0, 1)
     out.putpalette(palette.colors.tobytes(), "RGBA" if palette.has_alpha else "RGB")
     error = metrics.weighted_mse(colors, palette.colors[labels], hist.counts)
     clock.lap("metrics")
-    return QuantizeResult(out, palette, error, metrics.psnr(error), clock.timings)
+    return QuantizeResult(out, Palette(palette.colors, counts), error, metrics.psnr(error),
+                          clock.timings)
+
+
+def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
+             palette: Palette | None = None) -> QuantizeResult:
+    """Reduce an image to at most ``options.colors`` colors (pure, in memory).
+
+    With ``palette`` given, no fit runs: pixels are mapped to that palette as it is.
+    Every output pixel is the palette color nearest to its input pixel in the fit space.
+    """
+    clock = _Clock()
+    prepared = prepare(image)
+    clock.lap("histogram")
+    labels = None
+    if palette is None:
+        palette, labels = _fit(prepared.histogram, options)
+        clock.lap("fit")
+    result = apply_palette(prepared, palette, options, labels=labels)
+    result.timings.update({**clock.timings, **result.timings})
+    return result
 
 
 def quantize_image(

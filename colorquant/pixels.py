@@ -126,3 +126,20 @@ def lookup(keys: np.ndarray, hist: Histogram, labels: np.ndarray) -> np.ndarray:
         where = np.searchsorted(hist.keys, canonical(keys[start:stop], hist.channels))
         np.take(labels, where, out=out[start:stop])
     return out
+
+
+def merge(histograms: list[Histogram]) -> Histogram:
+    """One histogram counting the pixels of several (frames of an animation, a batch of files).
+
+    All inputs must have the same number of channels.
+    """
+    if not histograms:
+        raise ValueError("merge needs at least one histogram")
+    channels = {h.channels for h in histograms}
+    if len(channels) != 1:
+        raise ValueError(f"cannot merge histograms with different channels: {sorted(channels)}")
+    keys = np.concatenate([h.keys for h in histograms])
+    counts = np.concatenate([h.counts for h in histograms])
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=counts, minlength=len(distinct))
+    return Histogram(distinct.astype(np.uint32), summed.astype(np.int64), channels.pop())

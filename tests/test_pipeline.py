@@ -137,3 +137,31 @@ def test_no_fit_needed_imports_no_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_given_palette_is_kept_as_is():
+    from colorquant import Palette, quantize
+
+    palette = Palette([[255, 255, 255], [0, 0, 0], [255, 0, 0]], [0, 0, 0])
+    array = random_image(16, 16, seed=13)
+    result = quantize(array, QuantizeOptions(colors=3), palette=palette)
+    assert np.array_equal(result.palette.colors, palette.colors)
+    assert result.palette.total == 256
+    out = palette.colors[np.asarray(result.image).reshape(-1)]
+    flat = array.reshape(-1, 3)
+    assert np.array_equal(((flat.astype(np.int64) - out) ** 2).sum(1),
+                          nearest_brute_force(flat, palette.colors))
+
+
+def test_merged_histograms_fit_one_palette():
+    from colorquant import pipeline, pixels
+
+    a = pipeline.prepare(random_image(10, 10, seed=14))
+    b = pipeline.prepare(random_image(12, 9, seed=15))
+    merged = pixels.merge([a.histogram, b.histogram])
+    assert merged.n_pixels == 100 + 108
+    palette = pipeline.fit_palette(merged, QuantizeOptions(colors=8))
+    assert len(palette) <= 8 and palette.total == 208
+    for prepared in (a, b):
+        result = pipeline.apply_palette(prepared, palette, QuantizeOptions(colors=8))
+        assert np.array_equal(result.palette.colors, palette.colors)
