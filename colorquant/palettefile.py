@@ -1,0 +1,220 @@
+"""Read and write palette files: GIMP ``.gpl``, ``.json``, ``.txt``/``.hex`` lists, images.
+
+The format is chosen by the file's extension. Colors and their order round-trip exactly through
+every format; pixel counts are stored by ``.json`` only (the others read back as zeros).
+
+| extension | content |
+|---|---|
+| ``.gpl`` | GIMP palette: ``R G B name`` lines (RGB only) |
+| ``.json`` | ``{"colors": ["#rrggbb", ...], "counts": [...]}``, or a bare list of hex strings |
+| ``.txt``, ``.hex`` | one color a line, ``#rrggbb`` or ``#rrggbbaa`` (the ``#`` is optional) |
+| image extension | written as a k×1 strip, one pixel per color; read as the image's distinct |
+|  | colors in order of first appearance (row by row), at most 256 |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ColorquantError, PaletteError
+from .palette import Palette
+
+TEXT_FORMATS = (".gpl", ".json", ".txt", ".hex")
+#: Image extensions a palette can be written to without changing its colors (not JPEG).
+IMAGE_WRITE_FORMATS = (".png", ".gif", ".webp", ".tif", ".tiff", ".bmp")
+#: Pixel limit when a palette is read from an image.
+MAX_PALETTE_IMAGE_PIXELS = 50_000_000
+
+_HEX = re.compile(r"#?([0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?)")
+
+
+def _kind(path: str | os.PathLike[str], *, writing: bool) -> str:
+    from . import io
+
+    ext = Path(path).suffix.lower()
+    if ext in TEXT_FORMATS:
+        return ext
+    if ext in (IMAGE_WRITE_FORMATS if writing else tuple(io.FORMATS)):
+        return "image"
+    known = ", ".join((*TEXT_FORMATS, *(IMAGE_WRITE_FORMATS if writing else io.FORMATS)))
+    raise PaletteError(
+        f"{os.fspath(path)}: unknown palette extension {ext or '(none)'!r} (use one of {known})"
+    )
+
+
+def check_path(path: str | os.PathLike[str], *, writing: bool) -> None:
+    """Raise :class:`PaletteError` when the extension is not a palette format."""
+    _kind(path, writing=writing)
+
+
+def _from_hex(values: list[str], label: str) -> Palette:
+    rows = []
+    for value in values:
+        match = _HEX.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise PaletteError(f"{label}: not a #rrggbb color: {value!r}")
+        rows.append(bytes.fromhex(match.group(1)))
+    return _palette(rows, label)
+
+
+def _palette(rows: list[bytes], label: str, counts: list[int] | None = None) -> Palette:
+    if not rows:
+        raise PaletteError(f"{label}: the palette has no colors")
+    if len(rows) > 256:
+        raise PaletteError(f"{label}: {len(rows)} colors, a palette holds at most 256")
+    if any(len(row) == 4 for row in rows):
+        rows = [row if len(row) == 4 else row + b"\xff" for row in rows]
+    colors = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), -1)
+    if counts is None:
+        counts = [0] * len(rows)
+    return Palette(colors, np.asarray(counts, dtype=np.int64))
+
+
+def _read_gpl(text: str, label: str) -> Palette:
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "GIMP Palette":
+        raise PaletteError(f"{label}: not a GIMP palette (first line must be 'GIMP Palette')")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or re.match(r"(Name|Columns):", stripped):
+            continue
+        fields = stripped.split(None, 3)
+        try:
+            rgb = [int(v) for v in fields[:3]]
+        except ValueError:
+            rgb = []
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise PaletteError(f"{label}: line {number}: expected 'R G B [name]', got {line!r}")
+        rows.append(bytes(rgb))
+    return _palette(rows, label)
+
+
+def _read_json(text: str, label: str) -> Palette:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PaletteError(f"{label}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    counts = None
+    if isinstance(data, dict):
+        colors, counts = data.get("colors"), data.get("counts")
+    else:
+        colors = data
+    if not isinstance(colors, list):
+        raise PaletteError(f"{label}: expected a list of '#rrggbb' strings under 'colors'")
+    palette = _from_hex(colors, label)
+    if counts is not None:
+        if (not isinstance(counts, list) or len(counts) != len(colors)
+                or not all(isinstance(c, int) and c >= 0 for c in counts)):
+            raise PaletteError(f"{label}: 'counts' must be {len(colors)} non-negative integers")
+        palette = Palette(palette.colors, np.asarray(counts, dtype=np.int64))
+    return palette
+
+
+def _read_lines(text: str, label: str) -> Palette:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("//", ";")):
+            continue
+        match = _HEX.fullmatch(stripped)
+        if match is None:
+            raise PaletteError(f"{label}: line {number}: not a #rrggbb color: {line!r}")
+        rows.append(bytes.fromhex(match.group(1)))
+    return _palette(rows, label)
+
+
+def _read_image(path: str | os.PathLike[str], label: str) -> Palette:
+    from . import io, pixels
+
+    try:
+        image = io.to_rgb(io.open_image(path, max_pixels=MAX_PALETTE_IMAGE_PIXELS))
+    except ColorquantError as exc:
+        raise PaletteError(str(exc)) from None
+    channels = len(image.mode)
+    keys = pixels.canonical(
+        pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA")), channels
+    )
+    distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if len(distinct) > 256:
+        raise PaletteError(
+            f"{label}: the image has {len(distinct)} colors, a palette holds at most 256 "
+            "(quantize it first)"
+        )
+    order = np.argsort(first, kind="stable")
+    return Palette(pixels.unpack(distinct[order], channels), counts[order])
+
+
+def read_palette(path: str | os.PathLike[str]) -> Palette:
+    """Read a palette file; the format comes from the extension.
+
+    Raises
+    ------
+    PaletteError
+        Unknown extension, unreadable file, bad syntax, no colors or more than 256.
+    """
+    label = os.fspath(path)
+    kind = _kind(path, writing=False)
+    if kind == "image":
+        return _read_image(path, label)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PaletteError(f"{label}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise PaletteError(f"{label}: cannot read: {reason}") from None
+    reader = {".gpl": _read_gpl, ".json": _read_json}.get(kind, _read_lines)
+    return reader(text, label)
+
+
+def format_palette(palette: Palette, kind: str, name: str = "colorquant") -> str:
+    """The text of a palette file of kind ``.gpl``, ``.json``, ``.txt`` or ``.hex``."""
+    hexes = palette.hex()
+    if kind == ".gpl":
+        if palette.has_alpha:
+            raise PaletteError("a GIMP palette cannot hold transparency; use .json or .txt")
+        lines = ["GIMP Palette", f"Name: {name}", "Columns: 0", "#"]
+        lines += [f"{r:3d} {g:3d} {b:3d}\t{hx}" for (r, g, b), hx in zip(
+            palette.colors.tolist(), hexes, strict=True)]
+        return "\n".join(lines) + "\n"
+    if kind == ".json":
+        return json.dumps({"colors": hexes, "counts": palette.counts.tolist()}) + "\n"
+    return "\n".join(hexes) + "\n"
+
+
+def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
+    """Write a palette file atomically; the format comes from the extension.
+
+    Raises
+    ------
+    PaletteError
+        Unknown extension, or transparency in a format that cannot hold it.
+    OutputError
+        The file cannot be written.
+    """
+    from . import io
+
+    kind = _kind(path, writing=True)
+    if kind == "image":
+        from PIL import Image
+
+        mode = "RGBA" if palette.has_alpha else "RGB"
+        strip = Image.frombytes(mode, (len(palette), 1), palette.colors.tobytes())
+        fmt = io.FORMATS[Path(path).suffix.lower()]
+        params = {"lossless": True} if fmt == "WEBP" else {}
+        if fmt in ("GIF", "BMP") and palette.has_alpha:
+            raise PaletteError(f"{os.fspath(path)}: {fmt} cannot hold transparency; use .png")
+        if fmt == "GIF":
+            # GIF stores a palette: keep our order, one entry per color.
+            strip = Image.frombytes("P", (len(palette), 1), bytes(range(len(palette))))
+            strip.putpalette(palette.colors.tobytes(), "RGB")
+        io.atomic_write(path, lambda handle: strip.save(handle, format=fmt, **params))
+        return
+    data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
+    io.atomic_write(path, lambda handle: handle.write(data))
