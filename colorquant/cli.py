@@ -6,16 +6,18 @@ are imported when there is an image to work on, so ``--help`` and ``--version`` 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 import click
 
-from . import __version__
+from . import __version__, batch
 from .errors import ColorquantError
 from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MIN_COLORS, QuantizeOptions
 from .report import ExitCode, Report
@@ -37,20 +39,20 @@ def _message(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _output_for(src: str, output: str | None, out_dir: str | None, k: int, fmt: str | None,
-                ) -> Path:
-    from . import io
-
-    if output is not None:
-        return Path(output)
-    default = io.default_output(src, k, io.output_format("x.png", fmt))
-    return Path(out_dir) / default.name if out_dir is not None else default
+def _describe_palette(result: batch.FileResult) -> list[str]:
+    total = sum(result.counts) or 1
+    return [f"  {hx}  {count / total:6.2%}" for hx, count in zip(result.colors, result.counts,
+                                                                  strict=True)]
 
 
-def _describe_palette(result) -> list[str]:  # type: ignore[no-untyped-def]
-    shares = result.palette.shares()
-    return [f"  {hx}  {share:6.2%}" for hx, share in zip(result.palette.hex(), shares,
-                                                          strict=True)]
+def _verbose(result: batch.FileResult) -> None:
+    _message(f"{result.input} -> {result.output}: {result.colors_used} colors, "
+             f"MSE {result.mse:.2f}, PSNR {result.psnr:.2f} dB")
+    _message("palette (color, share of pixels):")
+    for line in _describe_palette(result):
+        _message(line)
+    times = ", ".join(f"{stage} {sec:.3f}s" for stage, sec in result.timings.items())
+    _message(f"time: {times}")
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,12 +62,31 @@ def _describe_palette(result) -> list[str]:  # type: ignore[no-untyped-def]
 @click.option("-o", "--output", metavar="PATH",
               help="Output file (one input only). Default: INPUT-<k>c.png beside the input.")
 @click.option("--out-dir", metavar="DIR", type=click.Path(file_okay=False),
-              help="Write outputs into DIR (default names).")
+              help="Write outputs into DIR (created if needed).")
+@click.option("--name", "name", metavar="TEMPLATE",
+              help="Output file name from {stem}, {suffix}, {ext}, {k}. "
+                   "[default: {stem}-{k}c.{ext}]")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Walk folder inputs; their tree is mirrored under --out-dir.")
 @click.option("-f", "--format", "fmt", type=click.Choice(
     ["png", "gif", "webp", "tiff", "bmp", "jpeg"], case_sensitive=False),
               help="Output format; default: from the output extension, else PNG.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical output.")
+@click.option("--shared-palette", is_flag=True,
+              help="Fit one palette over all inputs together and map every image to it.")
+@click.option("--palette", "palette_file", metavar="FILE",
+              help="Map to the colors of a palette file (.gpl, .json, .txt, .hex or an "
+                   "image) in its order; no fitting, -k is ignored.")
+@click.option("--save-palette", metavar="FILE",
+              help="Write the palette (one input, --shared-palette or --palette) to FILE.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Files processed in parallel.  [default: number of CPUs]")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
+@click.option("--no-clobber", is_flag=True,
+              help="Never replace an existing output (skip it; exit code 15).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per input on stdout (JSON Lines).")
 @click.option("--plot", metavar="PATH",
               help="Also write the RGB scatter plot of the pixel cloud before and after.")
 @click.option("--compare", metavar="PATH",
@@ -79,62 +100,130 @@ def _describe_palette(result) -> list[str]:  # type: ignore[no-untyped-def]
               help="Report the palette, the time of each stage and the error (MSE, PSNR).")
 @click.version_option(__version__, "--version", prog_name="colorquant")
 def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str | None,
-        fmt: str | None, seed: int, plot: str | None, compare: str | None,
-        compress_level: int, max_pixels: int, quiet: bool, verbose: bool) -> int:
+        name: str | None, recursive: bool, fmt: str | None, seed: int, shared_palette: bool,
+        palette_file: str | None, save_palette: str | None, jobs: int | None,
+        fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
+        compare: str | None, compress_level: int, max_pixels: int, quiet: bool,
+        verbose: bool) -> int:
     """Reduce the colors of images with mini-batch k-means.
 
-    Reads each INPUT (any format Pillow reads), fits a palette of -k colors to its
-    pixels in the RGB cube, replaces every pixel by its nearest palette color and
-    writes an indexed PNG (or the format of the output's extension).
+    Reads each INPUT (any format Pillow reads; a folder with -r), fits a palette of
+    -k colors to its pixels in the RGB cube (or one palette to all inputs with
+    --shared-palette), replaces every pixel by its nearest palette color and writes
+    an indexed PNG (or the format of the output's extension).
     """
-    from . import io, pipeline
+    from . import palettefile, pipeline
 
-    if output is not None and len(inputs) > 1:
+    if output is not None and (len(inputs) > 1 or recursive):
         raise click.UsageError("-o/--output takes one input; use --out-dir for several")
-    if (plot or compare) and len(inputs) > 1:
+    if output is not None and (out_dir is not None or name is not None):
+        raise click.UsageError("use either -o/--output or --out-dir/--name, not both")
+    if shared_palette and palette_file is not None:
+        raise click.UsageError("use either --shared-palette or --palette, not both")
+    try:
+        for extra in (plot, compare):
+            if extra is not None:
+                pipeline.plot_path_check(extra)
+        if palette_file is not None:
+            palettefile.check_path(palette_file, writing=False)
+        if save_palette is not None:
+            palettefile.check_path(save_palette, writing=True)
+    except ColorquantError as exc:
+        raise click.UsageError(str(exc)) from None
+    palette = None
+    if palette_file is not None:
+        try:
+            palette = palettefile.read_palette(palette_file)
+        except ColorquantError as exc:
+            raise click.ClickException(str(exc)) from None
+        colors = len(palette)  # names and reports show the size of the palette used
+    try:
+        plan = batch.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
+                          fmt=fmt, recursive=recursive)
+    except ColorquantError as exc:
+        raise click.UsageError(str(exc)) from None
+    if (plot or compare) and len(plan) > 1:
         raise click.UsageError("--plot and --compare take one input")
-    if output is not None and out_dir is not None:
-        raise click.UsageError("use either -o/--output or --out-dir, not both")
-    options = QuantizeOptions(colors=colors, seed=seed, compress_level=compress_level,
-                              max_pixels=max_pixels)
-    jobs: list[tuple[str, Path, str]] = []
-    for src in inputs:
-        dst = _output_for(src, output, out_dir, colors, fmt)
-        try:
-            out_format = io.output_format(dst, fmt)
-            for extra in (plot, compare):
-                if extra is not None:
-                    pipeline.plot_path_check(extra)
-        except ColorquantError as exc:
-            raise click.UsageError(str(exc)) from None
-        if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
-            raise click.UsageError(f"{dst}: output is the same file as the input")
-        jobs.append((src, dst, out_format))
-
+    if save_palette is not None and len(plan) > 1 and not (shared_palette or palette):
+        raise click.UsageError("--save-palette with several inputs needs --shared-palette")
+    if plot or compare:
+        plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
+    options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
+                              compress_level=compress_level, max_pixels=max_pixels)
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-    warn = None if quiet else _message
+        for folder in sorted({os.path.dirname(job.dst) for job in plan}):
+            os.makedirs(folder, exist_ok=True)
+
     report = Report()
-    for src, dst, out_format in jobs:
-        try:
-            result = pipeline.quantize_file(src, dst, options=options, fmt=out_format,
-                                            plot=plot, compare=compare, log=warn)
-        except ColorquantError as exc:
-            _message(f"Error: {exc}")
-            report.failure(src, str(exc))
-            continue
-        report.done(str(dst))
-        if verbose and not quiet:
-            _message(f"{src} -> {dst}: {result.n_colors} colors, MSE {result.mse:.2f}, "
-                     f"PSNR {result.psnr:.2f} dB")
-            _message("palette (color, share of pixels):")
-            for line in _describe_palette(result):
-                _message(line)
-            times = ", ".join(f"{stage} {sec:.3f}s" for stage, sec in result.timings.items())
-            _message(f"time: {times}")
-    if len(jobs) > 1 and not quiet:
+    show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
+    steps = len(plan) * (2 if shared_palette else 1)
+    bar = click.progressbar(length=steps, label="colorquant", file=sys.stderr,
+                            show_eta=True, show_pos=True) if show_bar else None
+    step = (lambda: bar.update(1)) if bar is not None else None
+    preload = ["colorquant.batch"] if (shared_palette or palette) else [
+        "colorquant.batch", "sklearn.cluster"]
+    count = min(jobs or batch.default_workers(), len(plan))
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.enter_context(bar)
+        workers = stack.enter_context(batch.Workers(count, preload=preload))
+        failed = None
+        if shared_palette:
+            palette, failed = batch.fit_shared(plan, options, workers, step=step,
+                                               fail_fast=fail_fast)
+        if save_palette is not None and palette is not None:
+            try:
+                palettefile.write_palette(palette, save_palette)
+            except ColorquantError as exc:
+                raise click.ClickException(str(exc)) from None
+        if shared_palette and (palette is None or (fail_fast and failed)):
+            # nothing to map to (no input readable), or --fail-fast after a failed read
+            results: Iterable[batch.FileResult] = [failed[j.src] for j in plan
+                                                   if j.src in (failed or {})]
+            report.not_run = len(plan) - len(failed or {})
+        else:
+            results = batch.run(plan, options, workers, palette=palette, failed=failed,
+                                no_clobber=no_clobber)
+        for done, result in enumerate(results, start=1):
+            if step is not None:
+                step()
+            _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose)
+            if result.status == "failed" and fail_fast:
+                report.not_run = len(plan) - done
+                workers.stop()
+                break
+        if save_palette is not None and palette is None and report.written:
+            # one input, fitted on its own: save the palette it got
+            try:
+                palettefile.write_palette(
+                    palettefile.palette_from_hex(result.colors, result.counts), save_palette)
+            except ColorquantError as exc:
+                raise click.ClickException(str(exc)) from None
+    if len(plan) > 1 and not quiet:
         _message(report.summary())
     return int(report.exit_code)
+
+
+def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: bool,
+            verbose: bool) -> None:
+    """Tally one result and print what the flags ask for."""
+    if result.status == "ok":
+        report.done(result.output)
+    elif result.status == "skipped":
+        report.skip(result.input, result.error or "")
+    else:
+        report.failure(result.input, result.error or "")
+        _message(f"Error: {result.error}")
+    if as_json:
+        click.echo(json.dumps(result.as_json()))
+    if quiet:
+        return
+    for note in result.warnings:
+        _message(note)
+    if result.status == "skipped" and verbose:
+        _message(f"Skipped: {result.error}")
+    if result.status == "ok" and verbose:
+        _verbose(result)
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:

@@ -52,6 +52,12 @@ def check_path(path: str | os.PathLike[str], *, writing: bool) -> None:
     _kind(path, writing=writing)
 
 
+def palette_from_hex(colors: list[str], counts: list[int] | None = None) -> Palette:
+    """A palette from ``#rrggbb``/``#rrggbbaa`` strings (and pixel counts)."""
+    palette = _from_hex(colors, "palette")
+    return palette if counts is None else Palette(palette.colors, np.asarray(counts))
+
+
 def _from_hex(values: list[str], label: str) -> Palette:
     rows = []
     for value in values:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import fit, io, metrics, pixels, remap
 from .colorspace import get_space
-from .errors import OutputError
+from .errors import OutputError, PaletteError
 from .options import QuantizeOptions
 from .palette import Palette
 
@@ -162,12 +162,29 @@ def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
     prepared = prepare(image)
     clock.lap("histogram")
     labels = None
+    if palette is not None:
+        prepared = match_channels(prepared, palette)
     if palette is None:
         palette, labels = _fit(prepared.histogram, options)
         clock.lap("fit")
     result = apply_palette(prepared, palette, options, labels=labels)
     result.timings.update({**clock.timings, **result.timings})
     return result
+
+
+def match_channels(prepared: Prepared, palette: Palette) -> Prepared:
+    """The prepared image with the palette's channels: an opaque image meets an RGBA palette
+    as RGBA (alpha 255); an image with transparency and an RGB palette raise
+    :class:`PaletteError`."""
+    channels, wanted = prepared.histogram.channels, palette.colors.shape[1]
+    if channels == wanted:
+        return prepared
+    if channels == 3:
+        rgba = prepared.image.convert("RGBA")
+        keys = pixels.pixel_keys(rgba.tobytes("raw", "RGBA"))
+        return Prepared(rgba, keys, pixels.histogram(keys, 4))
+    raise PaletteError("the image has transparency but the palette has no alpha channel "
+                       "(give one with #rrggbbaa colors)")
 
 
 def quantize_image(
@@ -198,10 +215,12 @@ def quantize_file(
     plot: str | os.PathLike[str] | None = None,
     compare: str | os.PathLike[str] | None = None,
     log: Log | None = None,
+    palette: Palette | None = None,
 ) -> QuantizeResult:
     """Read ``src``, quantize it and write ``dst`` atomically (plus optional plots).
 
-    ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
+    ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings. With
+    ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
     fmt = io.output_format(dst, fmt)
@@ -210,7 +229,10 @@ def quantize_file(
     start = time.perf_counter()
     source = io.open_image(src, max_pixels=options.max_pixels)
     read_time = time.perf_counter() - start
-    result = quantize(source, options)
+    try:
+        result = quantize(source, options, palette=palette)
+    except PaletteError as exc:
+        raise PaletteError(f"{os.fspath(src)}: {exc}") from None
     result.timings["read"] = read_time
     if fmt in io.LOSSY_FORMATS and log:
         log(f"warning: {dst}: {fmt} cannot store a palette; its compression adds colors back")

@@ -27,6 +27,8 @@ class Report:
     written: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Inputs never started because the batch stopped early (``--fail-fast``).
+    not_run: int = 0
 
     def done(self, path: str) -> None:
         self.written.append(path)
@@ -47,6 +49,13 @@ class Report:
         return ExitCode.OK
 
     def summary(self) -> str:
-        """One line, e.g. ``3 written, 1 failed, 0 skipped``."""
+        """One line, e.g. ``3 written, 1 failed, 0 skipped``, then one line per failed or
+        skipped input with its reason."""
         written, failed, skipped = len(self.written), len(self.failed), len(self.skipped)
-        return f"{written} written, {failed} failed, {skipped} skipped"
+        lines = [f"{written} written, {failed} failed, {skipped} skipped"
+                 + (f", {self.not_run} not run (--fail-fast)" if self.not_run else "")]
+        for label, entries in (("failed", self.failed), ("skipped", self.skipped)):
+            for path, reason in entries:
+                lines.append(f"  {label}: " + (reason if reason.startswith(path)
+                                                 else f"{path}: {reason}"))
+        return "\n".join(lines)
