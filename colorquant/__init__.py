@@ -17,6 +17,7 @@ __all__ = [
     "InputError",
     "OutputError",
     "Palette",
+    "PaletteError",
     "QuantizeOptions",
     "QuantizeResult",
     "__version__",
@@ -32,6 +33,7 @@ _WHERE = {
     "ImageTooLargeError": "errors",
     "InputError": "errors",
     "OutputError": "errors",
+    "PaletteError": "errors",
     "Palette": "palette",
     "QuantizeResult": "pipeline",
     "quantize": "pipeline",
@@ -40,7 +42,13 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from .errors import ColorquantError, ImageTooLargeError, InputError, OutputError
+    from .errors import (
+        ColorquantError,
+        ImageTooLargeError,
+        InputError,
+        OutputError,
+        PaletteError,
+    )
     from .options import ColorSpace, QuantizeOptions
     from .palette import Palette
     from .pipeline import QuantizeResult, quantize, quantize_file, quantize_image
