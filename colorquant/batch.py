@@ -233,6 +233,20 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class WorkerError(ColorquantError):
+    """A worker process died (killed, out of memory): the batch cannot go on."""
+
+
+def _unbroken(results: Iterator[Any]) -> Iterator[Any]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        yield from results
+    except BrokenProcessPool:
+        raise WorkerError("a worker process died unexpectedly (killed, or out of memory?); "
+                          "outputs written so far are complete") from None
+
+
 class Workers:
     """Worker processes (none for one worker), used as a context manager.
 
@@ -263,7 +277,7 @@ class Workers:
             self._executor = ProcessPoolExecutor(
                 self.count, mp_context=multiprocessing.get_context(method),
                 initializer=_init_worker)
-        return self._executor.map(partial(_guarded, function), items)
+        return _unbroken(self._executor.map(partial(_guarded, function), items))
 
     def stop(self) -> None:
         """Cancel pending work and end the workers (busy ones clean up first)."""

@@ -26,7 +26,10 @@ EPILOG = """\b
 Examples:
   colorquant photo.jpg -k 16 -o photo-16c.png
   colorquant photo.jpg -k 8 --plot scatter.png --compare side.png
-  colorquant *.jpg -k 32 --out-dir small/
+  colorquant *.jpg -k 32 --out-dir small/ -j 4
+  colorquant -r photos/ -k 16 --out-dir small/ --name '{stem}.{ext}' --json
+  colorquant sprites/*.png -k 32 --shared-palette --save-palette sprites.gpl --out-dir out/
+  colorquant new.png --palette sprites.gpl -o out/new.png
   for f in *.jpg; do colorquant "$f" -k 16 -q || echo "failed: $f"; done
 
 \b
@@ -152,7 +155,10 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                               compress_level=compress_level, max_pixels=max_pixels)
     if out_dir is not None:
         for folder in sorted({os.path.dirname(job.dst) for job in plan}):
-            os.makedirs(folder, exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise click.ClickException(f"{folder}: cannot create: {exc.strerror}") from None
 
     report = Report()
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
@@ -184,14 +190,17 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         else:
             results = batch.run(plan, options, workers, palette=palette, failed=failed,
                                 no_clobber=no_clobber)
-        for done, result in enumerate(results, start=1):
-            if step is not None:
-                step()
-            _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose)
-            if result.status == "failed" and fail_fast:
-                report.not_run = len(plan) - done
-                workers.stop()
-                break
+        try:
+            for done, result in enumerate(results, start=1):
+                if step is not None:
+                    step()
+                _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose)
+                if result.status == "failed" and fail_fast:
+                    report.not_run = len(plan) - done
+                    workers.stop()
+                    break
+        except batch.WorkerError as exc:
+            raise click.ClickException(str(exc)) from None
         if save_palette is not None and palette is None and report.written:
             # one input, fitted on its own: save the palette it got
             try:

@@ -351,3 +351,37 @@ def test_interrupted_batch_leaves_no_partial_files(tmp_path, china):
     for name in names:
         with Image.open(out / name) as im:
             im.load()  # complete, decodable
+    time.sleep(0.5)
+    # the workers share the parent's command line, which names the unique output folder
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, check=False)
+    assert leftover.stdout == b"", "worker processes outlived the batch"
+
+
+def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"c{i}.jpg").write_bytes(china.read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(COMMAND), "-r", str(src), "-k", "64", "-j", "2",
+                             "--out-dir", str(out)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while time.monotonic() < deadline and not workers:
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True, check=False)
+        workers = children.stdout.split()
+        time.sleep(0.05)
+    if not workers:
+        pytest.skip("no worker process seen")
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before the kill")
+    assert proc.returncode == 1, err
+    assert "worker process died" in err.decode() and "Traceback" not in err.decode()
+    # (SIGKILL allows no clean-up: a hidden .tmp may remain, but never a partial output)
+    for name in os.listdir(out):
+        if not name.endswith(".tmp"):
+            with Image.open(out / name) as im:
+                im.load()
