@@ -300,6 +300,27 @@ def test_save_palette_of_one_image(tmp_path, flower):
                                                     read_palette(pal).colors.tolist()]
 
 
+def test_shared_histograms_merge_in_bounded_batches(monkeypatch):
+    from colorquant import batch, pixels
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for i in range(7):
+        keys = pixels.pixel_keys(rng.integers(0, 8, (50, 4), dtype=np.uint8).tobytes())
+        parts.append(pixels.histogram(keys, 3 if i % 3 else 4))
+    monkeypatch.setattr(batch, "MERGE_EVERY", 40)  # flush every few images
+    merger = batch._Merger()
+    for part in parts:
+        merger.add(part)
+        assert merger._size < 40 + max(len(p) for p in parts)  # pending stays bounded
+    merged = merger.result()
+    expected = pixels.merge([batch._rgba(p) for p in parts])
+    assert merged.channels == 4
+    assert np.array_equal(merged.keys, expected.keys)
+    assert np.array_equal(merged.counts, expected.counts)
+    assert merged.n_pixels == 7 * 50
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path):
     import pty
 
@@ -326,19 +347,26 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert "colorquant" in text and "3/3" in text and "3 written" in text
 
 
-def test_interrupted_batch_leaves_no_partial_files(tmp_path, china):
-    """SIGTERM to a parallel batch: exit 130, every output complete, no temporary files."""
+@pytest.mark.parametrize("how", ["sigterm-to-parent", "ctrl-c-to-group"])
+def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how):
+    """SIGTERM, or Ctrl-C (SIGINT to the whole process group), to a parallel batch: exit 130,
+    every output complete, no temporary files, no worker left running."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
         (src / f"c{i:02d}.jpg").write_bytes(china.read_bytes())
     out = tmp_path / "out"
     proc = subprocess.Popen([str(COMMAND), "-r", str(src), "-k", "64", "-j", "2",
-                             "--out-dir", str(out)], stderr=subprocess.PIPE)
+                             "--out-dir", str(out)], stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out.is_dir() and any(out.iterdir())):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    if how == "sigterm-to-parent":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the batch finished before the signal arrived")
