@@ -8,7 +8,6 @@ frames too, and Pillow's encoders store only what changed, following the disposa
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -18,12 +17,12 @@ from PIL import Image
 
 from . import io
 from .errors import InputError
+from .options import DEFAULT_MAX_PIXELS
 
 Log = Callable[[str], None]
 
 #: Disposal as written by each format, from the neutral names used here.
 _GIF_DISPOSAL = {"none": 1, "background": 2, "previous": 3}
-_APNG_DISPOSAL = {"none": 0, "background": 1, "previous": 2}
 #: Output formats that hold several frames.
 MULTI_FRAME_FORMATS = frozenset({"PNG", "GIF", "WEBP", "TIFF"})
 
@@ -35,7 +34,8 @@ class Frames:
     Attributes
     ----------
     images : list of PIL.Image.Image
-        One or more frames of the same size, all ``"RGB"`` or all ``"RGBA"``.
+        One or more frames, all ``"RGB"`` or all ``"RGBA"`` (the pages of a TIFF may differ
+        in size; animation frames never do).
     durations : list of int or None
         Display time of each frame in milliseconds, when the source has them.
     loop : int or None
@@ -76,7 +76,8 @@ def _disposal(image: Image.Image) -> str | None:
 
 
 def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
-         label: str = "image", log: Log | None = None) -> Frames:
+         max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "image", log: Log | None = None,
+         ) -> Frames:
     """Every frame of an opened image (or just ``frame``), upright and in sRGB(A) uint8.
 
     All frames are converted with the same rules (see :func:`colorquant.io.to_rgba`) and the
@@ -92,8 +93,7 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
     disposals: list[str] = []
     for index in indices:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with io.pixel_limit(max_pixels, label):
                 if image.tell() != index:
                     image.seek(index)
                 image.load()
@@ -119,9 +119,6 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         images = [im if im.mode == "RGBA" else im.convert("RGBA") for im in images]
         if all(im.getextrema()[3][0] == 255 for im in images):
             images = [im.convert("RGB") for im in images]
-    sizes = {im.size for im in images}
-    if len(sizes) != 1:
-        raise InputError(f"{label}: frames have different sizes {sorted(sizes)}")
     good_dpi = None
     with contextlib.suppress(Exception):
         x, y = (float(v) for v in dpi)  # type: ignore[union-attr]
@@ -187,21 +184,43 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             flat.append(Image.alpha_composite(white, rgba).convert("RGB"))
         images = flat
+    durations = frames.durations
+    disposal = frames.disposal
     if fmt not in MULTI_FRAME_FORMATS:
         images = images[:1]
+    elif fmt != "TIFF" and len(images) > 1:
+        images, durations, disposal = _merge_repeats(images, durations, disposal)
     if len(images) > 1:
         params.update(save_all=True, append_images=images[1:])
-        if frames.durations and fmt in ("PNG", "GIF", "WEBP"):
-            params["duration"] = frames.durations
+        if durations and fmt in ("PNG", "GIF", "WEBP"):
+            params["duration"] = durations
         if fmt in ("PNG", "GIF", "WEBP"):
             if frames.loop is not None:
                 params["loop"] = frames.loop
             elif fmt != "GIF":
                 params["loop"] = 1  # the source plays once
-        if frames.disposal and fmt == "GIF":
-            params["disposal"] = [_GIF_DISPOSAL[d] for d in frames.disposal]
-        elif frames.disposal and fmt == "PNG":
-            params["disposal"] = [_APNG_DISPOSAL[d] for d in frames.disposal]
+        if fmt == "GIF" and transparent_index is not None:
+            # Complete frames with holes: clear each frame before the next, or the previous
+            # frame would show through the transparent pixels.
+            params["disposal"] = 2
+        elif disposal and fmt == "GIF":
+            params["disposal"] = [_GIF_DISPOSAL[d] for d in disposal]
         if fmt == "GIF":
             params["optimize"] = False
     images[0].save(handle, format=fmt, **params)
+
+
+def _merge_repeats(images: list[Image.Image], durations: list[int] | None,
+                   disposal: list[str] | None,
+                   ) -> tuple[list[Image.Image], list[int] | None, list[str] | None]:
+    """Consecutive identical frames shown as one frame for their summed duration."""
+    keep = [0]
+    merged = list(durations) if durations else None
+    for i in range(1, len(images)):
+        if images[i].tobytes() == images[keep[-1]].tobytes():
+            if merged is not None:
+                merged[keep[-1]] += merged[i]
+            continue
+        keep.append(i)
+    return ([images[i] for i in keep], [merged[i] for i in keep] if merged else None,
+            [disposal[i] for i in keep] if disposal else None)

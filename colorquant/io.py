@@ -8,7 +8,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -36,6 +36,9 @@ EXTENSIONS: dict[str, str] = {"PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF"
                               "BMP": "bmp", "JPEG": "jpg"}
 
 _bomb_lock = threading.Lock()
+#: Most frames read from one file: each frame has a fixed cost, so a flood of tiny frames is
+#: refused even under the pixel limit.
+MAX_FRAMES = 10_000
 
 
 def output_format(path: str | os.PathLike[str], override: str | None = None) -> str:
@@ -143,11 +146,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
         raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
     try:
-        _check_size(image, label, max_pixels, frame)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if frame:
-                image.seek(frame)
+        with pixel_limit(max_pixels, label):
+            _check_size(image, label, max_pixels, frame)
             image.load()
     except InputError:
         image.close()
@@ -156,6 +156,48 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         image.close()
         raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
     return image
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
+    """Let Pillow refuse frames beyond ``max_pixels`` while seeking (frames larger than the
+    canvas), reported as :class:`ImageTooLargeError`; Pillow's warnings are silenced."""
+    with _bomb_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(f"{label}: a frame declares more than {max_pixels:,} "
+                                     "pixels (see --max-pixels)") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def count_frames(image: Image.Image, label: str = "image") -> int:
+    """Number of frames, refusing more than :data:`MAX_FRAMES` without walking them all.
+
+    GIF has no frame count in its header, so Pillow finds it by reading every frame; a frame
+    flood is stopped after :data:`MAX_FRAMES` of them.
+    """
+    if not getattr(image, "is_animated", False) and getattr(image, "n_frames", 1) <= 1:
+        return 1
+    if image.format == "GIF":
+        try:
+            image.seek(MAX_FRAMES)
+        except EOFError:
+            pass
+        else:
+            raise ImageTooLargeError(f"{label}: more than {MAX_FRAMES:,} frames")
+        finally:
+            image.seek(0)
+    n_frames = int(image.n_frames)
+    if n_frames > MAX_FRAMES:
+        raise ImageTooLargeError(f"{label}: {n_frames:,} frames, over the limit of "
+                                 f"{MAX_FRAMES:,}")
+    return n_frames
 
 
 def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | None) -> None:
@@ -168,14 +210,17 @@ def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | No
         )
     if width == 0 or height == 0:
         raise InputError(f"{label}: image has no pixels ({width}x{height})")
-    # Counting frames walks the frame headers without decoding them; stop early on a flood.
-    n_frames = 1
-    if getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) > 1:
-        n_frames = image.n_frames
     if frame is not None:
-        if frame >= n_frames:
-            raise InputError(f"{label}: has {n_frames} frame(s), no frame {frame}")
+        if frame >= MAX_FRAMES:
+            raise ImageTooLargeError(f"{label}: frame {frame} is beyond the limit of "
+                                     f"{MAX_FRAMES:,} frames")
+        try:
+            image.seek(frame)
+        except EOFError:
+            raise InputError(f"{label}: has {image.n_frames} frame(s), no frame {frame}"
+                             ) from None
         return
+    n_frames = count_frames(image, label)
     if width * height * n_frames > max_pixels:
         raise ImageTooLargeError(
             f"{label}: {n_frames:,} frames of {width}x{height} are "
@@ -337,7 +382,7 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:  # readable: multi-page TIFF reads back
             writer(handle)
         umask = os.umask(0)
         os.umask(umask)

@@ -308,11 +308,21 @@ def quantize_file(
     source = _open_source(src, options)
     try:
         decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
-                              label=label, log=log)
+                              max_pixels=options.max_pixels, label=label, log=log)
     finally:
         source.close()
     clock.lap("read")
     images = decoded.images
+    if len(images) > 1 and fmt not in frames.MULTI_FRAME_FORMATS:
+        if log:
+            log(f"warning: {shown_dst}: {fmt} holds one frame; wrote frame 0 of {len(images)} "
+                "(use --frame N to choose)")
+        images = images[:1]
+    elif len({im.size for im in images}) > 1 and fmt != "TIFF":
+        if log:
+            log(f"warning: {label}: pages differ in size and {fmt} holds one size; wrote page "
+                "0 (use --frame N to choose, or a TIFF output for all pages)")
+        images = images[:1]
     if fmt == "GIF":
         images, partial = frames.threshold_alpha(images)
         if partial and log:
@@ -322,9 +332,6 @@ def quantize_file(
     if fmt in io.LOSSY_FORMATS and log:
         log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
             "back")
-    if len(results) > 1 and fmt not in frames.MULTI_FRAME_FORMATS and log:
-        log(f"warning: {shown_dst}: {fmt} holds one frame; wrote frame 0 of {len(results)} "
-            "(use --frame N to choose)")
     transparent = None
     if palette.has_alpha and (palette.colors[:, 3] == 0).any():
         transparent = int(np.flatnonzero(palette.colors[:, 3] == 0)[0])
