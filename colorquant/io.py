@@ -101,6 +101,32 @@ def read_stream(stream: BinaryIO) -> BytesIO:
                          ) from None
 
 
+#: File signatures, to tell a damaged or unsupported image from a file that is no image.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _unidentified(source: str | os.PathLike[str] | BinaryIO) -> str:
+    """Why Pillow could not identify a file: empty, a damaged known format, or no image."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                head = handle.read(16)
+        else:
+            source.seek(0)
+            head = source.read(16)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "empty file, not an image"
+    kind = next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind:
+        return f"damaged or unsupported {kind} file (Pillow cannot decode it)"
+    return "not a recognized image file"
+
+
 def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
                frame: int | None = None) -> Image.Image:
     """Open and decode an image, refusing images over ``max_pixels`` before decoding.
@@ -140,7 +166,7 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except Image.UnidentifiedImageError:
-        raise InputError(f"{label}: not a recognized image file") from None
+        raise InputError(f"{label}: {_unidentified(source)}") from None
     except OSError as exc:
         raise InputError(f"{label}: cannot read: {exc.strerror or _describe(exc)}") from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
