@@ -160,9 +160,10 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
           transparent_index: int | None, compress_level: int, strip: bool) -> None:
     """Encode quantized ``"P"`` frames (one shared palette) in ``fmt`` to ``handle``.
 
-    PNG (APNG), GIF and TIFF keep the palette; WebP is lossless RGB(A); BMP and TIFF fall back
-    to RGBA when the palette has alpha; JPEG gets RGB flattened onto white. Formats without
-    frames get the first frame only (the caller warns).
+    PNG (APNG), GIF, TIFF and BMP keep the palette; WebP is lossless RGB(A); TIFF falls back to
+    RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
+    over white; JPEG is RGB. Formats without frames get the first frame only (the caller
+    warns).
     """
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
     params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level))
@@ -175,15 +176,12 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         params["transparency"] = transparent_index
     if fmt == "WEBP":
         images = [im.convert("RGBA" if has_alpha else "RGB") for im in images]
-    elif fmt in ("TIFF", "BMP") and has_alpha:
+    elif fmt == "TIFF" and has_alpha:
         images = [im.convert("RGBA") for im in images]
-    elif fmt == "JPEG":
-        flat = []
-        for im in images:
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            flat.append(Image.alpha_composite(white, rgba).convert("RGB"))
-        images = flat
+    elif fmt in ("BMP", "JPEG") and has_alpha:
+        images = [flatten(im) for im in images]
+    if fmt == "JPEG":
+        images = [im.convert("RGB") for im in images]
     durations = frames.durations
     disposal = frames.disposal
     if fmt not in MULTI_FRAME_FORMATS:
@@ -208,6 +206,17 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         if fmt == "GIF":
             params["optimize"] = False
     images[0].save(handle, format=fmt, **params)
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """A ``"P"`` image with an RGBA palette shown over white: the palette entries blended."""
+    rgba = np.array(image.getpalette("RGBA"), dtype=np.float64).reshape(-1, 4)
+    alpha = rgba[:, 3:] / 255.0
+    rgb = np.rint(rgba[:, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    out = image.copy()
+    out.info.pop("transparency", None)
+    out.putpalette(rgb.tobytes(), "RGB")
+    return out
 
 
 def _merge_repeats(images: list[Image.Image], durations: list[int] | None,

@@ -118,7 +118,7 @@ def _unidentified(source: str | os.PathLike[str] | BinaryIO) -> str:
     except OSError:
         head = b"?"
     if not head:
-        return "empty file, not an image"
+        return "not a recognized image file (the file is empty)"
     kind = next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         kind = "WebP"
@@ -292,6 +292,8 @@ def to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
             raise InputError(f"{label}: float samples must lie in 0–1 (found {low:g} to "
                              f"{high:g}); convert to 8 or 16 bits first")
         return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), "L")
+    if mode == "La":  # premultiplied: Pillow converts it only to LA
+        return image.convert("LA")
     if mode == "RGB" and isinstance(trns, tuple) and max(trns) > 255:
         # 16-bit RGB with a tRNS key: Pillow keeps the high byte of each sample, so does the key.
         image = image.copy()

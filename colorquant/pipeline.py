@@ -329,6 +329,8 @@ def quantize_file(
             log(f"warning: {label}: GIF has no partial transparency; alpha cut at 50%")
     results, palette, stage_times = quantize_frames(images, options)
     clock.add(stage_times)
+    if fmt in ("BMP", "JPEG") and palette.has_alpha and log:
+        log(f"warning: {shown_dst}: {fmt} keeps no transparency; shown over white")
     if fmt in io.LOSSY_FORMATS and log:
         log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
             "back")
