@@ -190,7 +190,7 @@ def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
     canvas), reported as :class:`ImageTooLargeError`; Pillow's warnings are silenced."""
     with _bomb_lock:
         saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        Image.MAX_IMAGE_PIXELS = max(1, max_pixels // 2)  # Pillow raises above twice this
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
