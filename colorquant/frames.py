@@ -54,7 +54,6 @@ class Frames:
     disposal: list[str] | None = None
     icc_profile: bytes | None = None
     dpi: tuple[float, float] | None = None
-    source_frames: int = 1
 
     @property
     def mode(self) -> str:
@@ -131,7 +130,6 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         disposal=disposals if len(disposals) == len(images) and len(images) > 1 else None,
         icc_profile=profile.keep,
         dpi=good_dpi,
-        source_frames=n_frames,
     )
 
 

@@ -202,28 +202,12 @@ def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def count_frames(image: Image.Image, label: str = "image") -> int:
-    """Number of frames, refusing more than :data:`MAX_FRAMES` without walking them all.
-
-    GIF has no frame count in its header, so Pillow finds it by reading every frame; a frame
-    flood is stopped after :data:`MAX_FRAMES` of them.
-    """
+def count_frames(image: Image.Image) -> int:
+    """Number of frames, from the headers: Pillow walks GIF and TIFF frame headers without
+    decoding any pixel data."""
     if not getattr(image, "is_animated", False) and getattr(image, "n_frames", 1) <= 1:
         return 1
-    if image.format == "GIF":
-        try:
-            image.seek(MAX_FRAMES)
-        except EOFError:
-            pass
-        else:
-            raise ImageTooLargeError(f"{label}: more than {MAX_FRAMES:,} frames")
-        finally:
-            image.seek(0)
-    n_frames = int(image.n_frames)
-    if n_frames > MAX_FRAMES:
-        raise ImageTooLargeError(f"{label}: {n_frames:,} frames, over the limit of "
-                                 f"{MAX_FRAMES:,}")
-    return n_frames
+    return int(image.n_frames)
 
 
 def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | None) -> None:
@@ -236,17 +220,15 @@ def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | No
         )
     if width == 0 or height == 0:
         raise InputError(f"{label}: image has no pixels ({width}x{height})")
+    n_frames = count_frames(image)
     if frame is not None:
-        if frame >= MAX_FRAMES:
-            raise ImageTooLargeError(f"{label}: frame {frame} is beyond the limit of "
-                                     f"{MAX_FRAMES:,} frames")
-        try:
-            image.seek(frame)
-        except EOFError:
-            raise InputError(f"{label}: has {image.n_frames} frame(s), no frame {frame}"
-                             ) from None
+        if frame >= n_frames:
+            raise InputError(f"{label}: has {n_frames} frame(s), no frame {frame}")
+        image.seek(frame)
         return
-    n_frames = count_frames(image, label)
+    if n_frames > MAX_FRAMES:
+        raise ImageTooLargeError(f"{label}: {n_frames:,} frames, over the limit of "
+                                 f"{MAX_FRAMES:,} (take one with --frame N)")
     if width * height * n_frames > max_pixels:
         raise ImageTooLargeError(
             f"{label}: {n_frames:,} frames of {width}x{height} are "
@@ -301,12 +283,12 @@ def to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
     return image
 
 
-def to_rgb(image: Image.Image, *, upright_first: bool = True) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Upright RGB or RGBA version of any Pillow image (RGBA only when some pixel is not opaque).
 
     Raises ``InputError`` for modes with no sensible 8-bit RGB conversion.
     """
-    rgba = to_rgba(upright(image) if upright_first else image)
+    rgba = to_rgba(upright(image))
     if rgba.mode == "RGBA" and rgba.getextrema()[3][0] == 255:
         return rgba.convert("RGB")
     return rgba
