@@ -64,6 +64,19 @@ def output_format(path: str | os.PathLike[str], override: str | None = None) -> 
         ) from None
 
 
+#: Largest width or height each output format can store.
+MAX_SIDE: dict[str, int] = {"WEBP": 16383, "GIF": 65535, "JPEG": 65500, "BMP": 2**31 - 1,
+                            "PNG": 2**31 - 1, "TIFF": 2**32 - 1}
+
+
+def check_output_size(fmt: str, size: tuple[int, int], dst: str) -> None:
+    """Refuse, before any work, an image too wide or tall for the output format."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(size) > limit:
+        raise OutputError(f"{dst}: {fmt} holds at most {limit:,} pixels per side; the image is "
+                          f"{size[0]}x{size[1]} (choose another --format)")
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

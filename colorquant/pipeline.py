@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -313,6 +314,7 @@ def quantize_file(
         source.close()
     clock.lap("read")
     images = decoded.images
+    io.check_output_size(fmt, images[0].size, shown_dst)
     if len(images) > 1 and fmt not in frames.MULTI_FRAME_FORMATS:
         if log:
             log(f"warning: {shown_dst}: {fmt} holds one frame; wrote frame 0 of {len(images)} "
@@ -339,9 +341,13 @@ def quantize_file(
         transparent = int(np.flatnonzero(palette.colors[:, 3] == 0)[0])
 
     def write(handle: BinaryIO) -> None:
-        frames.write(handle, [r.image for r in results], fmt, decoded,
-                     transparent_index=transparent, compress_level=options.compress_level,
-                     strip=options.strip)
+        try:
+            frames.write(handle, [r.image for r in results], fmt, decoded,
+                         transparent_index=transparent, compress_level=options.compress_level,
+                         strip=options.strip)
+        except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
+            raise OutputError(f"{shown_dst}: the {fmt} encoder refused the image "
+                              f"({str(exc).strip() or type(exc).__name__})") from None
 
     if to_stream:
         buffer = BytesIO()

@@ -536,3 +536,14 @@ def test_frames_read_refuses_nothing_it_can_convert():
         assert decoded.mode in ("RGB", "RGBA") and decoded.images[0].size == (3, 2), mode
     with pytest.raises(InputError, match="no standard display range"):
         io.to_rgba(Image.new("I", (2, 2), 5))
+
+
+def test_image_too_wide_for_the_output_format_is_refused(tmp_path):
+    src = tmp_path / "wide.png"
+    Image.new("RGB", (16384, 1), (1, 2, 3)).save(src)
+    dst = tmp_path / "wide.webp"
+    proc = run(src, "-o", dst)
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == (f"Error: {dst}: WEBP holds at most 16,383 pixels per side; "
+                                    "the image is 16384x1 (choose another --format)\n")
+    assert sorted(os.listdir(tmp_path)) == ["wide.png"]
