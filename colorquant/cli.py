@@ -133,7 +133,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                     pipeline.plot_path_check(extra)
         except ColorquantError as exc:
             raise click.UsageError(str(exc)) from None
-        if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        if (src != io.STDIO and os.path.exists(src) and os.path.exists(dst)
+                and os.path.samefile(src, dst)):
             raise click.UsageError(f"{dst}: output is the same file as the input")
         jobs.append((src, dst, out_format))
 
