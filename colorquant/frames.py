@@ -97,14 +97,15 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
                     image.seek(index)
                 image.load()
                 current = io.upright(image)
-                if current is image:
-                    current = image.copy()
+                if current is image and len(indices) > 1:
+                    current = image.copy()  # the next seek reuses the image's memory
         except InputError:
             raise
         except Exception as exc:
             raise InputError(f"{label}: corrupt or truncated frame {index} "
                              f"({io._describe(exc)})") from None
-        current.info = dict(image.info)
+        if current is not image:
+            current.info = dict(image.info)
         current = io.to_8bit(current, label)
         if profile.transform is not None:
             current = profile.transform(current)
