@@ -158,6 +158,8 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
 
     template = name or DEFAULT_NAME
     check_name_template(template)
+    if list(inputs).count(io.STDIO) > 1:
+        raise PlanError("standard input (-) can be read only once")
     if recursive and out_dir is None and any(os.path.isdir(i) for i in inputs):
         raise PlanError("a folder input needs --out-dir (its tree is mirrored there)")
     ext = io.EXTENSIONS[io.output_format("x.png", fmt)]
@@ -166,18 +168,24 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
         raise PlanError("no images found in the input folders")
     jobs: list[Job] = []
     owner: dict[str, str] = {}
-    sources = {os.path.realpath(src) for src, _ in found}
+    sources = {os.path.realpath(src) for src, _ in found if src != io.STDIO}
     for src, relative in found:
         if output is not None:
             dst = output
+        elif src == io.STDIO and out_dir is None:
+            dst = io.STDIO  # a filter: standard input to standard output
         else:
-            filename = render_name(template, src, k, ext)
+            src_name = "stdin" if src == io.STDIO else src
+            filename = render_name(template, src_name, k, ext)
             folder = Path(out_dir) / relative if out_dir is not None else Path(src).parent
             dst = os.path.normpath(folder / filename)
         try:
             out_format = io.output_format(dst, fmt)
         except ColorquantError as exc:
             raise PlanError(str(exc)) from None
+        if io.is_stdio(dst):
+            jobs.append(Job(src, dst, out_format))
+            continue
         real = os.path.realpath(dst)
         if real in sources:
             raise PlanError(f"{dst}: output is the same file as the input")
@@ -338,13 +346,12 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
 
 def histogram_task(task: tuple[Job, QuantizeOptions]) -> Any:
     """Read one file and return its histogram, or a failed :class:`FileResult`."""
-    from . import io, pipeline
+    from . import pipeline
 
     job, options = task
     start = time.perf_counter()
     try:
-        image = io.open_image(job.src, max_pixels=options.max_pixels)
-        return pipeline.prepare(image).histogram
+        return pipeline.histogram_file(job.src, job.fmt, options)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
 
@@ -434,7 +441,7 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
     for job in jobs:
         if job.src in failed:
             ready[job.src] = failed[job.src]
-        elif no_clobber and os.path.lexists(job.dst):
+        elif no_clobber and job.dst != "-" and os.path.lexists(job.dst):
             ready[job.src] = FileResult(job.src, job.dst, "skipped", options.colors,
                                         error=f"{job.dst}: exists (--no-clobber)")
         else:

@@ -58,6 +58,16 @@ def _verbose(result: batch.FileResult) -> None:
     _message(f"time: {times}")
 
 
+def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
+                ) -> tuple[int, int, int]:
+    from .options import parse_rgb
+
+    try:
+        return parse_rgb(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-k", "--colors", type=click.IntRange(MIN_COLORS, MAX_COLORS), default=16,
@@ -98,6 +108,14 @@ def _verbose(result: batch.FileResult) -> None:
               help="PNG zlib level: 0 fastest, 9 smallest.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse images with more pixels (decompression bombs).")
+@click.option("--frame", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Quantize only frame N (0-based) of an animation or multi-page file.")
+@click.option("--to-srgb", is_flag=True,
+              help="Convert from the embedded ICC profile to sRGB before quantizing.")
+@click.option("--strip", is_flag=True, help="Write no metadata (ICC profile, DPI).")
+@click.option("--transparent-color", "transparent_color", default="#000000", show_default=True,
+              metavar="COLOR", callback=_rgb_option,
+              help="RGB (#rrggbb or r,g,b) of the palette entry for fully transparent pixels.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Report the palette, the time of each stage and the error (MSE, PSNR).")
@@ -106,7 +124,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         name: str | None, recursive: bool, fmt: str | None, seed: int, shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
-        compare: str | None, compress_level: int, max_pixels: int, quiet: bool,
+        compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
+        to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int], quiet: bool,
         verbose: bool) -> int:
     """Reduce the colors of images with mini-batch k-means.
 
@@ -115,7 +134,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     --shared-palette), replaces every pixel by its nearest palette color and writes
     an indexed PNG (or the format of the output's extension).
     """
-    from . import palettefile, pipeline
+    from . import io, palettefile, pipeline
 
     if output is not None and (len(inputs) > 1 or recursive):
         raise click.UsageError("-o/--output takes one input; use --out-dir for several")
@@ -123,6 +142,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("use either -o/--output or --out-dir/--name, not both")
     if shared_palette and palette_file is not None:
         raise click.UsageError("use either --shared-palette or --palette, not both")
+    if shared_palette and io.STDIO in inputs:
+        raise click.UsageError("--shared-palette reads its inputs twice: not standard input")
     try:
         for extra in (plot, compare):
             if extra is not None:
@@ -145,6 +166,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                           fmt=fmt, recursive=recursive)
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
+    if as_json and any(io.is_stdio(job.dst) for job in plan):
+        raise click.UsageError("--json prints on standard output: write the image to a file")
     if (plot or compare) and len(plan) > 1:
         raise click.UsageError("--plot and --compare take one input")
     if save_palette is not None and len(plan) > 1 and not (shared_palette or palette):
@@ -152,7 +175,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     if plot or compare:
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
-                              compress_level=compress_level, max_pixels=max_pixels)
+                              compress_level=compress_level, max_pixels=max_pixels, frame=frame,
+                              to_srgb=to_srgb, strip=strip, transparent_color=transparent_color)
     if out_dir is not None:
         for folder in sorted({os.path.dirname(job.dst) for job in plan}):
             try:
@@ -169,6 +193,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     preload = ["colorquant.batch"] if (shared_palette or palette) else [
         "colorquant.batch", "sklearn.cluster"]
     count = min(jobs or batch.default_workers(), len(plan))
+    if io.STDIO in inputs:
+        count = 1  # standard input and output stay with this process
     with contextlib.ExitStack() as stack:
         if bar is not None:
             stack.enter_context(bar)
