@@ -15,7 +15,7 @@ from PIL import Image
 
 RGB_MASK = np.uint32(0x00FFFFFF)
 #: Pixels processed per step by the large-image passes; bounds their temporary memory.
-STRIP = 1 << 22
+STRIP = 1 << 20
 #: From this many pixels on, a dense 2**24 bincount beats sorting for the RGB histogram.
 DENSE_FROM = 1 << 20
 
