@@ -233,7 +233,8 @@ def quantize_file(
         log(f"warning: {dst}: {fmt} cannot store a palette; its compression adds colors back")
     start = time.perf_counter()
     image = encode(result, fmt, options)
-    params = io.save_params(fmt, compress_level=options.compress_level)
+    params = io.save_params(fmt, compress_level=options.compress_level,
+                            n_colors=len(result.palette))
     io.atomic_write(dst, lambda handle: image.save(handle, format=fmt, **params))
     result.timings["write"] = time.perf_counter() - start
     if plot is not None or compare is not None:

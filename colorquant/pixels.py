@@ -153,7 +153,8 @@ def lookup(keys: np.ndarray | Iterable[np.ndarray], hist: Histogram, labels: np.
     out = np.empty(n, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.uint8)
     table = None
-    if hist.channels == 3 and n >= DENSE_FROM:
+    if hist.channels == 3:
+        # A 16 MB table beats a binary search from a few thousand pixels on.
         table = np.zeros(1 << 24, dtype=np.uint8)
         table[hist.keys] = labels
     start = 0
