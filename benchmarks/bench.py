@@ -94,7 +94,8 @@ def run(cmd: list[str], cap: float) -> tuple[float, float, str, str]:
     wall, rss, code = last.split()
     if code == "timeout":
         return cap, float("nan"), err, f"> {cap:.0f} s"
-    note = "" if code == "0" else f"exit {code}"
+    reason = err.strip().splitlines()[-1][:60] if err.strip() else ""
+    note = "" if code == "0" else f"exit {code} {reason}".strip()
     return float(wall), int(rss) / 1024, err, note
 
 
