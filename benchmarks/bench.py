@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 PY = sys.executable
+Image.MAX_IMAGE_PIXELS = None  # the benchmark reads its own 96 MP images
 STAGES = ("read", "histogram", "fit", "map", "metrics", "write")
 
 TEXTBOOK = """
