@@ -43,6 +43,10 @@ def _output_for(src: str, output: str | None, out_dir: str | None, k: int, fmt: 
 
     if output is not None:
         return Path(output)
+    if src == io.STDIO:
+        if out_dir is None:
+            return Path(io.STDIO)
+        src = "stdin"
     default = io.default_output(src, k, io.output_format("x.png", fmt))
     return Path(out_dir) / default.name if out_dir is not None else default
 
@@ -51,6 +55,16 @@ def _describe_palette(result) -> list[str]:  # type: ignore[no-untyped-def]
     shares = result.palette.shares()
     return [f"  {hx}  {share:6.2%}" for hx, share in zip(result.palette.hex(), shares,
                                                           strict=True)]
+
+
+def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
+                ) -> tuple[int, int, int]:
+    from .options import parse_rgb
+
+    try:
+        return parse_rgb(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,13 +88,22 @@ def _describe_palette(result) -> list[str]:  # type: ignore[no-untyped-def]
               help="PNG zlib level: 0 fastest, 9 smallest.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse images with more pixels (decompression bombs).")
+@click.option("--frame", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Quantize only frame N (0-based) of an animation or multi-page file.")
+@click.option("--to-srgb", is_flag=True,
+              help="Convert from the embedded ICC profile to sRGB before quantizing.")
+@click.option("--strip", is_flag=True, help="Write no metadata (ICC profile, DPI).")
+@click.option("--transparent-color", "transparent_color", default="#000000", show_default=True,
+              metavar="COLOR", callback=_rgb_option,
+              help="RGB (#rrggbb or r,g,b) of the palette entry for fully transparent pixels.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Report the palette, the time of each stage and the error (MSE, PSNR).")
 @click.version_option(__version__, "--version", prog_name="colorquant")
 def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str | None,
         fmt: str | None, seed: int, plot: str | None, compare: str | None,
-        compress_level: int, max_pixels: int, quiet: bool, verbose: bool) -> int:
+        compress_level: int, max_pixels: int, frame: int | None, to_srgb: bool, strip: bool,
+        transparent_color: tuple[int, int, int], quiet: bool, verbose: bool) -> int:
     """Reduce the colors of images with mini-batch k-means.
 
     Reads each INPUT (any format Pillow reads), fits a palette of -k colors to its
@@ -95,8 +118,11 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("--plot and --compare take one input")
     if output is not None and out_dir is not None:
         raise click.UsageError("use either -o/--output or --out-dir, not both")
+    if inputs.count(io.STDIO) > 1:
+        raise click.UsageError("standard input (-) can be read only once")
     options = QuantizeOptions(colors=colors, seed=seed, compress_level=compress_level,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, frame=frame, to_srgb=to_srgb, strip=strip,
+                              transparent_color=transparent_color)
     jobs: list[tuple[str, Path, str]] = []
     for src in inputs:
         dst = _output_for(src, output, out_dir, colors, fmt)
@@ -107,7 +133,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                     pipeline.plot_path_check(extra)
         except ColorquantError as exc:
             raise click.UsageError(str(exc)) from None
-        if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        if (src != io.STDIO and os.path.exists(src) and os.path.exists(dst)
+                and os.path.samefile(src, dst)):
             raise click.UsageError(f"{dst}: output is the same file as the input")
         jobs.append((src, dst, out_format))
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageTooLargeError, InputError, OutputError
@@ -32,10 +36,18 @@ EXTENSIONS: dict[str, str] = {"PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF"
                               "BMP": "bmp", "JPEG": "jpg"}
 
 _bomb_lock = threading.Lock()
+#: Most frames read from one file: each frame has a fixed cost, so a flood of tiny frames is
+#: refused even under the pixel limit.
+MAX_FRAMES = 10_000
 
 
 def output_format(path: str | os.PathLike[str], override: str | None = None) -> str:
-    """Pillow format name for an output path (by extension) or an explicit format name."""
+    """Pillow format name for an output path (by extension) or an explicit format name.
+
+    Standard output (``"-"``) is PNG unless a format is given.
+    """
+    if not override and os.fspath(path) == "-":
+        return "PNG"
     if override:
         name = override.upper().replace("JPG", "JPEG").replace("TIF", "TIFF")
         name = "TIFF" if name == "TIFFF" else name
@@ -52,75 +64,330 @@ def output_format(path: str | os.PathLike[str], override: str | None = None) -> 
         ) from None
 
 
+#: Largest width or height each output format can store.
+MAX_SIDE: dict[str, int] = {"WEBP": 16383, "GIF": 65535, "JPEG": 65500, "BMP": 2**31 - 1,
+                            "PNG": 2**31 - 1, "TIFF": 2**32 - 1}
+
+
+def check_output_size(fmt: str, size: tuple[int, int], dst: str) -> None:
+    """Refuse, before any work, an image too wide or tall for the output format."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(size) > limit:
+        raise OutputError(f"{dst}: {fmt} holds at most {limit:,} pixels per side; the image is "
+                          f"{size[0]}x{size[1]} (choose another --format)")
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
-def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image, refusing images over ``max_pixels`` before decoding.
+#: The file name that means standard input (as INPUT) or standard output (as -o).
+STDIO = "-"
+
+
+def is_stdio(path: object) -> bool:
+    """Whether a path given by the user means standard input/output (exactly ``-``)."""
+    return isinstance(path, (str, os.PathLike)) and os.fspath(path) == STDIO
+
+
+def display_name(source: str | os.PathLike[str] | BinaryIO) -> str:
+    """How an input is named in messages (``<stdin>`` for standard input)."""
+    if is_stdio(source):
+        return "<stdin>"
+    return _label(source)
+
+
+def _label(source: str | os.PathLike[str] | BinaryIO) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) and not name.startswith("<") else "<stdin>"
+
+
+def read_stream(stream: BinaryIO) -> BytesIO:
+    """The whole of a (possibly unseekable) stream such as standard input, in memory."""
+    try:
+        return BytesIO(stream.read())
+    except OSError as exc:
+        raise InputError(f"{_label(stream)}: cannot read: {exc.strerror or _describe(exc)}"
+                         ) from None
+
+
+#: File signatures, to tell a damaged or unsupported image from a file that is no image.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _unidentified(source: str | os.PathLike[str] | BinaryIO) -> str:
+    """Why Pillow could not identify a file: empty, a damaged known format, or no image."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                head = handle.read(16)
+        else:
+            source.seek(0)
+            head = source.read(16)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "not a recognized image file (the file is empty)"
+    kind = next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind:
+        return f"damaged or unsupported {kind} file (Pillow cannot decode it)"
+    return "not a recognized image file"
+
+
+def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
+               frame: int | None = None) -> Image.Image:
+    """Open and decode an image, refusing images over ``max_pixels`` before decoding.
+
+    ``source`` may be a path, ``"-"`` for standard input, or a binary file object. For a
+    multi-frame image the limit applies to width × height × frames (only one frame when
+    ``frame`` is given), checked from the headers before any frame is decoded; the first frame
+    (or ``frame``) is loaded.
 
     Raises
     ------
     InputError
-        Missing file, a directory, not an image, or a corrupt/truncated image.
+        Missing file, a directory, not an image, a corrupt/truncated image, no such frame.
     ImageTooLargeError
-        The header declares more than ``max_pixels`` pixels.
+        The headers declare more than ``max_pixels`` pixels.
     """
-    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "-")
-    label = os.fspath(name) if isinstance(name, (str, os.PathLike)) else "-"
+    if is_stdio(source):
+        source = read_stream(sys.stdin.buffer)
+        source.name = "<stdin>"  # type: ignore[attr-defined]
+    label = _label(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise InputError(f"{label}: no such file")
         if os.path.isdir(source):
             raise InputError(f"{label}: is a directory, not an image")
+    elif not source.seekable():
+        source = read_stream(source)
     try:
         # Pillow's own bomb check is replaced by ours, which has a configurable limit.
         with _bomb_lock:
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                image = Image.open(source)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except Image.UnidentifiedImageError:
-        raise InputError(f"{label}: not a recognized image file") from None
+        raise InputError(f"{label}: {_unidentified(source)}") from None
     except OSError as exc:
         raise InputError(f"{label}: cannot read: {exc.strerror or _describe(exc)}") from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
         raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise ImageTooLargeError(
-            f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (see --max-pixels)"
-        )
-    if width == 0 or height == 0:
-        image.close()
-        raise InputError(f"{label}: image has no pixels ({width}x{height})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with pixel_limit(max_pixels, label):
+            _check_size(image, label, max_pixels, frame)
             image.load()
+    except InputError:
+        image.close()
+        raise
     except Exception as exc:
         image.close()
         raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
     return image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB or RGBA version of any Pillow image (RGBA only when some pixel is not opaque)."""
-    # A broken EXIF block must not stop the run: keep the stored orientation then.
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
+    """Let Pillow refuse frames beyond ``max_pixels`` while seeking (frames larger than the
+    canvas), reported as :class:`ImageTooLargeError`; Pillow's warnings are silenced."""
+    with _bomb_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(1, max_pixels // 2)  # Pillow raises above twice this
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(f"{label}: a frame declares more than {max_pixels:,} "
+                                     "pixels (see --max-pixels)") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def count_frames(image: Image.Image) -> int:
+    """Number of frames, from the headers: Pillow walks GIF and TIFF frame headers without
+    decoding any pixel data."""
+    if not getattr(image, "is_animated", False) and getattr(image, "n_frames", 1) <= 1:
+        return 1
+    return int(image.n_frames)
+
+
+def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | None) -> None:
+    """Refuse empty images, missing frames and images (or animations) over the pixel limit."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (see --max-pixels)"
+        )
+    if width == 0 or height == 0:
+        raise InputError(f"{label}: image has no pixels ({width}x{height})")
+    n_frames = count_frames(image)
+    if frame is not None:
+        if frame >= n_frames:
+            raise InputError(f"{label}: has {n_frames} frame(s), no frame {frame}")
+        image.seek(frame)
+        return
+    if n_frames > MAX_FRAMES:
+        raise ImageTooLargeError(f"{label}: {n_frames:,} frames, over the limit of "
+                                 f"{MAX_FRAMES:,} (take one with --frame N)")
+    if width * height * n_frames > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {n_frames:,} frames of {width}x{height} are "
+            f"{width * height * n_frames:,} pixels, over the limit of {max_pixels:,} "
+            f"(see --max-pixels, or take one frame with --frame)"
+        )
+
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+Log = Callable[[str], None]
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned by its orientation tag (EXIF, PNG eXIf, or XMP); a bad tag is ignored."""
     with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image) or image
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        if rgba.getextrema()[3][0] < 255:
-            return rgba
+        return ImageOps.exif_transpose(image) or image
+    return image
+
+
+def to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
+    """Any Pillow image as an 8-bit mode that ``convert`` handles correctly (same alpha).
+
+    16-bit gray keeps its high byte (and its tRNS color key, as alpha); float images with
+    samples in 0–1 are scaled to 0–255; 32-bit integer and other float images are refused,
+    since they have no standard display range.
+    """
+    mode = image.mode
+    trns = image.info.get("transparency")
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        values = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.int64)
+        gray = Image.fromarray((values >> 8).astype(np.uint8), "L")
+        if isinstance(trns, int):
+            alpha = np.where(values == trns, 0, 255).astype(np.uint8)
+            return Image.merge("LA", (gray, Image.fromarray(alpha, "L")))
+        return gray
+    if mode == "I":
+        raise InputError(f"{label}: 32-bit integer samples have no standard display range; "
+                         "convert to 8 or 16 bits first")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
+            raise InputError(f"{label}: float samples must lie in 0–1 (found {low:g} to "
+                             f"{high:g}); convert to 8 or 16 bits first")
+        return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), "L")
+    if mode == "La":  # premultiplied: Pillow converts it only to LA
+        return image.convert("LA")
+    if mode == "RGB" and isinstance(trns, tuple) and max(trns) > 255:
+        # 16-bit RGB with a tRNS key: Pillow keeps the high byte of each sample, so does the key.
+        image = image.copy()
+        image.info["transparency"] = tuple(int(v) >> 8 for v in trns)
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB or RGBA version of any Pillow image (RGBA only when some pixel is not opaque).
+
+    Raises ``InputError`` for modes with no sensible 8-bit RGB conversion.
+    """
+    rgba = to_rgba(upright(image))
+    if rgba.mode == "RGBA" and rgba.getextrema()[3][0] == 255:
         return rgba.convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return rgba
+
+
+def to_rgba(image: Image.Image, label: str = "image") -> Image.Image:
+    """RGB (no alpha in the source) or RGBA (alpha or a transparent color in the source)."""
+    image = to_8bit(image, label)
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    target = "RGBA" if has_alpha else "RGB"
+    if image.mode == target:
+        return image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return image.convert(target)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{label}: cannot convert mode {image.mode} to {target} "
+                         f"({_describe(exc)})") from None
+
+
+@dataclass(frozen=True)
+class ColorProfile:
+    """What to do with a source's ICC profile: the transform to sRGB, and what to embed."""
+
+    transform: Callable[[Image.Image], Image.Image] | None = None
+    keep: bytes | None = None
+
+
+def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
+                  log: Log | None = None) -> ColorProfile:
+    """Decide from an image's ICC profile how its pixels become the stored RGB values.
+
+    An RGB profile is kept for the output (the palette is fitted on the stored values), or,
+    with ``to_srgb``, used to convert the pixels to sRGB. CMYK and gray profiles cannot be
+    embedded in an RGB or palette output, so those pixels are always converted to sRGB. A
+    profile that cannot be parsed, or does not match the pixels, is dropped with a warning.
+    """
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return ColorProfile()
+    try:
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+        space = profile.profile.xcolor_space.strip()
+    except Exception as exc:
+        if log:
+            log(f"warning: {label}: ignoring unreadable ICC profile ({_describe(exc)})")
+        return ColorProfile()
+    base = image.mode
+    kind = {"CMYK": "CMYK", "L": "GRAY", "LA": "GRAY", "1": "GRAY"}.get(
+        base, "GRAY" if base.startswith("I") or base == "F" else "RGB")
+    if space != kind:
+        if log:
+            log(f"warning: {label}: ignoring ICC profile for {space} on a {base} image")
+        return ColorProfile()
+    if space == "RGB" and not to_srgb:
+        return ColorProfile(keep=bytes(icc))
+    try:
+        srgb = ImageCms.createProfile("sRGB")
+        cache: dict[tuple[str, str], ImageCms.ImageCmsTransform] = {}
+
+        def transform(frame: Image.Image) -> Image.Image:
+            if frame.mode == "1":
+                frame = frame.convert("L")
+            elif frame.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
+                frame = to_rgba(frame, label)
+            alpha = frame.getchannel("A") if frame.mode in ("RGBA", "LA") else None
+            source = {"LA": "L", "RGBA": "RGB"}.get(frame.mode, frame.mode)
+            if (source, "RGB") not in cache:
+                cache[source, "RGB"] = ImageCms.buildTransform(profile, srgb, source, "RGB")
+            out = ImageCms.applyTransform(frame.convert(source), cache[source, "RGB"])
+            assert out is not None
+            if alpha is not None:
+                out.putalpha(alpha)
+            return out
+
+        probe = Image.new({"CMYK": "CMYK", "GRAY": "L"}.get(space, "RGB"), (1, 1))
+        transform(probe)
+    except Exception as exc:
+        if log:
+            log(f"warning: {label}: ignoring ICC profile that cannot be applied "
+                f"({_describe(exc)})")
+        return ColorProfile()
+    return ColorProfile(transform=transform)
 
 
 def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
@@ -138,7 +405,7 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:  # readable: multi-page TIFF reads back
             writer(handle)
         umask = os.umask(0)
         os.umask(umask)
@@ -174,7 +441,8 @@ def save_params(fmt: str, *, compress_level: int, n_colors: int = 256) -> dict[s
             return {"compress_level": compress_level, "compress_type": Z_RLE}
         return {"compress_level": compress_level}
     if fmt == "WEBP":
-        return {"lossless": True, "quality": 100, "method": 4}
+        # exact: keep the RGB of fully transparent pixels (the documented transparent color)
+        return {"lossless": True, "quality": 100, "method": 4, "exact": True}
     if fmt == "JPEG":
         return {"quality": 95}
     return {}

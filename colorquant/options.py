@@ -17,6 +17,24 @@ class ColorSpace(enum.Enum):
     RGB = "rgb"
 
 
+def parse_rgb(text: str) -> tuple[int, int, int]:
+    """An RGB color from ``#rrggbb``, ``rrggbb`` or ``r,g,b`` (0–255 each)."""
+    value = text.strip()
+    try:
+        if "," in value:
+            parts = tuple(int(p) for p in value.split(","))
+        else:
+            digits = value.removeprefix("#")
+            if len(digits) != 6:
+                raise ValueError
+            parts = tuple(int(digits[i : i + 2], 16) for i in (0, 2, 4))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(0 <= c <= 255 for c in parts):
+        raise ValueError(f"expected #rrggbb or r,g,b with values 0–255, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """Everything that decides the output of a run; equal options give identical bytes.
@@ -32,7 +50,16 @@ class QuantizeOptions:
     compress_level : int
         zlib level for PNG output, 0 (fast, large) to 9 (slow, small).
     max_pixels : int
-        Refuse inputs with more pixels than this (decompression bombs).
+        Refuse inputs with more pixels than this (decompression bombs); for an animation,
+        width × height × frames.
+    transparent_color : tuple of 3 int
+        RGB stored in the palette entry of fully transparent pixels (alpha 0).
+    frame : int or None
+        Quantize only this frame (0-based) of a multi-frame input; None for every frame.
+    to_srgb : bool
+        Convert pixels from an embedded ICC profile to sRGB before the fit.
+    strip : bool
+        Write no metadata (ICC profile, DPI) to the output.
     """
 
     colors: int = 16
@@ -40,6 +67,10 @@ class QuantizeOptions:
     space: ColorSpace = ColorSpace.RGB
     compress_level: int = 6
     max_pixels: int = DEFAULT_MAX_PIXELS
+    transparent_color: tuple[int, int, int] = (0, 0, 0)
+    frame: int | None = None
+    to_srgb: bool = False
+    strip: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):
@@ -56,3 +87,10 @@ class QuantizeOptions:
             raise ValueError(f"compress_level must be between 0 and 9, got {self.compress_level}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        rgb = self.transparent_color
+        if (not isinstance(rgb, tuple) or len(rgb) != 3
+                or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)):
+            raise ValueError(f"transparent_color must be three integers 0–255, got {rgb!r}")
+        if self.frame is not None and (isinstance(self.frame, bool)
+                                       or not isinstance(self.frame, int) or self.frame < 0):
+            raise ValueError(f"frame must be a non-negative integer or None, got {self.frame!r}")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from . import fit, io, metrics, pixels, remap
+from . import fit, frames, io, metrics, pixels, remap
 from .colorspace import get_space
 from .errors import OutputError
 from .options import QuantizeOptions
@@ -60,6 +63,12 @@ class _Clock:
         now = time.perf_counter()
         self.timings[stage] = self.timings.get(stage, 0.0) + now - self._last
         self._last = now
+
+    def add(self, timings: dict[str, float]) -> None:
+        """Record stages timed elsewhere, which ran up to now."""
+        for stage, seconds in timings.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        self._last = time.perf_counter()
 
 
 def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
@@ -117,13 +126,36 @@ def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palett
 
 
 def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette, np.ndarray]:
-    """The fitted palette and the label of each distinct color in it."""
+    """The fitted palette and the label of each distinct color in it.
+
+    Fully transparent pixels (key 0 of an RGBA histogram) take no part in the fit: they get
+    one palette entry of their own, first, with RGB ``options.transparent_color`` and alpha 0,
+    which counts toward ``options.colors`` (as in pngquant); the visible colors share the rest.
+    """
+    if histogram.channels == 4 and len(histogram) and histogram.keys[0] == 0:
+        entry = np.array([[*options.transparent_color, 0]], dtype=np.uint8)
+        if len(histogram) == 1:
+            return Palette(entry, histogram.counts[:1]), np.zeros(1, dtype=np.uint8)
+        visible = pixels.Histogram(histogram.keys[1:], histogram.counts[1:], 4)
+        palette, labels = _fit_visible(visible, options.colors - 1, options)
+        full = Palette(np.vstack([entry, palette.colors]),
+                       np.concatenate([histogram.counts[:1], palette.counts]))
+        return full, np.concatenate([[0], labels.astype(np.int64) + 1]).astype(np.uint8)
+    return _fit_visible(histogram, options.colors, options)
+
+
+def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions,
+                 ) -> tuple[Palette, np.ndarray]:
+    """At most ``k`` colors fitted to a histogram, most frequent first, and each color's label."""
     colors = histogram.colors
-    if len(histogram) <= options.colors:
+    if len(histogram) <= k:
         centers = colors
     else:
-        centers = fit.fit_centers(colors, histogram.counts, options.colors, seed=options.seed,
+        centers = fit.fit_centers(colors, histogram.counts, k, seed=options.seed,
                                   space=get_space(options.space))
+        if centers.shape[1] == 4:  # a visible color must stay visible
+            centers = centers.copy()
+            centers[:, 3] = np.maximum(centers[:, 3], 1)
     labels = _nearest(colors, centers, options)
     counts = np.bincount(labels, weights=histogram.counts, minlength=len(centers))
     kept = np.flatnonzero(counts)
@@ -132,6 +164,23 @@ def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette
     relabel = np.zeros(len(centers), dtype=np.uint8)
     relabel[kept[order]] = np.arange(len(order), dtype=np.uint8)
     return used.take(order), relabel[labels]
+
+
+def _labels(colors: np.ndarray, palette: Palette, options: QuantizeOptions) -> np.ndarray:
+    """Nearest palette index of each distinct color; alpha 0 maps to the transparent entry.
+
+    With a palette that has a fully transparent entry, fully transparent colors take the first
+    such entry and visible colors the nearest visible entry, so no visible pixel disappears.
+    """
+    if colors.shape[1] != 4 or not palette.has_alpha:
+        return _nearest(colors, palette.colors, options)
+    clear = np.flatnonzero(palette.colors[:, 3] == 0)
+    shown = np.flatnonzero(palette.colors[:, 3] > 0)
+    if len(clear) == 0 or len(shown) == 0:
+        return _nearest(colors, palette.colors, options)
+    labels = shown[_nearest(colors, palette.colors[shown], options)].astype(np.uint8)
+    labels[colors[:, 3] == 0] = clear[0]
+    return labels
 
 
 def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) -> np.ndarray:
@@ -155,7 +204,7 @@ def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions
             f"palette has {palette.colors.shape[1]} channels, image has {colors.shape[1]}"
         )
     if labels is None:
-        labels = _nearest(colors, palette.colors, options)
+        labels = _labels(colors, palette, options)
     counts = np.bincount(labels, weights=hist.counts, minlength=len(palette)).astype(np.int64)
     indices = pixels.lookup(prepared.key_strips(), hist, labels, n_pixels=prepared.n_pixels)
     clock.lap("map")
@@ -204,9 +253,51 @@ def encode(result: QuantizeResult, fmt: str, options: QuantizeOptions) -> Image.
     return result.image
 
 
+def _prepare_frame(image: Image.Image) -> Prepared:
+    """Histogram of an RGB or RGBA frame, keeping its mode (no alpha dropped).
+
+    The pixel keys are read band by band (again when mapping), never held whole.
+    """
+    n = image.size[0] * image.size[1]
+    return Prepared(image, pixels.histogram(pixels.key_strips(image), len(image.mode),
+                                            n_pixels=n))
+
+
+def quantize_frames(images: list[Image.Image], options: QuantizeOptions,
+                    ) -> tuple[list[QuantizeResult], Palette, dict[str, float]]:
+    """Quantize frames (all RGB or all RGBA) with one palette fitted over all of them.
+
+    Returns each frame's result, the shared palette with the pixel counts of all frames, and
+    the seconds spent in each stage.
+    """
+    clock = _Clock()
+    prepared = [_prepare_frame(im) for im in images]
+    merged = prepared[0].histogram if len(prepared) == 1 else pixels.merge(
+        [p.histogram for p in prepared])
+    clock.lap("histogram")
+    palette, merged_labels = _fit(merged, options)
+    clock.lap("fit")
+    results = []
+    timings = dict(clock.timings)
+    for item in prepared:
+        # Each frame's distinct colors are a subset of the merged ones: reuse their labels.
+        where = np.searchsorted(merged.keys, item.histogram.keys)
+        result = apply_palette(item, palette, options, labels=merged_labels[where])
+        results.append(result)
+        for stage, seconds in result.timings.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+    total = np.sum([r.palette.counts for r in results], axis=0).astype(np.int64)
+    return results, Palette(palette.colors, total), timings
+
+
+def _open_source(src: str | os.PathLike[str] | BinaryIO, options: QuantizeOptions,
+                 ) -> Image.Image:
+    return io.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
+
+
 def quantize_file(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+    src: str | os.PathLike[str] | BinaryIO,
+    dst: str | os.PathLike[str] | BinaryIO,
     k: int = 16,
     *,
     seed: int = 0,
@@ -218,35 +309,96 @@ def quantize_file(
 ) -> QuantizeResult:
     """Read ``src``, quantize it and write ``dst`` atomically (plus optional plots).
 
-    ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
+    ``src`` may be ``"-"`` (standard input) or a binary file object; ``dst`` may be ``"-"``
+    (standard output) or a writable binary file object, which receive the whole encoded image
+    in one write once it is complete. Every frame of an animation or multi-page file is
+    quantized with one shared palette and written as an animation when the output format
+    holds one. ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
+    The result describes the first frame written, with the palette counts of all frames.
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
-    fmt = io.output_format(dst, fmt)
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+    to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
+    fmt = io.output_format(io.STDIO if to_stream else dst, fmt)  # type: ignore[arg-type]
+    label = io.display_name(src)
+    shown_dst = "<stdout>" if to_stream else os.fspath(dst)  # type: ignore[arg-type]
+    if (not to_stream and isinstance(src, (str, os.PathLike)) and not io.is_stdio(src)
+            and os.path.exists(dst) and os.path.exists(src)  # type: ignore[arg-type]
+            and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
-    start = time.perf_counter()
-    source = io.open_image(src, max_pixels=options.max_pixels)
-    read_time = time.perf_counter() - start
-    result = quantize(source, options)
-    result.timings["read"] = read_time
+    clock = _Clock()
+    source = _open_source(src, options)
+    try:
+        decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
+                              max_pixels=options.max_pixels, label=label, log=log)
+    finally:
+        source.close()
+    clock.lap("read")
+    images = decoded.images
+    io.check_output_size(fmt, images[0].size, shown_dst)
+    if len(images) > 1 and fmt not in frames.MULTI_FRAME_FORMATS:
+        if log:
+            log(f"warning: {shown_dst}: {fmt} holds one frame; wrote frame 0 of {len(images)} "
+                "(use --frame N to choose)")
+        images = images[:1]
+    elif len({im.size for im in images}) > 1 and fmt != "TIFF":
+        if log:
+            log(f"warning: {label}: pages differ in size and {fmt} holds one size; wrote page "
+                "0 (use --frame N to choose, or a TIFF output for all pages)")
+        images = images[:1]
+    if fmt == "GIF":
+        images, partial = frames.threshold_alpha(images)
+        if partial and log:
+            log(f"warning: {label}: GIF has no partial transparency; alpha cut at 50%")
+    results, palette, stage_times = quantize_frames(images, options)
+    clock.add(stage_times)
+    if fmt in ("BMP", "JPEG") and palette.has_alpha and log:
+        log(f"warning: {shown_dst}: {fmt} keeps no transparency; shown over white")
     if fmt in io.LOSSY_FORMATS and log:
-        log(f"warning: {dst}: {fmt} cannot store a palette; its compression adds colors back")
-    start = time.perf_counter()
-    image = encode(result, fmt, options)
-    params = io.save_params(fmt, compress_level=options.compress_level,
-                            n_colors=len(result.palette))
-    io.atomic_write(dst, lambda handle: image.save(handle, format=fmt, **params))
-    result.timings["write"] = time.perf_counter() - start
+        log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
+            "back")
+    transparent = None
+    if palette.has_alpha and (palette.colors[:, 3] == 0).any():
+        transparent = int(np.flatnonzero(palette.colors[:, 3] == 0)[0])
+
+    def write(handle: BinaryIO) -> None:
+        try:
+            frames.write(handle, [r.image for r in results], fmt, decoded,
+                         transparent_index=transparent, compress_level=options.compress_level,
+                         strip=options.strip, n_colors=len(palette))
+        except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
+            raise OutputError(f"{shown_dst}: the {fmt} encoder refused the image "
+                              f"({str(exc).strip() or type(exc).__name__})") from None
+
+    if to_stream:
+        buffer = BytesIO()
+        write(buffer)
+        stream = sys.stdout.buffer if io.is_stdio(dst) else dst
+        try:
+            stream.write(buffer.getvalue())  # type: ignore[union-attr]
+            stream.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"{shown_dst}: cannot write: {exc.strerror or exc}") from None
+    else:
+        io.atomic_write(dst, write)  # type: ignore[arg-type]
+    clock.lap("write")
+    first = results[0]
+    result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings))
+    if len(results) > 1:
+        weights = np.array([r.palette.total for r in results], dtype=np.float64)
+        mse = float(np.average([r.mse for r in results], weights=weights))
+        result = QuantizeResult(first.image, palette, mse, metrics.psnr(mse), result.timings)
     if plot is not None or compare is not None:
         from . import plots
 
-        start = time.perf_counter()
-        original = io.to_rgb(source)
+        original = images[0]
         if plot is not None:
-            plots.save(plots.scatter_figure(original, result, seed=options.seed), plot)
+            plots.save(plots.scatter_figure(original, first, seed=options.seed), plot)
         if compare is not None:
-            plots.save(plots.comparison_figure(original, result), compare)
-        result.timings["plots"] = time.perf_counter() - start
+            plots.save(plots.comparison_figure(original, first), compare)
+        clock.lap("plots")
+        result.timings["plots"] = clock.timings["plots"]
     return result
 
 
