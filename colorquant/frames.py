@@ -156,16 +156,18 @@ def threshold_alpha(images: list[Image.Image]) -> tuple[list[Image.Image], bool]
 
 
 def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames, *,
-          transparent_index: int | None, compress_level: int, strip: bool) -> None:
+          transparent_index: int | None, compress_level: int, strip: bool,
+          n_colors: int = 256) -> None:
     """Encode quantized ``"P"`` frames (one shared palette) in ``fmt`` to ``handle``.
 
     PNG (APNG), GIF, TIFF and BMP keep the palette; WebP is lossless RGB(A); TIFF falls back to
     RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
     over white; JPEG is RGB. Formats without frames get the first frame only (the caller
-    warns).
+    warns). ``n_colors`` (the palette size) picks the PNG zlib strategy.
     """
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
-    params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level))
+    params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level,
+                                                    n_colors=n_colors))
     if not strip:
         if frames.icc_profile and fmt in ("PNG", "TIFF", "WEBP", "JPEG"):
             params["icc_profile"] = frames.icc_profile

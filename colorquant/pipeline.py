@@ -6,7 +6,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -84,19 +84,35 @@ def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
-    """An image ready for the palette stages: its RGB(A) form, pixel keys and histogram."""
+    """An image ready for the palette stages: its RGB(A) form and its histogram.
+
+    The packed pixel keys are not kept: they are made again band by band when the pixels are
+    mapped, so a large image is never held twice in memory.
+    """
 
     image: Image.Image
-    keys: np.ndarray
     histogram: pixels.Histogram
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of pixels of the image."""
+        return self.image.size[0] * self.image.size[1]
+
+    def key_strips(self) -> Iterator[np.ndarray]:
+        """The image's raw uint32 pixel keys, one bounded band of rows at a time."""
+        return pixels.key_strips(self.image)
+
+    @property
+    def keys(self) -> np.ndarray:
+        """All raw pixel keys at once, uint32 of shape (n,) (a full copy: small images only)."""
+        return np.concatenate(list(self.key_strips()))
 
 
 def prepare(image: Image.Image | np.ndarray) -> Prepared:
-    """Upright RGB(A) image, its packed pixel keys and its histogram of distinct colors."""
+    """Upright RGB(A) image and its histogram of distinct colors."""
     rgb = io.to_rgb(_as_image(image))
-    channels = len(rgb.mode)
-    keys = pixels.pixel_keys(rgb.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-    return Prepared(rgb, keys, pixels.histogram(keys, channels))
+    n = rgb.size[0] * rgb.size[1]
+    return Prepared(rgb, pixels.histogram(pixels.key_strips(rgb), len(rgb.mode), n_pixels=n))
 
 
 def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palette:
@@ -190,9 +206,10 @@ def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions
     if labels is None:
         labels = _labels(colors, palette, options)
     counts = np.bincount(labels, weights=hist.counts, minlength=len(palette)).astype(np.int64)
-    indices = pixels.lookup(prepared.keys, hist, labels)
+    indices = pixels.lookup(prepared.key_strips(), hist, labels, n_pixels=prepared.n_pixels)
     clock.lap("map")
-    out = Image.frombuffer("P", prepared.image.size, indices.tobytes(), "raw", "P", 0, 1)
+    # The image shares the index array's memory (no copy of the output).
+    out = Image.frombuffer("P", prepared.image.size, indices, "raw", "P", 0, 1)
     out.putpalette(palette.colors.tobytes(), "RGBA" if palette.has_alpha else "RGB")
     error = metrics.weighted_mse(colors, palette.colors[labels], hist.counts)
     clock.lap("metrics")
@@ -254,10 +271,13 @@ def encode(result: QuantizeResult, fmt: str, options: QuantizeOptions) -> Image.
 
 
 def _prepare_frame(image: Image.Image) -> Prepared:
-    """Keys and histogram of an RGB or RGBA frame, keeping its mode (no alpha dropped)."""
-    channels = len(image.mode)
-    keys = pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-    return Prepared(image, keys, pixels.histogram(keys, channels))
+    """Histogram of an RGB or RGBA frame, keeping its mode (no alpha dropped).
+
+    The pixel keys are read band by band (again when mapping), never held whole.
+    """
+    n = image.size[0] * image.size[1]
+    return Prepared(image, pixels.histogram(pixels.key_strips(image), len(image.mode),
+                                            n_pixels=n))
 
 
 def quantize_frames(images: list[Image.Image], options: QuantizeOptions, *,
@@ -399,7 +419,7 @@ def quantize_file(
         try:
             frames.write(handle, [r.image for r in results], fmt, decoded,
                          transparent_index=transparent, compress_level=options.compress_level,
-                         strip=options.strip)
+                         strip=options.strip, n_colors=len(palette))
         except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
             raise OutputError(f"{shown_dst}: the {fmt} encoder refused the image "
                               f"({str(exc).strip() or type(exc).__name__})") from None
