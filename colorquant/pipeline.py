@@ -184,8 +184,12 @@ def _labels(colors: np.ndarray, palette: Palette, options: QuantizeOptions) -> n
 
 
 def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) -> np.ndarray:
+    """Index of each color's nearest center; an exact tie goes to the center that sorts
+    first by (R, G, B[, A]), so the answer never depends on the palette's order."""
     space = get_space(options.space)
-    return remap.nearest(space.metric(colors), space.metric(centers))
+    by_value = np.lexsort(centers.T[::-1])
+    found = remap.nearest(space.metric(colors), space.metric(centers[by_value]))
+    return by_value[found].astype(np.uint8)
 
 
 def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions, *,
@@ -246,9 +250,7 @@ def match_channels(prepared: Prepared, palette: Palette) -> Prepared:
     if channels == wanted:
         return prepared
     if channels == 3:
-        rgba = prepared.image.convert("RGBA")
-        keys = pixels.pixel_keys(rgba.tobytes("raw", "RGBA"))
-        return Prepared(rgba, keys, pixels.histogram(keys, 4))
+        return _prepare_frame(prepared.image.convert("RGBA"))
     raise PaletteError("the image has transparency but the palette has no alpha channel "
                        "(give one with #rrggbbaa colors)")
 

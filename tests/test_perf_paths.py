@@ -89,16 +89,18 @@ def test_banded_histogram_and_lookup_match_plain_numpy(channels, monkeypatch):
 
 @pytest.mark.parametrize(("k", "seed"), [(8, 0), (64, 1), (256, 2)])
 def test_mapping_equals_the_straightforward_path(k, seed):
-    # Straightforward path: every pixel compared with every palette color, ties to the
-    # lowest index; the histogram + lookup-table path must give the very same indices.
+    # Straightforward path: every pixel compared with every palette color, an exact tie to
+    # the color that sorts first by (R, G, B); the histogram + lookup-table path must give
+    # the very same indices.
     array = photo_like(60, 80, seed=seed)
     options = QuantizeOptions(colors=k, seed=seed)
     prepared = pipeline.prepare(array)
     palette = pipeline.fit_palette(prepared.histogram, options)
     result = pipeline.apply_palette(prepared, palette, options)
     flat = array.reshape(-1, 3).astype(np.int64)
+    by_value = np.lexsort(palette.colors.T[::-1])
     pal = palette.colors.astype(np.int64)
-    expected = ((flat[:, None, :] - pal[None]) ** 2).sum(2).argmin(1)
+    expected = by_value[((flat[:, None, :] - pal[by_value][None]) ** 2).sum(2).argmin(1)]
     assert np.array_equal(np.asarray(result.image).reshape(-1), expected)
     assert np.array_equal(result.palette.counts, np.bincount(expected, minlength=len(pal)))
 

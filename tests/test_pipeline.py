@@ -165,3 +165,16 @@ def test_merged_histograms_fit_one_palette():
     for prepared in (a, b):
         result = pipeline.apply_palette(prepared, palette, QuantizeOptions(colors=8))
         assert np.array_equal(result.palette.colors, palette.colors)
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_exact_ties_do_not_depend_on_palette_order(order):
+    from colorquant import Palette, quantize
+
+    entries = np.array([[10, 0, 0], [0, 0, 0], [5, 5, 200]], dtype=np.uint8)
+    palette = Palette(entries[order], [0, 0, 0])
+    # (5, 0, 0) is exactly 25 away from both (0, 0, 0) and (10, 0, 0)
+    array = np.array([[[5, 0, 0], [5, 0, 0]]], dtype=np.uint8)
+    result = quantize(array, QuantizeOptions(colors=3), palette=palette)
+    chosen = palette.colors[np.asarray(result.image).reshape(-1)]
+    assert chosen.tolist() == [[0, 0, 0], [0, 0, 0]]
