@@ -265,6 +265,7 @@ def mapped_psnr(colors: np.ndarray, counts: np.ndarray, centers: np.ndarray) -> 
 def bench_quality(args: argparse.Namespace) -> None:
     """PSNR of colorquant, pngquant --nofs and an exact weighted Lloyd fit, per k."""
     import colorquant
+    from colorquant.options import FitMethod
 
     out = Path(args.folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,11 +274,11 @@ def bench_quality(args: argparse.Namespace) -> None:
     has_pq = shutil.which("pngquant") is not None
     print("\n### Quality (PSNR dB, mean over images)\n")
     print(f"images: {', '.join(p.name for p in paths)}")
-    print("| k | colorquant | pngquant --nofs | exact weighted Lloyd | colorquant − Lloyd "
-          "(worst image) |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| k | colorquant | colorquant --fit lloyd | pngquant --nofs | exact weighted Lloyd "
+          "| colorquant − Lloyd (worst image) | --fit lloyd − Lloyd (worst image) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.quality_k:
-        cq, pq, ll, gaps = [], [], [], []
+        cq, cl, pq, ll, gaps, lgaps = [], [], [], [], [], []
         for path in paths:
             with Image.open(path) as im:
                 rgb = im.convert("RGB")
@@ -286,8 +287,10 @@ def bench_quality(args: argparse.Namespace) -> None:
             colors, counts = np.unique(flat, axis=0, return_counts=True)
             result = colorquant.quantize_image(rgb, k)
             cq.append(result.psnr)
+            cl.append(colorquant.quantize_image(rgb, k, fit_method=FitMethod.LLOYD).psnr)
             ll.append(mapped_psnr(colors, counts, lloyd_reference(colors, counts, k)))
             gaps.append(cq[-1] - ll[-1])
+            lgaps.append(cl[-1] - ll[-1])
             if has_pq:
                 src = out / "q-in.png"
                 rgb.save(src, compress_level=1)
@@ -295,8 +298,9 @@ def bench_quality(args: argparse.Namespace) -> None:
                                 str(k), str(src)], check=True)
                 pq.append(psnr(array, out / "q.png"))
         pq_cell = f"{np.mean(pq):.2f}" if pq else "not installed"
-        print(f"| {k} | {np.mean(cq):.2f} | {pq_cell} | {np.mean(ll):.2f} | "
-              f"{np.mean(gaps):+.2f} ({min(gaps):+.2f}) |")
+        print(f"| {k} | {np.mean(cq):.2f} | {np.mean(cl):.2f} | {pq_cell} | {np.mean(ll):.2f} | "
+              f"{np.mean(gaps):+.2f} ({min(gaps):+.2f}) | "
+              f"{np.mean(lgaps):+.2f} ({min(lgaps):+.2f}) |")
 
 
 def main() -> None:

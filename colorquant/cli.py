@@ -19,7 +19,7 @@ import click
 
 from . import __version__, batch
 from .errors import ColorquantError
-from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MIN_COLORS, QuantizeOptions
+from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MIN_COLORS, FitMethod, QuantizeOptions
 from .report import ExitCode, Report
 
 EPILOG = """\b
@@ -86,6 +86,9 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
               help="Output format; default: from the output extension, else PNG.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical output.")
+@click.option("--fit", "fit_method", type=click.Choice([m.value for m in FitMethod]),
+              default=FitMethod.MINIBATCH.value, show_default=True,
+              help="k-means algorithm: mini-batch (fast), or full Lloyd (slightly lower error).")
 @click.option("--shared-palette", is_flag=True,
               help="Fit one palette over all inputs together and map every image to it.")
 @click.option("--palette", "palette_file", metavar="FILE",
@@ -121,7 +124,8 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
               help="Report the palette, the time of each stage and the error (MSE, PSNR).")
 @click.version_option(__version__, "--version", prog_name="colorquant")
 def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str | None,
-        name: str | None, recursive: bool, fmt: str | None, seed: int, shared_palette: bool,
+        name: str | None, recursive: bool, fmt: str | None, seed: int, fit_method: str,
+        shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
         compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
@@ -175,6 +179,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     if plot or compare:
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
+                              fit_method=FitMethod(fit_method),
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color)
     if out_dir is not None:

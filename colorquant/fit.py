@@ -1,4 +1,4 @@
-"""Fit a palette with k-means: the only module that imports scikit-learn.
+"""Fit a palette with mini-batch k-means: the only module that imports scikit-learn.
 
 The fit runs on the weighted histogram (each distinct color weighted by its pixel count, the
 same k-means objective as fitting every pixel). Large histograms are first reduced to the
@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from .colorspace import RGBSpace
+from .options import FitMethod
 
 #: Histograms up to this many distinct colors are fitted as they are.
 FIT_POINTS = 1 << 15
@@ -123,13 +124,21 @@ def lloyd_refine(
 
 
 def fit_centers(
-    colors: np.ndarray, weights: np.ndarray, k: int, *, seed: int, space: RGBSpace
+    colors: np.ndarray, weights: np.ndarray, k: int, *, seed: int, space: RGBSpace,
+    method: FitMethod = FitMethod.MINIBATCH,
 ) -> np.ndarray:
     """Fit k cluster centers to weighted colors; returns them as uint8 colors.
 
-    k-means++ and Lloyd (scikit-learn ``KMeans``) on at most :data:`FIT_POINTS` weighted
-    points (grid-cell means above that), then up to :data:`REFINE_STEPS` weighted Lloyd steps
-    on the distinct colors themselves (fine grid cells above :data:`REFINE_POINTS`).
+    On at most :data:`FIT_POINTS` weighted points (grid-cell means above that):
+
+    - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (k-means++ over all points,
+      then mini-batch updates), polished by full-batch Lloyd (``KMeans`` started from its
+      centers);
+    - ``LLOYD``: scikit-learn ``KMeans`` (k-means++, Lloyd; three starts up to 64 colors),
+      which reaches slightly better minima (about 0.1 dB PSNR at k=16, 0.1–0.2 dB at k=256).
+
+    Both then take up to :data:`REFINE_STEPS` exact weighted Lloyd steps on the distinct colors
+    themselves (fine grid cells above :data:`REFINE_POINTS`), which removes the grid's error.
 
     Parameters
     ----------
@@ -140,16 +149,18 @@ def fit_centers(
     k : int
         Number of clusters.
     seed : int
-        Seeds k-means++.
+        Seeds k-means++ and the mini-batches.
     space : RGBSpace
         The color space strategy (encode/decode).
+    method : FitMethod
+        The k-means algorithm.
 
     Returns
     -------
     ndarray of uint8, shape (k', C), k' <= k
         Distinct rounded centers (centers that round to the same color are merged).
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
     from threadpoolctl import threadpool_limits
 
     coords = space.encode(colors)
@@ -157,18 +168,21 @@ def fit_centers(
     points, point_w = (reduce_points(colors, w, coords, k) if len(coords) > FIT_POINTS
                        else (coords, w))
     k = min(k, len(points))
-    model = KMeans(
-        n_clusters=k,
-        random_state=seed,
-        # Three k-means++ starts matter for small palettes; beyond 64 colors one start is
-        # as good after refinement and 3x cheaper.
-        n_init=3 if k <= 64 else 1,
-        max_iter=100,
-        algorithm="lloyd",
-    )
     # One thread: the fit is small, and its result must not depend on the core count.
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if method is FitMethod.MINIBATCH:
+            mini = MiniBatchKMeans(
+                n_clusters=k, random_state=seed, n_init=3, init_size=len(points),
+                batch_size=min(4096, len(points)), max_iter=100,
+            ).fit(points, sample_weight=point_w)
+            model = KMeans(n_clusters=k, init=mini.cluster_centers_, n_init=1, max_iter=300,
+                           algorithm="lloyd")
+        else:
+            # Three k-means++ starts matter for small palettes; beyond 64 colors one start is
+            # as good after refinement and 3x cheaper.
+            model = KMeans(n_clusters=k, random_state=seed, n_init=3 if k <= 64 else 1,
+                           max_iter=100, algorithm="lloyd")
         model.fit(points, sample_weight=point_w)
         refine = _refine_points(colors, w, coords)
         centers = lloyd_refine(*refine, model.cluster_centers_, space=space,

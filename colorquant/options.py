@@ -35,6 +35,15 @@ def parse_rgb(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+class FitMethod(enum.Enum):
+    """The k-means algorithm that fits the palette."""
+
+    #: scikit-learn MiniBatchKMeans, polished by full-batch Lloyd steps.
+    MINIBATCH = "minibatch"
+    #: scikit-learn KMeans (Lloyd) with k-means++: slower, slightly lower error.
+    LLOYD = "lloyd"
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """Everything that decides the output of a run; equal options give identical bytes.
@@ -45,6 +54,8 @@ class QuantizeOptions:
         Palette size N, from 2 to 256.
     seed : int
         Seed for every random choice (k-means initialisation, mini-batches, plot sampling).
+    fit_method : FitMethod
+        The k-means algorithm (mini-batch by default).
     space : ColorSpace
         Color space of the fit and of the nearest-color search.
     compress_level : int
@@ -64,6 +75,7 @@ class QuantizeOptions:
 
     colors: int = 16
     seed: int = 0
+    fit_method: FitMethod = FitMethod.MINIBATCH
     space: ColorSpace = ColorSpace.RGB
     compress_level: int = 6
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -81,6 +93,8 @@ class QuantizeOptions:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.fit_method, FitMethod):
+            raise ValueError(f"fit_method must be a FitMethod, got {self.fit_method!r}")
         if not isinstance(self.space, ColorSpace):
             raise ValueError(f"space must be a ColorSpace, got {self.space!r}")
         if not 0 <= self.compress_level <= 9:

@@ -152,6 +152,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions,
         centers = colors
     else:
         centers = fit.fit_centers(colors, histogram.counts, k, seed=options.seed,
+                                  method=options.fit_method,
                                   space=get_space(options.space))
         if centers.shape[1] == 4:  # a visible color must stay visible
             centers = centers.copy()

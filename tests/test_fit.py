@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 
 from colorquant import fit
 from colorquant.colorspace import get_space
-from colorquant.options import ColorSpace
+from colorquant.options import ColorSpace, FitMethod
 
 RGB = get_space(ColorSpace.RGB)
 
@@ -45,3 +46,40 @@ def test_weights_pull_centers():
     colors = np.array([[0, 0, 0], [10, 0, 0], [200, 200, 200], [255, 255, 255]], dtype=np.uint8)
     heavy = fit.fit_centers(colors, np.array([1000, 1, 1, 1]), 2, seed=0, space=RGB)
     assert [0, 0, 0] in heavy.tolist()
+
+
+@pytest.mark.parametrize("method", list(FitMethod))
+def test_each_method_is_exact_and_reproducible(method):
+    from colorquant import quantize_image
+
+    array = np.random.default_rng(8).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    a = quantize_image(array, 12, seed=2, fit_method=method)
+    b = quantize_image(array, 12, seed=2, fit_method=method)
+    assert a.image.tobytes() == b.image.tobytes() and a.palette == b.palette
+    flat = array.reshape(-1, 3).astype(np.int64)
+    pal = a.palette.colors.astype(np.int64)
+    chosen = ((flat - pal[np.asarray(a.image).reshape(-1)]) ** 2).sum(1)
+    assert np.array_equal(chosen, ((flat[:, None] - pal[None]) ** 2).sum(2).min(1))
+    assert a.n_colors <= 12
+
+
+def test_methods_are_really_different_algorithms():
+    rng = np.random.default_rng(9)
+    colors = np.unique(rng.integers(0, 256, (3000, 3), dtype=np.uint8), axis=0)
+    counts = rng.integers(1, 20, len(colors))
+    mini = fit.fit_centers(colors, counts, 16, seed=0, space=RGB, method=FitMethod.MINIBATCH)
+    lloyd = fit.fit_centers(colors, counts, 16, seed=0, space=RGB, method=FitMethod.LLOYD)
+    assert not np.array_equal(mini, lloyd)
+
+
+def test_fit_option_reaches_the_command(tmp_path, small_png):
+    from tests.conftest import run
+
+    outs = []
+    for method in ("minibatch", "lloyd"):
+        out = tmp_path / f"{method}.png"
+        assert run(small_png, "-k", "8", "--fit", method, "-o", out).returncode == 0
+        outs.append(out.read_bytes())
+    assert outs[0] != outs[1]
+    bad = run(small_png, "--fit", "magic", "-o", tmp_path / "x.png")
+    assert bad.returncode == 2
