@@ -24,6 +24,8 @@ GRID_BITS = (5, 6, 7)
 #: distinct colors (above it, on the means of 7- or 6-bit grid cells).
 REFINE_STEPS = 10
 REFINE_POINTS = 1 << 17
+#: Stop refining when the colors that move carry at most this share of the pixels.
+REFINE_TOLERANCE = 1e-3
 
 
 def reduce_points(
@@ -99,7 +101,8 @@ def lloyd_refine(
     centers : ndarray of float64, shape (k, C)
         Starting centers in the fit space.
     steps : int
-        At most this many steps; stops early when no color changes center.
+        At most this many steps; stops early once the colors that change center carry at
+        most :data:`REFINE_TOLERANCE` of the total weight (the remaining gain is negligible).
 
     Returns
     -------
@@ -110,9 +113,10 @@ def lloyd_refine(
     points = space.metric(colors)
     centers = np.array(centers, dtype=np.float64)
     labels = None
+    enough = REFINE_TOLERANCE * float(np.sum(weights))
     for _ in range(steps):
         new = nearest(points, space.metric(space.decode(centers)))
-        if labels is not None and np.array_equal(new, labels):
+        if labels is not None and float(np.sum(weights[new != labels])) <= enough:
             break
         labels = new
         total = np.bincount(labels, weights=weights, minlength=len(centers))
