@@ -39,11 +39,15 @@ def test_two_runs_give_identical_bytes(flower, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_plots_are_reproducible(small_png, tmp_path):
+@pytest.mark.parametrize("ext", ["png", "svg", "pdf"])
+def test_plots_are_reproducible(small_png, tmp_path, ext):
     for name in ("p1", "p2"):
         assert run(small_png, "-o", tmp_path / f"{name}.png", "--plot",
-                   tmp_path / f"{name}-plot.png").returncode == 0
-    assert (tmp_path / "p1-plot.png").read_bytes() == (tmp_path / "p2-plot.png").read_bytes()
+                   tmp_path / f"{name}-plot.{ext}", "--compare",
+                   tmp_path / f"{name}-side.{ext}").returncode == 0
+    for kind in ("plot", "side"):
+        first = (tmp_path / f"p1-{kind}.{ext}").read_bytes()
+        assert first == (tmp_path / f"p2-{kind}.{ext}").read_bytes()
 
 
 @pytest.mark.parametrize(("k", "bits"), [(2, 1), (4, 2), (9, 4), (16, 4), (17, 8), (200, 8)])
