@@ -397,6 +397,17 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     when ``writer`` returns; on any error or interruption the temporary file is removed.
     """
     dst = Path(dst)
+    if dst.exists() and not dst.is_file() and not dst.is_dir():
+        # A named pipe or a device (/dev/stdout): renaming over it would destroy it, and a
+        # reader waits on it. Encode in memory, then write the complete bytes into it.
+        buffer = BytesIO()
+        writer(buffer)
+        try:
+            with open(dst, "wb") as handle:
+                handle.write(buffer.getvalue())
+        except OSError as exc:
+            raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
+        return
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{dst}: output folder {str(folder)!r} does not exist")

@@ -190,6 +190,27 @@ def test_unwritable_output_fails_cleanly(tmp_path, small_png, where):
     assert not out.exists()
 
 
+def test_output_to_a_named_pipe_writes_into_it(tmp_path, small_png):
+    """-o naming a FIFO (like /dev/stdout in a pipe) writes through it, never replaces it."""
+    import stat
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    received = tmp_path / "received"
+    with received.open("wb") as sink:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=sink)
+        proc = run(small_png, "-k", "4", "-o", fifo)
+        still_fifo = stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        if not still_fifo:
+            reader.kill()  # its pipe was replaced: it would wait for a writer forever
+        reader.wait()
+    assert proc.returncode == 0, proc.stderr
+    assert still_fifo
+    with Image.open(received) as im:
+        assert im.format == "PNG" and im.mode == "P"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png", "received", "small.png"]
+
+
 def test_interrupted_run_leaves_nothing(tmp_path, china):
     """SIGTERM mid-run: exit 130, no output, no temporary file."""
     import signal
