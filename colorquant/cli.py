@@ -164,6 +164,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     try:
         plan = batch.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
                           fmt=fmt, recursive=recursive)
+        batch.check_side_outputs(plan, {"--plot": plot, "--compare": compare,
+                                        "--save-palette": save_palette})
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json and any(io.is_stdio(job.dst) for job in plan):

@@ -162,6 +162,12 @@ def test_bad_input_fails_cleanly(tmp_path, case, reason):
     (["-o", "{tmp}/out.xyz"], "unknown output extension"),
     (["--plot", "{tmp}/plot.xyz"], "plot must be"),
     (["-o", "{src}"], "same file as the input"),
+    (["--plot", "{src}"], "--plot would overwrite the input"),
+    (["--save-palette", "{src}"], "--save-palette would overwrite the input"),
+    (["-o", "{tmp}/o.png", "--compare", "{tmp}/o.png"], "--compare would overwrite the output"),
+    (["-o", "{tmp}/o.png", "--save-palette", "{tmp}/./o.png"], "would overwrite the output"),
+    (["-o", "{tmp}/o.png", "--plot", "{tmp}/p.png", "--compare", "{tmp}/p.png"],
+     "--compare would overwrite the --plot file"),
     (["--frobnicate"], "--frobnicate"),
 ])
 def test_usage_errors_exit_2(tmp_path, small_png, args, needle):
