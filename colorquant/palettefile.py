@@ -222,5 +222,8 @@ def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
             strip.putpalette(palette.colors.tobytes(), "RGB")
         io.atomic_write(path, lambda handle: strip.save(handle, format=fmt, **params))
         return
-    data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
+    try:
+        data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
+    except PaletteError as exc:
+        raise PaletteError(f"{os.fspath(path)}: {exc}") from None
     io.atomic_write(path, lambda handle: handle.write(data))

@@ -46,8 +46,10 @@ def test_round_trip_with_alpha(tmp_path, ext):
 
 @pytest.mark.parametrize("ext", [".gpl", ".gif", ".bmp"])
 def test_alpha_refused_where_the_format_cannot_hold_it(tmp_path, ext):
-    with pytest.raises(PaletteError, match="transparency"):
-        write_palette(random_palette(4, seed=1, channels=4), tmp_path / f"p{ext}")
+    path = tmp_path / f"p{ext}"
+    with pytest.raises(PaletteError, match="transparency") as caught:
+        write_palette(random_palette(4, seed=1, channels=4), path)
+    assert str(caught.value).startswith(f"{path}: ")  # one "Error: <file>: <reason>" line
     assert list(tmp_path.iterdir()) == []
 
 
