@@ -265,13 +265,6 @@ def quantize_image(
     return quantize(image, QuantizeOptions(colors=k, seed=seed, **options))
 
 
-def encode(result: QuantizeResult, fmt: str, options: QuantizeOptions) -> Image.Image:
-    """The image to hand to Pillow's encoder for a format (RGB for formats without palettes)."""
-    if fmt in io.LOSSY_FORMATS:
-        return result.image.convert("RGB")
-    return result.image
-
-
 def _prepare_frame(image: Image.Image) -> Prepared:
     """Histogram of an RGB or RGBA frame, keeping its mode (no alpha dropped).
 
