@@ -222,7 +222,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             for done, result in enumerate(results, start=1):
                 if step is not None:
                     step()
-                _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose)
+                _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
+                        alone=len(plan) == 1)
                 if result.status == "failed" and fail_fast:
                     report.not_run = len(plan) - done
                     workers.stop()
@@ -242,8 +243,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
 
 
 def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: bool,
-            verbose: bool) -> None:
-    """Tally one result and print what the flags ask for."""
+            verbose: bool, alone: bool = False) -> None:
+    """Tally one result and print what the flags ask for (a skip is always said when the
+    input is ``alone``: no batch summary follows)."""
     if result.status == "ok":
         report.done(result.output)
     elif result.status == "skipped":
@@ -257,7 +259,7 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
         return
     for note in result.warnings:
         _message(note)
-    if result.status == "skipped" and verbose:
+    if result.status == "skipped" and (verbose or alone):
         _message(f"Skipped: {result.error}")
     if result.status == "ok" and verbose:
         _verbose(result)

@@ -162,6 +162,16 @@ def test_existing_outputs_replaced_or_kept_with_no_clobber(tmp_path):
     assert tree(out) == first
 
 
+def test_single_input_skipped_by_no_clobber_says_so(tmp_path, small_png):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"mine")
+    proc = run(small_png, "-o", out, "--no-clobber")
+    assert proc.returncode == 15
+    assert proc.stderr.decode() == f"Skipped: {out}: exists (--no-clobber)\n"
+    assert proc.stdout == b"" and out.read_bytes() == b"mine"
+    assert run(small_png, "-o", out, "--no-clobber", "-q").stderr == b""
+
+
 def test_json_lines(tmp_path):
     exact = tmp_path / "exact.png"
     colors = np.array([[255, 0, 0], [0, 0, 255], [9, 9, 9]], dtype=np.uint8)
