@@ -340,13 +340,19 @@ def histogram_file(src: str | os.PathLike[str], fmt: str, options: QuantizeOptio
     label = io.display_name(src)
     source = _open_source(src, options)
     try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
+        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label)
     finally:
         source.close()
     images = frames_to_write(decoded, fmt, label=label, shown_dst="")
     histograms = [_prepare_frame(im).histogram for im in images]
     return histograms[0] if len(histograms) == 1 else pixels.merge(histograms)
+
+
+def _to_srgb(options: QuantizeOptions, fmt: str) -> bool:
+    """Whether to convert the pixels to sRGB through their ICC profile: when asked, or when
+    the output format cannot embed the profile that describes them."""
+    return options.to_srgb or fmt not in frames.PROFILE_FORMATS
 
 
 def _open_source(src: str | os.PathLike[str] | BinaryIO, options: QuantizeOptions,
@@ -389,7 +395,7 @@ def quantize_file(
     clock = _Clock()
     source = _open_source(src, options)
     try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
+        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label, log=log)
     finally:
         source.close()
