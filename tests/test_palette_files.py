@@ -44,6 +44,16 @@ def test_round_trip_with_alpha(tmp_path, ext):
     assert np.array_equal(read_palette(path).colors, palette.colors)
 
 
+@pytest.mark.parametrize("ext", [".json", ".txt", ".png", ".webp", ".tif"])
+def test_transparent_entry_keeps_its_rgb(tmp_path, ext):
+    """A fitted palette's transparent entry (RGB from --transparent-color) round-trips."""
+    colors = np.array([[255, 0, 255, 0], [10, 20, 30, 255], [40, 50, 60, 128]], np.uint8)
+    palette = Palette(colors, np.array([5, 3, 1]))
+    path = tmp_path / f"pal{ext}"
+    write_palette(palette, path)
+    assert read_palette(path).colors.tolist() == colors.tolist()
+
+
 @pytest.mark.parametrize("ext", [".gpl", ".gif", ".bmp"])
 def test_alpha_refused_where_the_format_cannot_hold_it(tmp_path, ext):
     path = tmp_path / f"p{ext}"
