@@ -19,7 +19,7 @@ import click
 
 from . import __version__, batch
 from .errors import ColorquantError
-from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MIN_COLORS, QuantizeOptions
+from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MAX_SEED, MIN_COLORS, QuantizeOptions
 from .report import ExitCode, Report
 
 EPILOG = """\b
@@ -84,7 +84,7 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
 @click.option("-f", "--format", "fmt", type=click.Choice(
     ["png", "gif", "webp", "tiff", "bmp", "jpeg"], case_sensitive=False),
               help="Output format; default: from the output extension, else PNG.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical output.")
 @click.option("--shared-palette", is_flag=True,
               help="Fit one palette over all inputs together and map every image to it.")

@@ -169,6 +169,7 @@ def test_bad_input_fails_cleanly(tmp_path, case, reason):
     (["-o", "{tmp}/o.png", "--plot", "{tmp}/p.png", "--compare", "{tmp}/p.png"],
      "--compare would overwrite the --plot file"),
     (["--frobnicate"], "--frobnicate"),
+    (["--seed", "4294967296"], "--seed"),
 ])
 def test_usage_errors_exit_2(tmp_path, small_png, args, needle):
     before = listing(tmp_path)
