@@ -125,8 +125,8 @@ def _read_json(text: str, label: str) -> Palette:
 def _read_lines(text: str, label: str) -> Palette:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("//", ";")):
+        stripped = re.split(r";|//", line, maxsplit=1)[0].strip()  # a comment ends the line
+        if not stripped:
             continue
         match = _HEX.fullmatch(stripped)
         if match is None:

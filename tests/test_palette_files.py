@@ -72,6 +72,8 @@ def test_reads_files_written_by_hand(tmp_path):
     txt.write_text("ff0000\n#00FF00\n\n; comment\n0000ff80\n")
     # one color with alpha makes every color RGBA (opaque where not given)
     assert read_palette(txt).hex() == ["#ff0000ff", "#00ff00ff", "#0000ff80"]
+    txt.write_text("#ff0000 ; red\n00ff00// green\n")  # a comment may follow a color
+    assert read_palette(txt).hex() == ["#ff0000", "#00ff00"]
     js = tmp_path / "a.json"
     js.write_text(json.dumps(["#010203", "#040506"]))
     assert read_palette(js).hex() == ["#010203", "#040506"]
