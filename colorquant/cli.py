@@ -176,6 +176,10 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("--save-palette with several inputs needs --shared-palette")
     if plot or compare:
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
+    if save_palette is not None and palette is None and plan[0].src != io.STDIO:
+        # One input: fit its palette first (the same palette), so a palette file that cannot
+        # be written fails before the image is written.
+        shared_palette = True
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color)

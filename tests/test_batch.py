@@ -310,6 +310,23 @@ def test_save_palette_of_one_image(tmp_path, flower):
                                                     read_palette(pal).colors.tolist()]
 
 
+def test_save_palette_that_cannot_be_written_leaves_no_image(tmp_path, flower):
+    """An RGBA palette cannot go to .gpl: the error comes before the image is written, and the
+    palette file does not change the image."""
+    src = tmp_path / "alpha.png"
+    rgba = np.asarray(Image.open(flower).convert("RGBA")).copy()
+    rgba[:40, :40, 3] = 0
+    Image.fromarray(rgba).save(src)
+    out = tmp_path / "out.png"
+    proc = run(src, "-k", "6", "-o", out, "--save-palette", tmp_path / "p.gpl")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith(f"Error: {tmp_path / 'p.gpl'}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.png"]
+    assert run(src, "-k", "6", "-o", out, "--save-palette", tmp_path / "p.json").returncode == 0
+    assert run(src, "-k", "6", "-o", tmp_path / "plain.png").returncode == 0
+    assert out.read_bytes() == (tmp_path / "plain.png").read_bytes()
+
+
 def test_shared_histograms_merge_in_bounded_batches(monkeypatch):
     from colorquant import batch, pixels
 
