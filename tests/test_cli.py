@@ -218,6 +218,22 @@ def test_output_to_a_named_pipe_writes_into_it(tmp_path, small_png):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png", "received", "small.png"]
 
 
+def test_output_through_a_symlink_replaces_its_target(tmp_path, small_png):
+    """-o naming a symlink writes the file it points to (as pngquant and ImageMagick do); the
+    link stays a link."""
+    real = tmp_path / "sub" / "real.png"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    proc = run(small_png, "-k", "4", "-o", link)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    with Image.open(real) as im:
+        assert im.format == "PNG" and im.mode == "P"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["real.png"]
+
+
 def test_interrupted_run_leaves_nothing(tmp_path, china):
     """SIGTERM mid-run: exit 130, no output, no temporary file."""
     import signal
