@@ -196,6 +196,33 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
     return jobs
 
 
+def check_side_outputs(jobs: Sequence[Job], extras: dict[str, str | None]) -> None:
+    """Refuse a side output (``--plot``, ``--compare``, ``--save-palette``) that is an input,
+    an image output or another side output: it would be overwritten.
+
+    Raises
+    ------
+    PlanError
+        Two files of the command line resolve to the same path.
+    """
+    from . import io
+
+    taken: dict[str, str] = {}
+    for job in jobs:
+        if not io.is_stdio(job.src):
+            taken.setdefault(os.path.realpath(job.src), f"the input {job.src}")
+    for job in jobs:
+        if not io.is_stdio(job.dst):
+            taken.setdefault(os.path.realpath(job.dst), f"the output {job.dst}")
+    for option, path in extras.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in taken:
+            raise PlanError(f"{path}: {option} would overwrite {taken[real]}")
+        taken[real] = f"the {option} file"
+
+
 # --- workers ------------------------------------------------------------------------------
 
 

@@ -19,7 +19,14 @@ import click
 
 from . import __version__, batch
 from .errors import ColorquantError
-from .options import DEFAULT_MAX_PIXELS, MAX_COLORS, MIN_COLORS, FitMethod, QuantizeOptions
+from .options import (
+    DEFAULT_MAX_PIXELS,
+    MAX_COLORS,
+    MAX_SEED,
+    MIN_COLORS,
+    FitMethod,
+    QuantizeOptions,
+)
 from .report import ExitCode, Report
 
 EPILOG = """\b
@@ -84,7 +91,7 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
 @click.option("-f", "--format", "fmt", type=click.Choice(
     ["png", "gif", "webp", "tiff", "bmp", "jpeg"], case_sensitive=False),
               help="Output format; default: from the output extension, else PNG.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical output.")
 @click.option("--fit", "fit_method", type=click.Choice([m.value for m in FitMethod]),
               default=FitMethod.MINIBATCH.value, show_default=True,
@@ -168,6 +175,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     try:
         plan = batch.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
                           fmt=fmt, recursive=recursive)
+        batch.check_side_outputs(plan, {"--plot": plot, "--compare": compare,
+                                        "--save-palette": save_palette})
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json and any(io.is_stdio(job.dst) for job in plan):
@@ -178,6 +187,10 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("--save-palette with several inputs needs --shared-palette")
     if plot or compare:
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
+    if save_palette is not None and palette is None and plan[0].src != io.STDIO:
+        # One input: fit its palette first (the same palette), so a palette file that cannot
+        # be written fails before the image is written.
+        shared_palette = True
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               fit_method=FitMethod(fit_method),
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
@@ -225,7 +238,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             for done, result in enumerate(results, start=1):
                 if step is not None:
                     step()
-                _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose)
+                _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
+                        alone=len(plan) == 1)
                 if result.status == "failed" and fail_fast:
                     report.not_run = len(plan) - done
                     workers.stop()
@@ -245,8 +259,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
 
 
 def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: bool,
-            verbose: bool) -> None:
-    """Tally one result and print what the flags ask for."""
+            verbose: bool, alone: bool = False) -> None:
+    """Tally one result and print what the flags ask for (a skip is always said when the
+    input is ``alone``: no batch summary follows)."""
     if result.status == "ok":
         report.done(result.output)
     elif result.status == "skipped":
@@ -260,7 +275,7 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
         return
     for note in result.warnings:
         _message(note)
-    if result.status == "skipped" and verbose:
+    if result.status == "skipped" and (verbose or alone):
         _message(f"Skipped: {result.error}")
     if result.status == "ok" and verbose:
         _verbose(result)

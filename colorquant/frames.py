@@ -25,6 +25,8 @@ Log = Callable[[str], None]
 _GIF_DISPOSAL = {"none": 1, "background": 2, "previous": 3}
 #: Output formats that hold several frames.
 MULTI_FRAME_FORMATS = frozenset({"PNG", "GIF", "WEBP", "TIFF"})
+#: Output formats that embed an ICC profile; the others are read as sRGB by every viewer.
+PROFILE_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "JPEG"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,7 +171,7 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level,
                                                     n_colors=n_colors))
     if not strip:
-        if frames.icc_profile and fmt in ("PNG", "TIFF", "WEBP", "JPEG"):
+        if frames.icc_profile and fmt in PROFILE_FORMATS:
             params["icc_profile"] = frames.icc_profile
         if frames.dpi and fmt in ("PNG", "TIFF", "JPEG", "BMP"):
             params["dpi"] = frames.dpi

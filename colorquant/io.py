@@ -394,9 +394,25 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     """Write a file through ``writer`` so that ``dst`` is either complete or untouched.
 
     The data go to a temporary file in the target folder, which is renamed over ``dst`` only
-    when ``writer`` returns; on any error or interruption the temporary file is removed.
+    when ``writer`` returns; on any error or interruption the temporary file is removed. A
+    symlink is written through (its target is replaced); a named pipe or device is written
+    into directly.
     """
     dst = Path(dst)
+    if dst.exists() and not dst.is_file() and not dst.is_dir():
+        # A named pipe or a device (/dev/stdout): renaming over it would destroy it, and a
+        # reader waits on it. Encode in memory, then write the complete bytes into it.
+        buffer = BytesIO()
+        writer(buffer)
+        try:
+            with open(dst, "wb") as handle:
+                handle.write(buffer.getvalue())
+        except OSError as exc:
+            raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
+        return
+    if dst.is_symlink():
+        # Write through the link (it stays a link): its target is the file replaced.
+        dst = Path(os.path.realpath(dst))
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{dst}: output folder {str(folder)!r} does not exist")

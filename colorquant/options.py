@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 MIN_COLORS = 2
 MAX_COLORS = 256
+#: Largest seed: scikit-learn's random_state takes 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 #: Default pixel limit: room for 100-megapixel photos, far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -91,8 +93,9 @@ class QuantizeOptions:
             raise ValueError(
                 f"colors must be between {MIN_COLORS} and {MAX_COLORS}, got {self.colors}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if not isinstance(self.fit_method, FitMethod):
             raise ValueError(f"fit_method must be a FitMethod, got {self.fit_method!r}")
         if not isinstance(self.space, ColorSpace):

@@ -125,8 +125,8 @@ def _read_json(text: str, label: str) -> Palette:
 def _read_lines(text: str, label: str) -> Palette:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("//", ";")):
+        stripped = re.split(r";|//", line, maxsplit=1)[0].strip()  # a comment ends the line
+        if not stripped:
             continue
         match = _HEX.fullmatch(stripped)
         if match is None:
@@ -143,9 +143,13 @@ def _read_image(path: str | os.PathLike[str], label: str) -> Palette:
     except ColorquantError as exc:
         raise PaletteError(str(exc)) from None
     channels = len(image.mode)
-    keys = pixels.canonical(
-        pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA")), channels
-    )
+    raw = pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
+    keys = pixels.canonical(raw, channels)
+    clear = np.flatnonzero(raw >> 24 == 0) if channels == 4 else []
+    if len(clear):
+        # fully transparent pixels are one entry, with the RGB of the first of them (a written
+        # palette's transparent entry keeps its --transparent-color)
+        keys = np.where(keys == 0, raw[clear[0]], keys)
     distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
     if len(distinct) > 256:
         raise PaletteError(
@@ -213,7 +217,8 @@ def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
         mode = "RGBA" if palette.has_alpha else "RGB"
         strip = Image.frombytes(mode, (len(palette), 1), palette.colors.tobytes())
         fmt = io.FORMATS[Path(path).suffix.lower()]
-        params = {"lossless": True} if fmt == "WEBP" else {}
+        # exact: libwebp would otherwise drop the RGB of a fully transparent entry
+        params = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
         if fmt in ("GIF", "BMP") and palette.has_alpha:
             raise PaletteError(f"{os.fspath(path)}: {fmt} cannot hold transparency; use .png")
         if fmt == "GIF":
@@ -222,5 +227,8 @@ def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
             strip.putpalette(palette.colors.tobytes(), "RGB")
         io.atomic_write(path, lambda handle: strip.save(handle, format=fmt, **params))
         return
-    data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
+    try:
+        data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
+    except PaletteError as exc:
+        raise PaletteError(f"{os.fspath(path)}: {exc}") from None
     io.atomic_write(path, lambda handle: handle.write(data))

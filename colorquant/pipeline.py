@@ -266,13 +266,6 @@ def quantize_image(
     return quantize(image, QuantizeOptions(colors=k, seed=seed, **options))
 
 
-def encode(result: QuantizeResult, fmt: str, options: QuantizeOptions) -> Image.Image:
-    """The image to hand to Pillow's encoder for a format (RGB for formats without palettes)."""
-    if fmt in io.LOSSY_FORMATS:
-        return result.image.convert("RGB")
-    return result.image
-
-
 def _prepare_frame(image: Image.Image) -> Prepared:
     """Histogram of an RGB or RGBA frame, keeping its mode (no alpha dropped).
 
@@ -348,13 +341,19 @@ def histogram_file(src: str | os.PathLike[str], fmt: str, options: QuantizeOptio
     label = io.display_name(src)
     source = _open_source(src, options)
     try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
+        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label)
     finally:
         source.close()
     images = frames_to_write(decoded, fmt, label=label, shown_dst="")
     histograms = [_prepare_frame(im).histogram for im in images]
     return histograms[0] if len(histograms) == 1 else pixels.merge(histograms)
+
+
+def _to_srgb(options: QuantizeOptions, fmt: str) -> bool:
+    """Whether to convert the pixels to sRGB through their ICC profile: when asked, or when
+    the output format cannot embed the profile that describes them."""
+    return options.to_srgb or fmt not in frames.PROFILE_FORMATS
 
 
 def _open_source(src: str | os.PathLike[str] | BinaryIO, options: QuantizeOptions,
@@ -397,7 +396,7 @@ def quantize_file(
     clock = _Clock()
     source = _open_source(src, options)
     try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=options.to_srgb,
+        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label, log=log)
     finally:
         source.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -91,6 +92,8 @@ def save(fig: Figure, path: str | os.PathLike[str]) -> None:
     }.get(fmt, {})
 
     def write(handle: BinaryIO) -> None:
-        fig.savefig(handle, format=fmt, dpi=100, **kwargs)
+        # SVG element ids are random (uuid4) unless salted: a fixed salt makes them repeatable.
+        with rc_context({"svg.hashsalt": "colorquant"}):
+            fig.savefig(handle, format=fmt, dpi=100, **kwargs)
 
     io.atomic_write(path, write)

@@ -162,6 +162,16 @@ def test_existing_outputs_replaced_or_kept_with_no_clobber(tmp_path):
     assert tree(out) == first
 
 
+def test_single_input_skipped_by_no_clobber_says_so(tmp_path, small_png):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"mine")
+    proc = run(small_png, "-o", out, "--no-clobber")
+    assert proc.returncode == 15
+    assert proc.stderr.decode() == f"Skipped: {out}: exists (--no-clobber)\n"
+    assert proc.stdout == b"" and out.read_bytes() == b"mine"
+    assert run(small_png, "-o", out, "--no-clobber", "-q").stderr == b""
+
+
 def test_json_lines(tmp_path):
     exact = tmp_path / "exact.png"
     colors = np.array([[255, 0, 0], [0, 0, 255], [9, 9, 9]], dtype=np.uint8)
@@ -298,6 +308,23 @@ def test_save_palette_of_one_image(tmp_path, flower):
     assert read_palette(pal).hex() == [p["color"] for p in record["palette"]]
     assert png_palette(tmp_path / "f.png")[:5] == [tuple(c) for c in
                                                     read_palette(pal).colors.tolist()]
+
+
+def test_save_palette_that_cannot_be_written_leaves_no_image(tmp_path, flower):
+    """An RGBA palette cannot go to .gpl: the error comes before the image is written, and the
+    palette file does not change the image."""
+    src = tmp_path / "alpha.png"
+    rgba = np.asarray(Image.open(flower).convert("RGBA")).copy()
+    rgba[:40, :40, 3] = 0
+    Image.fromarray(rgba).save(src)
+    out = tmp_path / "out.png"
+    proc = run(src, "-k", "6", "-o", out, "--save-palette", tmp_path / "p.gpl")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith(f"Error: {tmp_path / 'p.gpl'}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.png"]
+    assert run(src, "-k", "6", "-o", out, "--save-palette", tmp_path / "p.json").returncode == 0
+    assert run(src, "-k", "6", "-o", tmp_path / "plain.png").returncode == 0
+    assert out.read_bytes() == (tmp_path / "plain.png").read_bytes()
 
 
 def test_shared_histograms_merge_in_bounded_batches(monkeypatch):

@@ -39,11 +39,15 @@ def test_two_runs_give_identical_bytes(flower, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_plots_are_reproducible(small_png, tmp_path):
+@pytest.mark.parametrize("ext", ["png", "svg", "pdf"])
+def test_plots_are_reproducible(small_png, tmp_path, ext):
     for name in ("p1", "p2"):
         assert run(small_png, "-o", tmp_path / f"{name}.png", "--plot",
-                   tmp_path / f"{name}-plot.png").returncode == 0
-    assert (tmp_path / "p1-plot.png").read_bytes() == (tmp_path / "p2-plot.png").read_bytes()
+                   tmp_path / f"{name}-plot.{ext}", "--compare",
+                   tmp_path / f"{name}-side.{ext}").returncode == 0
+    for kind in ("plot", "side"):
+        first = (tmp_path / f"p1-{kind}.{ext}").read_bytes()
+        assert first == (tmp_path / f"p2-{kind}.{ext}").read_bytes()
 
 
 @pytest.mark.parametrize(("k", "bits"), [(2, 1), (4, 2), (9, 4), (16, 4), (17, 8), (200, 8)])
@@ -158,7 +162,14 @@ def test_bad_input_fails_cleanly(tmp_path, case, reason):
     (["-o", "{tmp}/out.xyz"], "unknown output extension"),
     (["--plot", "{tmp}/plot.xyz"], "plot must be"),
     (["-o", "{src}"], "same file as the input"),
+    (["--plot", "{src}"], "--plot would overwrite the input"),
+    (["--save-palette", "{src}"], "--save-palette would overwrite the input"),
+    (["-o", "{tmp}/o.png", "--compare", "{tmp}/o.png"], "--compare would overwrite the output"),
+    (["-o", "{tmp}/o.png", "--save-palette", "{tmp}/./o.png"], "would overwrite the output"),
+    (["-o", "{tmp}/o.png", "--plot", "{tmp}/p.png", "--compare", "{tmp}/p.png"],
+     "--compare would overwrite the --plot file"),
     (["--frobnicate"], "--frobnicate"),
+    (["--seed", "4294967296"], "--seed"),
 ])
 def test_usage_errors_exit_2(tmp_path, small_png, args, needle):
     before = listing(tmp_path)
@@ -184,6 +195,43 @@ def test_unwritable_output_fails_cleanly(tmp_path, small_png, where):
     proc = run(small_png, "-o", out)
     assert_one_error_line(proc, 1, "out.png")
     assert not out.exists()
+
+
+def test_output_to_a_named_pipe_writes_into_it(tmp_path, small_png):
+    """-o naming a FIFO (like /dev/stdout in a pipe) writes through it, never replaces it."""
+    import stat
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    received = tmp_path / "received"
+    with received.open("wb") as sink:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=sink)
+        proc = run(small_png, "-k", "4", "-o", fifo)
+        still_fifo = stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        if not still_fifo:
+            reader.kill()  # its pipe was replaced: it would wait for a writer forever
+        reader.wait()
+    assert proc.returncode == 0, proc.stderr
+    assert still_fifo
+    with Image.open(received) as im:
+        assert im.format == "PNG" and im.mode == "P"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png", "received", "small.png"]
+
+
+def test_output_through_a_symlink_replaces_its_target(tmp_path, small_png):
+    """-o naming a symlink writes the file it points to (as pngquant and ImageMagick do); the
+    link stays a link."""
+    real = tmp_path / "sub" / "real.png"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    proc = run(small_png, "-k", "4", "-o", link)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    with Image.open(real) as im:
+        assert im.format == "PNG" and im.mode == "P"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["real.png"]
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, china):

@@ -316,6 +316,22 @@ def test_to_srgb_changes_wide_gamut_colors(corpus, tmp_path):
         assert not np.array_equal(_rgba(a), _rgba(b))
 
 
+@pytest.mark.parametrize("ext", ["gif", "bmp"])
+def test_formats_without_a_profile_get_srgb_pixels(corpus, tmp_path, ext):
+    """GIF and BMP cannot embed the profile: the pixels are converted to sRGB, not left in
+    the source's wide-gamut space with no profile to describe them."""
+    src = corpus / "tricky" / "sharp-prophoto.png"
+    out, reference = tmp_path / f"out.{ext}", tmp_path / "srgb.png"
+    assert run(src, "-k", "16", "-o", out, "--shared-palette").returncode == 0
+    assert run(src, "-k", "16", "-o", reference, "--to-srgb").returncode == 0
+    proc = run(src, "-k", "16", "-o", tmp_path / f"single.{ext}")
+    assert proc.returncode == 0
+    with Image.open(out) as a, Image.open(reference) as b, \
+            Image.open(tmp_path / f"single.{ext}") as c:
+        assert np.array_equal(_rgba(a), _rgba(b))
+        assert np.array_equal(_rgba(c), _rgba(b))
+
+
 def test_corrupt_profile_is_dropped_with_a_warning(tmp_path):
     src = tmp_path / "in.png"
     Image.fromarray(random_image(8, 8, 2)).save(src, icc_profile=b"not a profile at all")

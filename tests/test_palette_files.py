@@ -44,10 +44,22 @@ def test_round_trip_with_alpha(tmp_path, ext):
     assert np.array_equal(read_palette(path).colors, palette.colors)
 
 
+@pytest.mark.parametrize("ext", [".json", ".txt", ".png", ".webp", ".tif"])
+def test_transparent_entry_keeps_its_rgb(tmp_path, ext):
+    """A fitted palette's transparent entry (RGB from --transparent-color) round-trips."""
+    colors = np.array([[255, 0, 255, 0], [10, 20, 30, 255], [40, 50, 60, 128]], np.uint8)
+    palette = Palette(colors, np.array([5, 3, 1]))
+    path = tmp_path / f"pal{ext}"
+    write_palette(palette, path)
+    assert read_palette(path).colors.tolist() == colors.tolist()
+
+
 @pytest.mark.parametrize("ext", [".gpl", ".gif", ".bmp"])
 def test_alpha_refused_where_the_format_cannot_hold_it(tmp_path, ext):
-    with pytest.raises(PaletteError, match="transparency"):
-        write_palette(random_palette(4, seed=1, channels=4), tmp_path / f"p{ext}")
+    path = tmp_path / f"p{ext}"
+    with pytest.raises(PaletteError, match="transparency") as caught:
+        write_palette(random_palette(4, seed=1, channels=4), path)
+    assert str(caught.value).startswith(f"{path}: ")  # one "Error: <file>: <reason>" line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -60,6 +72,8 @@ def test_reads_files_written_by_hand(tmp_path):
     txt.write_text("ff0000\n#00FF00\n\n; comment\n0000ff80\n")
     # one color with alpha makes every color RGBA (opaque where not given)
     assert read_palette(txt).hex() == ["#ff0000ff", "#00ff00ff", "#0000ff80"]
+    txt.write_text("#ff0000 ; red\n00ff00// green\n")  # a comment may follow a color
+    assert read_palette(txt).hex() == ["#ff0000", "#00ff00"]
     js = tmp_path / "a.json"
     js.write_text(json.dumps(["#010203", "#040506"]))
     assert read_palette(js).hex() == ["#010203", "#040506"]
