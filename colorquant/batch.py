@@ -169,6 +169,8 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
     jobs: list[Job] = []
     owner: dict[str, str] = {}
     sources = {os.path.realpath(src) for src, _ in found if src != io.STDIO}
+    # (device, inode) of each input, so a hard link to an input is refused too
+    inodes = {_inode(src) for src, _ in found if src != io.STDIO} - {None}
     for src, relative in found:
         if output is not None:
             dst = output
@@ -187,13 +189,22 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
             jobs.append(Job(src, dst, out_format))
             continue
         real = os.path.realpath(dst)
-        if real in sources:
+        if real in sources or _inode(dst) in inodes:
             raise PlanError(f"{dst}: output is the same file as the input")
         if real in owner:
             raise PlanError(f"{owner[real]} and {src} would both be written to {dst}")
         owner[real] = src
         jobs.append(Job(src, dst, out_format))
     return jobs
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of an existing file, or None."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def check_side_outputs(jobs: Sequence[Job], extras: dict[str, str | None]) -> None:

@@ -72,13 +72,18 @@ class _Clock:
 
 
 def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A PIL image from a PIL image or an (H, W, 3|4) uint8 array, refusing empty ones."""
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"the image has no pixels ({image.width}x{image.height})")
         return image
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(
             f"expected an (H, W, 3) or (H, W, 4) uint8 array, got {array.dtype} {array.shape}"
         )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"the array has no pixels (shape {array.shape})")
     return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[2] == 3 else "RGBA")
 
 

@@ -253,3 +253,12 @@ def test_interrupted_run_leaves_nothing(tmp_path, china):
     assert proc.returncode == 130, err
     assert out.read_bytes() == b"keep me"
     assert [p for p in listing(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_hard_link_to_the_input_is_a_usage_error(tmp_path, small_png):
+    link = tmp_path / "hard.png"
+    os.link(small_png, link)
+    original = small_png.read_bytes()
+    proc = run(small_png, "-o", link)
+    assert_one_error_line(proc, 2, "same file as the input")
+    assert small_png.read_bytes() == original

@@ -178,3 +178,9 @@ def test_exact_ties_do_not_depend_on_palette_order(order):
     result = quantize(array, QuantizeOptions(colors=3), palette=palette)
     chosen = palette.colors[np.asarray(result.image).reshape(-1)]
     assert chosen.tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (4, 0, 3), (0, 0, 4)])
+def test_empty_arrays_are_refused_with_a_clear_message(shape):
+    with pytest.raises(ValueError, match="no pixels"):
+        quantize_image(np.zeros(shape, dtype=np.uint8), 4)
