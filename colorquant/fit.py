@@ -180,7 +180,7 @@ def fit_centers(
             # good after the polish (measured) and cheaper.
             mini = MiniBatchKMeans(
                 n_clusters=k, random_state=seed, n_init=3 if k <= 64 else 1,
-                init_size=len(points), batch_size=min(4096, len(points)), max_iter=100,
+                init_size=len(points), batch_size=min(4096, len(points)), max_iter=10,
             ).fit(points, sample_weight=point_w)
             model = KMeans(n_clusters=k, init=mini.cluster_centers_, n_init=1, max_iter=30,
                            algorithm="lloyd")
