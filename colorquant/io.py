@@ -435,12 +435,6 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
         raise
 
 
-def default_output(src: str | os.PathLike[str], k: int, fmt: str = "PNG") -> Path:
-    """The output path used when none is given: ``photo.jpg`` → ``photo-16c.png`` beside it."""
-    src = Path(src)
-    return src.with_name(f"{src.stem}-{k}c.{EXTENSIONS[fmt]}")
-
-
 #: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as
 #: small as level 9 and faster than level 1 on every image measured (see README, Performance).
 Z_RLE = 3

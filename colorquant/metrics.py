@@ -24,12 +24,6 @@ def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) 
     return total / n if n else 0.0
 
 
-def mse(original: np.ndarray, approx: np.ndarray) -> float:
-    """Mean squared error of two same-shape uint8 images, 0–255 scale."""
-    diff = original.astype(np.int64) - approx.astype(np.int64)
-    return float(np.mean(diff * diff))
-
-
 def psnr(mse_value: float) -> float:
     """Peak signal-to-noise ratio in dB for 8-bit channels (inf for identical images)."""
     return math.inf if mse_value == 0 else 10.0 * math.log10(255.0**2 / mse_value)

@@ -115,9 +115,7 @@ class Prepared:
 
 def prepare(image: Image.Image | np.ndarray) -> Prepared:
     """Upright RGB(A) image and its histogram of distinct colors."""
-    rgb = io.to_rgb(_as_image(image))
-    n = rgb.size[0] * rgb.size[1]
-    return Prepared(rgb, pixels.histogram(pixels.key_strips(rgb), len(rgb.mode), n_pixels=n))
+    return _prepare_frame(io.to_rgb(_as_image(image)))
 
 
 def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palette:
@@ -238,11 +236,11 @@ def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
     prepared = prepare(image)
     clock.lap("histogram")
     labels = None
-    if palette is not None:
-        prepared = match_channels(prepared, palette)
     if palette is None:
         palette, labels = _fit(prepared.histogram, options)
         clock.lap("fit")
+    else:
+        prepared = match_channels(prepared, palette)
     result = apply_palette(prepared, palette, options, labels=labels)
     result.timings.update({**clock.timings, **result.timings})
     return result
@@ -343,14 +341,7 @@ def histogram_file(src: str | os.PathLike[str], fmt: str, options: QuantizeOptio
                    ) -> pixels.Histogram:
     """The merged histogram of the frames ``quantize_file`` would write from ``src`` in
     format ``fmt`` (for a palette shared by many files)."""
-    label = io.display_name(src)
-    source = _open_source(src, options)
-    try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
-                              max_pixels=options.max_pixels, label=label)
-    finally:
-        source.close()
-    images = frames_to_write(decoded, fmt, label=label, shown_dst="")
+    _, images = _read_frames(src, fmt, options, shown_dst="", check_size=False)
     histograms = [_prepare_frame(im).histogram for im in images]
     return histograms[0] if len(histograms) == 1 else pixels.merge(histograms)
 
@@ -361,9 +352,21 @@ def _to_srgb(options: QuantizeOptions, fmt: str) -> bool:
     return options.to_srgb or fmt not in frames.PROFILE_FORMATS
 
 
-def _open_source(src: str | os.PathLike[str] | BinaryIO, options: QuantizeOptions,
-                 ) -> Image.Image:
-    return io.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
+def _read_frames(src: str | os.PathLike[str] | BinaryIO, fmt: str, options: QuantizeOptions,
+                 *, shown_dst: str, check_size: bool = True, log: Log | None = None,
+                 ) -> tuple[frames.Frames, list[Image.Image]]:
+    """Decode ``src`` and pick the frames an output of format ``fmt`` will hold, refusing
+    (when ``check_size``) an image too large for that format before any work on it."""
+    label = io.display_name(src)
+    source = io.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
+    try:
+        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
+                              max_pixels=options.max_pixels, label=label, log=log)
+    finally:
+        source.close()
+    if check_size:
+        io.check_output_size(fmt, decoded.images[0].size, shown_dst)
+    return decoded, frames_to_write(decoded, fmt, label=label, shown_dst=shown_dst, log=log)
 
 
 def quantize_file(
@@ -399,15 +402,8 @@ def quantize_file(
             and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
     clock = _Clock()
-    source = _open_source(src, options)
-    try:
-        decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
-                              max_pixels=options.max_pixels, label=label, log=log)
-    finally:
-        source.close()
+    decoded, images = _read_frames(src, fmt, options, shown_dst=shown_dst, log=log)
     clock.lap("read")
-    io.check_output_size(fmt, decoded.images[0].size, shown_dst)
-    images = frames_to_write(decoded, fmt, label=label, shown_dst=shown_dst, log=log)
     try:
         results, palette, stage_times = quantize_frames(images, options, palette=palette)
     except PaletteError as exc:

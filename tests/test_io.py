@@ -30,8 +30,13 @@ def test_format_override(given, fmt):
 
 
 def test_default_output_is_beside_input():
-    assert io.default_output("dir/photo.jpg", 16) == Path("dir/photo-16c.png")
-    assert io.default_output("photo.tar.png", 8, "GIF") == Path("photo.tar-8c.gif")
+    from colorquant import batch
+
+    def default(src: str, k: int, ext: str = "png") -> Path:
+        return Path(src).with_name(batch.render_name(batch.DEFAULT_NAME, src, k, ext))
+
+    assert default("dir/photo.jpg", 16) == Path("dir/photo-16c.png")
+    assert default("photo.tar.png", 8, "gif") == Path("photo.tar-8c.gif")
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
