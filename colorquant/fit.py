@@ -43,23 +43,14 @@ def reduce_points(
         Palette size; the grid is refined until it has at least 4k occupied cells.
     """
     for bits in GRID_BITS:
-        cells = np.zeros(len(colors), dtype=np.int64)
-        for c in range(colors.shape[1]):
-            cells = (cells << bits) | (colors[:, c] >> (8 - bits)).astype(np.int64)
-        occupied, inverse = np.unique(cells, return_inverse=True)
+        occupied, inverse = np.unique(_cells(colors, bits), return_inverse=True)
         if len(occupied) >= 4 * k:
             break
-    w = np.asarray(weights, dtype=np.float64)
-    total = np.bincount(inverse, weights=w, minlength=len(occupied))
-    means = np.empty((len(occupied), coords.shape[1]), dtype=np.float64)
-    for c in range(coords.shape[1]):
-        means[:, c] = np.bincount(inverse, weights=w * coords[:, c], minlength=len(occupied))
-    means /= total[:, None]
-    return means, total
+    return _cell_means(inverse, len(occupied), np.asarray(weights, dtype=np.float64), coords)
 
 
 def _refine_points(
-    colors: np.ndarray, weights: np.ndarray, coords: np.ndarray
+    colors: np.ndarray, weights: np.ndarray, coords: np.ndarray, space: RGBSpace
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points for the refinement: every distinct color, or fine grid cells when too many.
 
@@ -68,22 +59,30 @@ def _refine_points(
     if len(colors) <= REFINE_POINTS:
         return colors, weights, coords
     for bits in (7, 6):
-        cells = _cells(colors, bits)
-        if len(np.unique(cells)) <= REFINE_POINTS or bits == 6:
+        occupied, inverse = np.unique(_cells(colors, bits), return_inverse=True)
+        if len(occupied) <= REFINE_POINTS:
             break
-    occupied, inverse = np.unique(cells, return_inverse=True)
-    total = np.bincount(inverse, weights=weights, minlength=len(occupied))
-    means = np.stack([np.bincount(inverse, weights=weights * coords[:, c],
-                                  minlength=len(occupied)) for c in range(coords.shape[1])], 1)
-    means /= total[:, None]
-    return np.clip(np.rint(means * 255.0), 0, 255).astype(np.uint8), total, means
+    means, total = _cell_means(inverse, len(occupied), weights, coords)
+    return space.decode(means), total, means
 
 
 def _cells(colors: np.ndarray, bits: int) -> np.ndarray:
+    """Grid cell of each uint8 color, ``bits`` high bits per channel packed into an int64."""
     cells = np.zeros(len(colors), dtype=np.int64)
     for c in range(colors.shape[1]):
         cells = (cells << bits) | (colors[:, c] >> (8 - bits)).astype(np.int64)
     return cells
+
+
+def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean coordinates of each cell (``inverse`` gives each point's cell) and the
+    cell's total weight."""
+    total = np.bincount(inverse, weights=weights, minlength=n_cells)
+    means = np.stack([np.bincount(inverse, weights=weights * coords[:, c], minlength=n_cells)
+                      for c in range(coords.shape[1])], 1)
+    means /= total[:, None]
+    return means, total
 
 
 def lloyd_refine(
@@ -190,7 +189,7 @@ def fit_centers(
             model = KMeans(n_clusters=k, random_state=seed, n_init=3 if k <= 64 else 1,
                            max_iter=100, algorithm="lloyd")
         model.fit(points, sample_weight=point_w)
-        refine = _refine_points(colors, w, coords)
+        refine = _refine_points(colors, w, coords, space)
         centers = lloyd_refine(*refine, model.cluster_centers_, space=space,
                                steps=REFINE_STEPS)
     return np.unique(space.decode(centers), axis=0)
