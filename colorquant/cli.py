@@ -6,6 +6,7 @@ are imported when there is an image to work on, so ``--help`` and ``--version`` 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -285,8 +286,8 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Entry point: run the command and turn every outcome into one exit code."""
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command and turn every outcome into one exit code (the only place that does)."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=argv, prog_name="colorquant", standalone_mode=False)
@@ -298,4 +299,22 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = ExitCode.INTERRUPTED
     except BrokenPipeError:
         code = ExitCode.FAILURE
-    sys.exit(int(code or 0))
+    return int(code or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``colorquant`` script and ``python -m colorquant``: run, then exit.
+
+    The exit skips the interpreter's teardown of numpy, SciPy and scikit-learn, which costs
+    about 0.1 s on every run (as much as quantizing a small image) and does nothing for us:
+    outputs are already renamed into place and worker processes joined. Standard streams are
+    flushed and ``atexit`` handlers run first. Call :func:`run` to embed the command.
+    """
+    code = run(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a broken or closed pipe: the data did not all go
+            code = code or int(ExitCode.FAILURE)
+    atexit._run_exitfuncs()
+    os._exit(code)

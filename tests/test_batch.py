@@ -272,9 +272,9 @@ def test_palette_mode_does_not_import_scikit_learn(tmp_path):
     Image.fromarray(random_image(30, 30, seed=4)).save(src)
     pal = tmp_path / "p.hex"
     pal.write_text("000000\nffffff\n")
-    code = ("import sys; from colorquant.cli import main\n"
-            f"try:\n    main([{str(src)!r}, '--palette', {str(pal)!r}, '-j', '1', '-o', "
-            f"{str(tmp_path / 'o.png')!r}])\nexcept SystemExit as e:\n    code = e.code\n"
+    code = ("import sys; from colorquant.cli import run\n"
+            f"code = run([{str(src)!r}, '--palette', {str(pal)!r}, '-j', '1', '-o', "
+            f"{str(tmp_path / 'o.png')!r}])\n"
             "print(code, 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["0", "False"], out.stderr

@@ -103,12 +103,30 @@ def test_help_and_version_are_fast_paths():
     assert proc.returncode == 0 and b"Examples:" in proc.stdout and b"--colors" in proc.stdout
     proc = run("--version")
     assert proc.returncode == 0 and b"colorquant" in proc.stdout
-    code = ("import sys; from colorquant.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys; from colorquant.cli import run\n"
+            "run(['--help'])\n"
             "heavy = [m for m in ('numpy', 'PIL', 'sklearn', 'scipy', 'matplotlib') "
             "if m in sys.modules]\nprint(heavy, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stderr.strip() == "[]"
+
+
+def test_main_exits_with_the_code_after_flushing_and_atexit():
+    # main() ends the process without the interpreter's teardown: what it printed must still
+    # arrive whole through pipes, atexit handlers must still run, and the code must be kept.
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+            "from colorquant.cli import main\n"
+            "main(sys.argv[1:])\n"
+            "print('not reached')")
+    ok = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True)
+    assert ok.returncode == 0 and ok.stdout.startswith(b"colorquant")
+    assert b"not reached" not in ok.stdout
+    assert ok.stderr == b"atexit ran\n"
+    bad = subprocess.run([sys.executable, "-c", code, "--colors", "1", "x.png"],
+                         capture_output=True)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(b"Error: ") and bad.stderr.endswith(b"atexit ran\n")
 
 
 # --- errors: one line, right exit code, nothing written, existing output untouched ---------
