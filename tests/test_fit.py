@@ -34,12 +34,29 @@ def test_reduce_points_keeps_weight_and_mean():
     colors = rng.integers(0, 256, (20000, 3), dtype=np.uint8)
     weights = rng.integers(1, 10, len(colors)).astype(np.float64)
     coords = RGB.encode(colors)
-    means, totals = fit.reduce_points(colors, weights, coords, k=16)
-    assert len(means) <= 32**3
+    means, totals = fit.reduce_points(colors, weights, coords, limit=8000)
+    assert len(means) <= 32**3 and len(means) < len(colors)
     assert np.isclose(totals.sum(), weights.sum())
     overall = (coords * weights[:, None]).sum(0) / weights.sum()
     assert np.allclose((means * totals[:, None]).sum(0) / totals.sum(), overall)
     assert means.min() >= 0 and means.max() <= 1
+
+
+def test_grid_is_the_finest_that_fits_the_limit():
+    colors = np.unique(np.random.default_rng(5).integers(0, 256, (5000, 3), dtype=np.uint8),
+                       axis=0)
+    counts = {bits: len(np.unique(colors >> (8 - bits), axis=0)) for bits in (7, 6, 5)}
+    assert counts[7] > counts[6] > counts[5]
+    for bits, limit in ((7, counts[7]), (6, counts[7] - 1), (6, counts[6]), (5, counts[6] - 1)):
+        inverse, n = fit.grid_cells(colors, limit)
+        assert n == counts[bits], (bits, limit)
+        assert len(np.unique(inverse)) == n and len(inverse) == len(colors)
+
+
+def test_fit_points_limit_grows_with_k_within_bounds():
+    limits = [fit.fit_points_limit(k) for k in (2, 16, 64, 256)]
+    assert limits == sorted(limits)
+    assert limits[0] == fit.FIT_POINTS_MIN and limits[-1] == fit.FIT_POINTS_MAX
 
 
 def test_weights_pull_centers():

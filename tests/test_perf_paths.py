@@ -110,8 +110,8 @@ def test_grid_reduction_is_the_weighted_mean_of_each_cell():
     colors = np.unique(rng.integers(0, 256, (5000, 3), dtype=np.uint8), axis=0)
     weights = rng.integers(1, 50, len(colors)).astype(np.float64)
     coords = RGBSpace().encode(colors)
-    means, totals = fit.reduce_points(colors, weights, coords, k=16)
-    cells = (colors >> 3).astype(np.int64) @ np.array([1024, 32, 1])
+    means, totals = fit.reduce_points(colors, weights, coords, limit=4000)
+    cells = (colors >> 3).astype(np.int64) @ np.array([1024, 32, 1])  # the coarsest grid, 5 bits
     for cell in np.unique(cells)[:50]:
         members = cells == cell
         expected = (coords[members] * weights[members, None]).sum(0) / weights[members].sum()
