@@ -43,11 +43,19 @@ def fit_points_limit(k: int) -> int:
 
 def grid_cells(colors: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
     """Cell of each color on the finest grid of :data:`GRID_BITS` with at most ``limit``
-    occupied cells (the coarsest if none), as (cell index of each color, number of cells)."""
-    for bits in GRID_BITS:
-        occupied, inverse = np.unique(_cells(colors, bits), return_inverse=True)
+    occupied cells (the coarsest if none), as (cell index of each color, number of cells).
+
+    Only the finest grid is computed from the colors; each coarser one from the occupied
+    cells of the previous (far fewer than the colors of a large photo).
+    """
+    bits = GRID_BITS[0]
+    occupied, inverse = np.unique(_cells(colors, bits), return_inverse=True)
+    for coarser in GRID_BITS[1:]:
         if len(occupied) <= limit:
             break
+        occupied, step = np.unique(_coarsen(occupied, bits, coarser, colors.shape[1]),
+                                   return_inverse=True)
+        inverse, bits = step[inverse], coarser
     return inverse.reshape(-1), len(occupied)
 
 
@@ -90,6 +98,17 @@ def _cells(colors: np.ndarray, bits: int) -> np.ndarray:
     for c in range(colors.shape[1]):
         cells = (cells << bits) | (colors[:, c] >> (8 - bits)).astype(np.int64)
     return cells
+
+
+def _coarsen(cells: np.ndarray, bits: int, coarser: int, channels: int) -> np.ndarray:
+    """The cells of a ``coarser`` grid that contain the given cells of a ``bits`` grid (both
+    packed as by :func:`_cells`)."""
+    out = np.zeros_like(cells)
+    mask = (1 << bits) - 1
+    for c in range(channels):
+        part = (cells >> (bits * (channels - 1 - c))) & mask
+        out = (out << coarser) | (part >> (bits - coarser))
+    return out
 
 
 def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: np.ndarray,
@@ -233,5 +252,7 @@ def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> np.n
     """Full-batch Lloyd iterations (scikit-learn ``KMeans``) from the given centers."""
     from sklearn.cluster import KMeans
 
+    # tol 1e-3 (sklearn's default is 1e-4): from centers this close, the last small moves
+    # cost half the time at k=256 and under 0.02 dB (measured); the exact steps follow.
     return KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=POLISH_STEPS,
-                  algorithm="lloyd").fit(points, sample_weight=weights).cluster_centers_
+                  tol=1e-3, algorithm="lloyd").fit(points, sample_weight=weights).cluster_centers_
