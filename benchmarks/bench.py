@@ -213,6 +213,13 @@ def report(title: str, results: dict[str, Runs]) -> None:
 
 def bench_small(args: argparse.Namespace) -> None:
     """Small images against the bare import floor, and --help / --version."""
+    import compileall
+
+    import colorquant
+
+    # Measure what an installed colorquant starts like: `pip install` compiles its bytecode,
+    # an editable install under PYTHONDONTWRITEBYTECODE=1 would recompile it on every run.
+    compileall.compile_dir(Path(colorquant.__file__).parent, quiet=1)
     out = Path(args.folder)
     out.mkdir(parents=True, exist_ok=True)
     floor = [PY, "-c", "import numpy, PIL.Image, sklearn.cluster"]
@@ -225,14 +232,15 @@ def bench_small(args: argparse.Namespace) -> None:
         cases[f"colorquant {src.name} -k 16"] = [PY, "-m", "colorquant", str(src), "-k", "16",
                                                  "-o", str(out / "small.png")]
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.rounds):
+    rounds = max(args.rounds, 9)  # start-up differences are tens of ms: more rounds
+    for _ in range(rounds):
         for name, cmd in cases.items():
             wall, _, _, note = run(cmd, args.cap)
             if note:
                 raise SystemExit(f"{name}: {note}")
             times[name].append(wall)
     base = statistics.median(times[next(iter(cases))])
-    print("\n### Small images and start-up\n")
+    print(f"\n### Small images and start-up ({rounds} rounds, bytecode compiled)\n")
     print("| command | median wall s | × import floor |")
     print("|---|---:|---:|")
     for name, values in times.items():
