@@ -7,7 +7,8 @@ every format; pixel counts are stored by ``.json`` only (the others read back as
 |---|---|
 | ``.gpl`` | GIMP palette: ``R G B name`` lines (RGB only) |
 | ``.json`` | ``{"colors": ["#rrggbb", ...], "counts": [...]}``, or a bare list of hex strings |
-| ``.txt``, ``.hex`` | one color a line, ``#rrggbb`` or ``#rrggbbaa`` (the ``#`` is optional) |
+| ``.txt``, ``.hex`` | one color a line, ``#rrggbb`` or ``#rrggbbaa`` (the ``#`` is optional); |
+|  | a Paint.NET palette (a ``;`` comment naming Paint.NET) is read as ``AARRGGBB`` |
 | image extension | written as a k×1 strip, one pixel per color; read as the image's distinct |
 |  | colors in order of first appearance (row by row), at most 256 |
 """
@@ -123,7 +124,13 @@ def _read_json(text: str, label: str) -> Palette:
 
 
 def _read_lines(text: str, label: str) -> Palette:
+    """One color a line. A Paint.NET palette (its header comment names Paint.NET) stores
+    ``AARRGGBB``, so its 8-digit colors are read with alpha first (and as RGB when all are
+    opaque, since that format always writes alpha)."""
     rows = []
+    text = text.removeprefix("\ufeff")
+    alpha_first = "paint.net" in "".join(
+        line for line in text.splitlines() if line.lstrip().startswith(";")).lower()
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = re.split(r";|//", line, maxsplit=1)[0].strip()  # a comment ends the line
         if not stripped:
@@ -131,7 +138,10 @@ def _read_lines(text: str, label: str) -> Palette:
         match = _HEX.fullmatch(stripped)
         if match is None:
             raise PaletteError(f"{label}: line {number}: not a #rrggbb color: {line!r}")
-        rows.append(bytes.fromhex(match.group(1)))
+        row = bytes.fromhex(match.group(1))
+        rows.append(row[1:] + row[:1] if alpha_first and len(row) == 4 else row)
+    if alpha_first and all(len(row) == 3 or row[3] == 255 for row in rows):
+        rows = [row[:3] for row in rows]  # Paint.NET always writes alpha: opaque is RGB
     return _palette(rows, label)
 
 

@@ -115,3 +115,19 @@ def test_image_with_too_many_colors_is_refused(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), np.uint8)).save(path)
     with pytest.raises(PaletteError, match="at most 256"):
         read_palette(path)
+
+
+PAINT_NET_HEADER = ("; paint.net Palette File\n"
+                    "; Lines that start with a semicolon are comments\n"
+                    "; Colors are written as 8-digit hexadecimal numbers: aarrggbb\n")
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_paint_net_palettes_are_alpha_first(tmp_path, bom):
+    path = tmp_path / "pdn.txt"
+    path.write_text(bom + PAINT_NET_HEADER + "FFFF0000\nFF00FF00\n800000FF\n", encoding="utf-8")
+    assert read_palette(path).hex() == ["#ff0000ff", "#00ff00ff", "#0000ff80"]
+    path.write_text(bom + PAINT_NET_HEADER + "FFFF0000\nFF00FF00\n", encoding="utf-8")
+    assert read_palette(path).hex() == ["#ff0000", "#00ff00"]  # all opaque: an RGB palette
+    path.write_text("; my colors\nFF000080\n", encoding="utf-8")  # not Paint.NET: rrggbbaa
+    assert read_palette(path).hex() == ["#ff000080"]
