@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -29,6 +29,9 @@ from .options import (
     QuantizeOptions,
 )
 from .report import ExitCode, Report
+
+if TYPE_CHECKING:
+    from .palette import Palette
 
 EPILOG = """\b
 Examples:
@@ -148,8 +151,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     """
     from . import io, palettefile, pipeline
 
-    if output is not None and (len(inputs) > 1 or recursive):
-        raise click.UsageError("-o/--output takes one input; use --out-dir for several")
+    if output is not None and (len(inputs) > 1 or (recursive and os.path.isdir(inputs[0]))):
+        raise click.UsageError("-o/--output takes one input file; use --out-dir for several")
     if output is not None and (out_dir is not None or name is not None):
         raise click.UsageError("use either -o/--output or --out-dir/--name, not both")
     if shared_palette and palette_file is not None:
@@ -196,14 +199,45 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                               fit_method=FitMethod(fit_method),
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color)
-    if out_dir is not None:
-        for folder in sorted({os.path.dirname(job.dst) for job in plan}):
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                raise click.ClickException(f"{folder}: cannot create: {exc.strerror}") from None
-
+    created = _make_folders(sorted({os.path.dirname(job.dst) for job in plan})
+                            if out_dir is not None else [])
     report = Report()
+    try:
+        return _run_plan(plan, options, report, inputs=inputs, palette=palette,
+                         shared_palette=shared_palette, save_palette=save_palette,
+                         jobs=jobs, fail_fast=fail_fast, no_clobber=no_clobber,
+                         as_json=as_json, quiet=quiet, verbose=verbose)
+    finally:
+        if not report.written:  # nothing was written: leave no empty folders behind
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+
+
+def _make_folders(folders: Iterable[str]) -> list[str]:
+    """Create the output folders; returns those that did not exist, parents first."""
+    created: list[str] = []
+    for folder in folders:
+        missing = []
+        path = os.path.abspath(folder)
+        while not os.path.isdir(path) and path not in missing:
+            missing.append(path)
+            path = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"{folder}: cannot create: {exc.strerror}") from None
+        created += reversed(missing)
+    return created
+
+
+def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *,
+              inputs: Sequence[str], palette: Palette | None, shared_palette: bool,
+              save_palette: str | None, jobs: int | None, fail_fast: bool, no_clobber: bool,
+              as_json: bool, quiet: bool, verbose: bool) -> int:
+    """Run the planned jobs (workers, shared palette, progress bar) and report each result."""
+    from . import io, palettefile
+
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
     steps = len(plan) * (2 if shared_palette else 1)
     bar = click.progressbar(length=steps, label="colorquant", file=sys.stderr,

@@ -128,6 +128,32 @@ def test_recursive_mirrors_the_tree(tmp_path):
     assert proc.returncode == 2 and b"needs --out-dir" in proc.stderr
 
 
+def test_recursive_with_one_file_may_name_its_output(tmp_path):
+    (src,) = make_set(tmp_path / "src", n=1)
+    proc = run("-r", src, "-k", "4", "-o", tmp_path / "one.png")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "one.png").mode == "P"
+    proc = run("-r", tmp_path / "src", "-k", "4", "-o", tmp_path / "two.png")
+    assert proc.returncode == 2 and b"-o/--output takes one input file" in proc.stderr
+    assert not (tmp_path / "two.png").exists()
+
+
+def test_out_dir_is_not_left_behind_when_nothing_is_written(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    out = tmp_path / "new" / "deeper"
+    proc = run(bad, bad.with_name("missing.png"), "--out-dir", out)
+    assert proc.returncode == 1
+    assert not (tmp_path / "new").exists()  # both created levels removed again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    proc = run(bad, "--out-dir", kept / "sub")
+    assert proc.returncode == 1 and kept.is_dir() and list(kept.iterdir()) == []
+    (good,) = make_set(tmp_path / "src", n=1)
+    proc = run(bad, good, "-k", "4", "--out-dir", out)
+    assert proc.returncode == 1 and [p.name for p in out.iterdir()] == ["img0-4c.png"]
+
+
 def test_failure_does_not_stop_the_batch_unless_fail_fast(tmp_path):
     a, b = make_set(tmp_path / "src", n=2)
     bad = tmp_path / "src" / "bad.jpg"
