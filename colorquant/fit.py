@@ -26,8 +26,11 @@ GRID_BITS = (7, 6, 5)
 RESTART_COLORS = 32
 RESTARTS = 3
 #: Full-batch Lloyd iterations polishing each fit, first on the fit's points then on the finer
-#: refinement points.
+#: refinement points, and their tolerance (scikit-learn's default is 1e-4: from centers this
+#: close, the last small moves cost 15–50% of the time at k=256 and under 0.02 dB, measured;
+#: the exact steps follow).
 POLISH_STEPS = 30
+POLISH_TOL = 1e-3
 #: Lloyd refinement on the exact objective: at most this many steps, on at most this many
 #: distinct colors (above it, on the means of the finest grid cells that fit).
 REFINE_STEPS = 10
@@ -242,7 +245,7 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
             reassignment_ratio=0.0,
         ).fit(points, sample_weight=weights)
         polished = KMeans(n_clusters=k, init=mini.cluster_centers_, n_init=1,
-                          max_iter=POLISH_STEPS, algorithm="lloyd"
+                          max_iter=POLISH_STEPS, tol=POLISH_TOL, algorithm="lloyd"
                           ).fit(points, sample_weight=weights)
         runs.append((polished.inertia_, polished.cluster_centers_))
     return min(runs, key=lambda run: run[0])[1]  # the first of equals: deterministic
@@ -252,7 +255,6 @@ def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> np.n
     """Full-batch Lloyd iterations (scikit-learn ``KMeans``) from the given centers."""
     from sklearn.cluster import KMeans
 
-    # tol 1e-3 (sklearn's default is 1e-4): from centers this close, the last small moves
-    # cost half the time at k=256 and under 0.02 dB (measured); the exact steps follow.
-    return KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=POLISH_STEPS,
-                  tol=1e-3, algorithm="lloyd").fit(points, sample_weight=weights).cluster_centers_
+    model = KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=POLISH_STEPS,
+                   tol=POLISH_TOL, algorithm="lloyd")
+    return model.fit(points, sample_weight=weights).cluster_centers_
