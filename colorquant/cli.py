@@ -218,6 +218,7 @@ def _make_folders(folders: Iterable[str]) -> list[str]:
     """Create the output folders; returns those that did not exist, parents first."""
     created: list[str] = []
     for folder in folders:
+        folder = folder or "."  # outputs in the current folder
         missing = []
         path = os.path.abspath(folder)
         while not os.path.isdir(path) and path not in missing:
@@ -346,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     code = run(argv)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a broken or closed pipe: the data did not all go
