@@ -10,11 +10,15 @@ remove the grid's error. The exact nearest-color mapping afterwards uses every d
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .colorspace import RGBSpace
 from .options import FitMethod
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
 
 #: Fit on at most this many weighted points per palette color (within the bounds below).
 FIT_POINTS_PER_COLOR = 256
@@ -91,7 +95,7 @@ def _refine_points(
     """
     if len(colors) <= REFINE_POINTS:
         return colors, weights, coords
-    means, total = _cell_means(*grid_cells(colors, REFINE_POINTS), weights, coords)
+    means, total = reduce_points(colors, weights, coords, REFINE_POINTS)
     return space.decode(means), total, means
 
 
@@ -158,11 +162,10 @@ def lloyd_refine(
         if labels is not None and float(np.sum(weights[new != labels])) <= enough:
             break
         labels = new
-        total = np.bincount(labels, weights=weights, minlength=len(centers))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means, total = _cell_means(labels, len(centers), weights, coords)
         used = total > 0  # an emptied center keeps its place
-        for c in range(coords.shape[1]):
-            sums = np.bincount(labels, weights=weights * coords[:, c], minlength=len(centers))
-            centers[used, c] = sums[used] / total[used]
+        centers[used] = means[used]
     return centers
 
 
@@ -172,7 +175,7 @@ def fit_centers(
 ) -> np.ndarray:
     """Fit k cluster centers to weighted colors; returns them as uint8 colors.
 
-    1. The fit runs on at most :func:`fit_points_limit` weighted points (grid-cell means when
+    1. The fit runs on about :func:`fit_points_limit` weighted points (grid-cell means when
        there are more distinct colors), so its cost does not grow with the image:
 
        - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (k-means++ over all points,
@@ -218,7 +221,7 @@ def fit_centers(
         centers = _fit_points(points, point_w, k, seed, method)
         fine = _refine_points(colors, w, coords, space)
         if len(fine[0]) > len(points):
-            centers = _lloyd(fine[2], fine[1], centers)
+            centers = _lloyd(fine[2], fine[1], centers).cluster_centers_
         centers = lloyd_refine(*fine, centers, space=space, steps=REFINE_STEPS)
     return np.unique(space.decode(centers), axis=0)
 
@@ -244,17 +247,16 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
             init_size=len(points), batch_size=min(4096, len(points)), max_iter=10,
             reassignment_ratio=0.0,
         ).fit(points, sample_weight=weights)
-        polished = KMeans(n_clusters=k, init=mini.cluster_centers_, n_init=1,
-                          max_iter=POLISH_STEPS, tol=POLISH_TOL, algorithm="lloyd"
-                          ).fit(points, sample_weight=weights)
+        polished = _lloyd(points, weights, mini.cluster_centers_)
         runs.append((polished.inertia_, polished.cluster_centers_))
     return min(runs, key=lambda run: run[0])[1]  # the first of equals: deterministic
 
 
-def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Full-batch Lloyd iterations (scikit-learn ``KMeans``) from the given centers."""
+def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> KMeans:
+    """Full-batch Lloyd iterations (scikit-learn ``KMeans``) from the given centers; the
+    fitted model (centers and inertia)."""
     from sklearn.cluster import KMeans
 
     model = KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=POLISH_STEPS,
                    tol=POLISH_TOL, algorithm="lloyd")
-    return model.fit(points, sample_weight=weights).cluster_centers_
+    return model.fit(points, sample_weight=weights)
