@@ -266,6 +266,7 @@ def _init_worker() -> None:
     global _limits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
+    import numpy  # noqa: F401  (load its BLAS first: the limit covers only loaded libraries)
     from threadpoolctl import threadpool_limits
 
     _limits = threadpool_limits(limits=1)

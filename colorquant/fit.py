@@ -19,6 +19,7 @@ from .options import FitMethod
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
 #: Fit on at most this many weighted points per palette color (within the bounds below).
 FIT_POINTS_PER_COLOR = 256
@@ -169,6 +170,20 @@ def lloyd_refine(
     return centers
 
 
+def one_thread() -> threadpool_limits:
+    """A context in which every BLAS and OpenMP pool the fit uses runs one thread.
+
+    The fit is small, and its result must not depend on the core count. scikit-learn is
+    imported first: threadpoolctl limits only the libraries already loaded, and
+    ``sklearn.cluster`` loads the OpenMP runtime its k-means runs on (imported inside the limit,
+    the k-means ran two OpenMP threads, which on a busy machine made the fit 2.5x slower).
+    """
+    import sklearn.cluster  # noqa: F401  (loads libgomp before the limit is taken)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def fit_centers(
     colors: np.ndarray, weights: np.ndarray, k: int, *, seed: int, space: RGBSpace,
     method: FitMethod = FitMethod.MINIBATCH,
@@ -209,14 +224,11 @@ def fit_centers(
     ndarray of uint8, shape (k', C), k' <= k
         Distinct rounded centers (centers that round to the same color are merged).
     """
-    from threadpoolctl import threadpool_limits
-
     coords = space.encode(colors)
     w = np.asarray(weights, dtype=np.float64)
     points, point_w = reduce_points(colors, w, coords, fit_points_limit(k))
     k = min(k, len(points))
-    # One thread: the fit is small, and its result must not depend on the core count.
-    with threadpool_limits(limits=1), warnings.catch_warnings():
+    with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         centers = _fit_points(points, point_w, k, seed, method)
         fine = _refine_points(colors, w, coords, space)
