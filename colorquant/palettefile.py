@@ -30,6 +30,11 @@ TEXT_FORMATS = (".gpl", ".json", ".txt", ".hex")
 IMAGE_WRITE_FORMATS = (".png", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Pixel limit when a palette is read from an image.
 MAX_PALETTE_IMAGE_PIXELS = 50_000_000
+#: Largest text palette file read: 256 colors take about 10 kB in any format, so anything
+#: beyond this is not a palette, and is refused before it is read whole.
+MAX_TEXT_BYTES = 1 << 20
+#: Longest line of a ``.gpl``/``.txt``/``.hex`` file (GIMP itself reads 1,024 bytes a line).
+MAX_LINE_CHARS = 4096
 
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?)")
 
@@ -107,6 +112,8 @@ def _read_json(text: str, label: str) -> Palette:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PaletteError(f"{label}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise PaletteError(f"{label}: not a palette (JSON nested too deeply)") from None
     counts = None
     if isinstance(data, dict):
         colors, counts = data.get("colors"), data.get("counts")
@@ -114,6 +121,8 @@ def _read_json(text: str, label: str) -> Palette:
         colors = data
     if not isinstance(colors, list):
         raise PaletteError(f"{label}: expected a list of '#rrggbb' strings under 'colors'")
+    if len(colors) > 256:
+        raise PaletteError(f"{label}: {len(colors):,} colors, a palette holds at most 256")
     palette = _from_hex(colors, label)
     if counts is not None:
         if (not isinstance(counts, list) or len(counts) != len(colors)
@@ -182,15 +191,45 @@ def read_palette(path: str | os.PathLike[str]) -> Palette:
     kind = _kind(path, writing=False)
     if kind == "image":
         return _read_image(path, label)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PaletteError(f"{label}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise PaletteError(f"{label}: cannot read: {reason}") from None
+    text = _read_text(path, label)
+    if kind != ".json":
+        _check_lines(text, label)
     reader = {".gpl": _read_gpl, ".json": _read_json}.get(kind, _read_lines)
     return reader(text, label)
+
+
+def _too_big(label: str, size: str) -> PaletteError:
+    return PaletteError(f"{label}: {size}, over the limit of {MAX_TEXT_BYTES:,} bytes for a "
+                        "palette file (a palette holds at most 256 colors)")
+
+
+def _read_text(path: str | os.PathLike[str], label: str) -> str:
+    """The UTF-8 text of a palette file, refused unread when it is larger than
+    :data:`MAX_TEXT_BYTES` (at most that many bytes are read, even from a pipe)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_TEXT_BYTES:
+                raise _too_big(label, f"{size:,} bytes")
+            data = handle.read(MAX_TEXT_BYTES + 1)
+    except FileNotFoundError:
+        raise PaletteError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise PaletteError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise _too_big(label, f"more than {MAX_TEXT_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PaletteError(f"{label}: cannot read: not UTF-8 text") from None
+
+
+def _check_lines(text: str, label: str) -> None:
+    """Refuse a line longer than :data:`MAX_LINE_CHARS` (no palette line is)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise PaletteError(f"{label}: line {number} has {len(line):,} characters, over "
+                               f"the limit of {MAX_LINE_CHARS:,}")
 
 
 def format_palette(palette: Palette, kind: str, name: str = "colorquant") -> str:
