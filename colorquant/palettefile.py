@@ -19,17 +19,21 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ColorquantError, PaletteError
+from .errors import ColorquantError, ImageTooLargeError, PaletteError
 from .palette import Palette
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TEXT_FORMATS = (".gpl", ".json", ".txt", ".hex")
 #: Image extensions a palette can be written to without changing its colors (not JPEG).
 IMAGE_WRITE_FORMATS = (".png", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Pixel limit when a palette is read from an image.
-MAX_PALETTE_IMAGE_PIXELS = 50_000_000
+MAX_PALETTE_IMAGE_PIXELS = 16_000_000
 #: Largest text palette file read: 256 colors take about 10 kB in any format, so anything
 #: beyond this is not a palette, and is refused before it is read whole.
 MAX_TEXT_BYTES = 1 << 20
@@ -159,24 +163,52 @@ def _read_image(path: str | os.PathLike[str], label: str) -> Palette:
 
     try:
         image = io.to_rgb(io.open_image(path, max_pixels=MAX_PALETTE_IMAGE_PIXELS))
+    except ImageTooLargeError:
+        raise PaletteError(f"{label}: over the limit of {MAX_PALETTE_IMAGE_PIXELS:,} pixels "
+                           "for a palette image") from None
     except ColorquantError as exc:
         raise PaletteError(str(exc)) from None
     channels = len(image.mode)
-    raw = pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-    keys = pixels.canonical(raw, channels)
-    clear = np.flatnonzero(raw >> 24 == 0) if channels == 4 else []
-    if len(clear):
+    keys, first, counts, clear = _distinct_in_order(image, channels, label)
+    if clear is not None:
         # fully transparent pixels are one entry, with the RGB of the first of them (a written
         # palette's transparent entry keeps its --transparent-color)
-        keys = np.where(keys == 0, raw[clear[0]], keys)
-    distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    if len(distinct) > 256:
-        raise PaletteError(
-            f"{label}: the image has {len(distinct)} colors, a palette holds at most 256 "
-            "(quantize it first)"
-        )
+        keys = np.where(keys == 0, clear, keys)
     order = np.argsort(first, kind="stable")
-    return Palette(pixels.unpack(distinct[order], channels), counts[order])
+    return Palette(pixels.unpack(keys[order], channels), counts[order])
+
+
+def _distinct_in_order(image: Image.Image, channels: int, label: str,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32 | None]:
+    """The distinct canonical keys of an image, the index of each one's first pixel and its
+    count, and the raw key of the first fully transparent pixel (if any). Read one band of
+    rows at a time and stopped as soon as there are more than 256 colors, so a large image
+    costs one band of memory beyond its decoded pixels."""
+    from . import pixels
+
+    keys = np.zeros(0, np.uint32)
+    first = np.zeros(0, np.int64)
+    counts = np.zeros(0, np.int64)
+    clear = None
+    offset = 0
+    for raw in pixels.key_strips(image):
+        band = pixels.canonical(raw, channels)
+        if clear is None and channels == 4:
+            hidden = np.flatnonzero(raw >> 24 == 0)
+            clear = raw[hidden[0]] if len(hidden) else None
+        distinct, where, number = np.unique(band, return_index=True, return_counts=True)
+        merged, inverse = np.unique(np.concatenate([keys, distinct]), return_inverse=True)
+        if len(merged) > 256:
+            raise PaletteError(f"{label}: the image has more than 256 colors, a palette holds "
+                               "at most 256 (quantize it first)")
+        positions = np.concatenate([first, where + offset])
+        first = np.full(len(merged), np.iinfo(np.int64).max)
+        np.minimum.at(first, inverse, positions)
+        counts = np.bincount(inverse, weights=np.concatenate([counts, number]),
+                             minlength=len(merged)).astype(np.int64)
+        keys = merged.astype(np.uint32)
+        offset += len(raw)
+    return keys, first, counts, clear
 
 
 def read_palette(path: str | os.PathLike[str]) -> Palette:

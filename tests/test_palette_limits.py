@@ -125,3 +125,26 @@ def test_the_largest_real_palettes_fit_the_limits(tmp_path):
         palettefile.write_palette(palette, path)
         assert path.stat().st_size * 50 < palettefile.MAX_TEXT_BYTES
         assert np.array_equal(palettefile.read_palette(path).colors, palette.colors)
+
+
+def test_a_palette_image_with_many_colors_is_refused_after_one_band(tmp_path, small_png):
+    """4000×4000 pixels, with 300 colors in the first row: the reader stops in the first band
+    of rows instead of sorting all 16 million pixels (which takes several hundred MB)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((4000, 4000, 3), np.uint8)
+    pixels[0, :300, 0] = np.arange(300) % 256
+    pixels[0, :300, 1] = np.arange(300) // 256
+    path = tmp_path / "many.png"
+    Image.fromarray(pixels).save(path)
+    refuse(tmp_path, small_png, path, "more than 256 colors")
+
+
+def test_a_palette_image_over_the_pixel_limit_is_refused(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "big.gif"
+    Image.new("P", (4001, 4000)).save(path)
+    with pytest.raises(palettefile.PaletteError, match="16,000,000 pixels for a palette image"):
+        palettefile.read_palette(path)
