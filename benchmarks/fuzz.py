@@ -170,9 +170,14 @@ def _child(target: str, findings: Path, libfuzzer_args: list[str]) -> None:
         import colorquant.batch
         import colorquant.frames
         import colorquant.palettefile
-        import colorquant.pipeline  # noqa: F401
+        import colorquant.pipeline
 
         Image.init()  # every format plugin, inside the instrumented block
+    if target == "image":
+        # Import scikit-learn now (seconds, once) rather than inside the first input's time limit.
+        import numpy as np
+
+        colorquant.pipeline.quantize_image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), 2)
     seen: set[str] = set()
 
     def test_one_input(data: bytes) -> None:
@@ -249,7 +254,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="time budget per target")
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"),
                         help="working corpus and findings, per target (default ./fuzz-out)")
-    parser.add_argument("--timeout", type=int, default=10, help="seconds allowed per input")
+    parser.add_argument("--timeout", type=int, default=30,
+                        help="seconds allowed per input (instrumented code runs several times "
+                        "slower)")
     parser.add_argument("--rss-limit-mb", type=int, default=2048, help="memory allowed")
     parser.add_argument("--max-len", type=int, default=65536, help="largest input, in bytes")
     parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
