@@ -23,7 +23,7 @@ Targets:
 The property checked: every input either gives a valid result or raises ``ColorquantError``.
 Any other exception, or an invalid result, is a finding: its input and traceback are written to
 ``OUT/TARGET/findings/`` (one per distinct place it was raised) and fuzzing goes on. A hang beyond
-``--timeout`` seconds, memory beyond ``--rss-limit-mb`` or a crash of native code stops the
+``--timeout`` seconds, memory beyond ``RSS_LIMIT_MB`` or a crash of native code stops the
 libFuzzer run, which writes the input to the same folder (``timeout-…``, ``oom-…``,
 ``crash-…``); the run is then started again on the corpus reached so far, until the time budget
 is spent.
@@ -58,6 +58,17 @@ PALETTE_EXTENSIONS = (".gpl", ".json", ".txt", ".hex", ".png", ".gif")
 OUTPUT_FORMATS = ("PNG", "GIF", "WEBP", "TIFF", "BMP", "JPEG")
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "tests" / "fuzz_seeds"
+#: Peak memory allowed (MB): libFuzzer's -rss_limit_mb, and the harness checks the exact peak
+#: (getrusage) after every input, which also catches a spike shorter than libFuzzer's 1 s poll.
+RSS_LIMIT_MB = {"image": 2048, "palette": 2048, "name": 512}
+#: libFuzzer dictionaries: tokens the mutations splice in (format syntax is hard to guess).
+DICTIONARIES = {
+    "palette": ["GIMP Palette", "Name:", "Columns:", "{", "}", "[", "]", '"colors"',
+                '"counts"', "#", "//", ";", "paint.net", "\\u00", "1e999", "-0", "ff"],
+    "name": ["{stem}", "{suffix}", "{ext}", "{k}", "{", "}", ":", "!r", "!s", "!a", ">",
+             "<", "^", "=", ",", "_", ".", "..", "/", "\\x00", "999999999", "%", "d", "c",
+             "x", "s", "[0]", ".real"],
+}
 
 
 class Invalid(AssertionError):
@@ -178,14 +189,21 @@ def _child(target: str, findings: Path, libfuzzer_args: list[str]) -> None:
         import numpy as np
 
         colorquant.pipeline.quantize_image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), 2)
+    import resource
+
     seen: set[str] = set()
+    limit_kb = RSS_LIMIT_MB[target] * 1024
 
     def test_one_input(data: bytes) -> None:
         try:
             check_one(target, data)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            _check(peak < limit_kb, f"peak memory {peak // 1024} MB")
         except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)
             where = f"{type(exc).__name__} at {tb[-1].filename}:{tb[-1].lineno}" if tb else "?"
+            if isinstance(exc, Invalid):  # one finding per broken promise, numbers aside
+                where = "Invalid: " + re.sub(r"\d+", "N", str(exc).split(":")[0])
             if where in seen:
                 return
             seen.add(where)
@@ -213,17 +231,23 @@ def _seed_dirs(target: str) -> list[Path]:
 _STATS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+)", re.MULTILINE)
 
 
-def fuzz(target: str, seconds: float, out: Path, *, timeout: int, rss_limit_mb: int,
-         max_len: int) -> dict[str, int]:
+def fuzz(target: str, seconds: float, out: Path, *, timeout: int, max_len: int,
+         ) -> dict[str, int]:
     """Fuzz one target for ``seconds``, restarting after a hang, an OOM or a crash."""
     corpus, findings = out / target / "corpus", out / target / "findings"
     corpus.mkdir(parents=True, exist_ok=True)
     findings.mkdir(parents=True, exist_ok=True)
+    extra = []
+    if target in DICTIONARIES:
+        dictionary = out / target / "tokens.dict"
+        dictionary.write_text("".join(f'"{token}"\n' for token in DICTIONARIES[target]))
+        extra.append(f"-dict={dictionary}")
     log = out / target / "libfuzzer.log"
     deadline = time.monotonic() + seconds
     totals = {"executions": 0, "cov": 0, "ft": 0, "runs": 0}
     while (left := int(deadline - time.monotonic())) > 5:
-        args = [f"-max_total_time={left}", f"-timeout={timeout}", f"-rss_limit_mb={rss_limit_mb}",
+        args = [f"-max_total_time={left}", f"-timeout={timeout}",
+                f"-rss_limit_mb={RSS_LIMIT_MB[target]}", *extra,
                 f"-max_len={max_len}", f"-artifact_prefix={findings}/", "-print_final_stats=1",
                 str(corpus), *map(str, _seed_dirs(target) if totals["runs"] == 0 else [])]
         command = [sys.executable, __file__, "--child", target, "--out", str(out), "--", *args]
@@ -257,7 +281,6 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=30,
                         help="seconds allowed per input (instrumented code runs several times "
                         "slower)")
-    parser.add_argument("--rss-limit-mb", type=int, default=2048, help="memory allowed")
     parser.add_argument("--max-len", type=int, default=65536, help="largest input, in bytes")
     parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -268,7 +291,7 @@ def main() -> None:
     print(f"{'target':8} {'runs':>4} {'executions':>11} {'cov':>6} {'ft':>7} {'findings':>8}")
     for target in TARGETS if args.target == "all" else (args.target,):
         t = fuzz(target, args.minutes * 60, args.out, timeout=args.timeout,
-                 rss_limit_mb=args.rss_limit_mb, max_len=args.max_len)
+                 max_len=args.max_len)
         print(f"{target:8} {t['runs']:>4} {t['executions']:>11,} {t['cov']:>6} {t['ft']:>7} "
               f"{t['findings']:>8}   ({args.out / target / 'findings'})", flush=True)
 
