@@ -1,8 +1,7 @@
 """Hostile palette files are refused in bounded time and memory, before any image is written.
 
-Each case runs the real command under a small wrapper process that reports the peak memory of
-its child (``getrusage(RUSAGE_CHILDREN)``), so a reader that loads the whole file shows up as a
-peak of hundreds of megabytes.
+Each case runs the real command and measures its peak memory (``conftest.run_peak``), so a
+reader that loads the whole file shows up as a peak of hundreds of megabytes.
 """
 
 from __future__ import annotations
@@ -16,31 +15,15 @@ from pathlib import Path
 import pytest
 
 from colorquant import palettefile
-from tests.conftest import COMMAND
+from tests.conftest import COMMAND, run_peak
 
 #: Peak memory allowed to a refused run: the command with numpy and Pillow loaded is ~100 MB;
 #: reading any of these files whole would add from 500 MB (the 1 GB file) to several GB.
 PEAK_MB = 250
 
-_WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "p = subprocess.run(sys.argv[1:], capture_output=True, timeout=120)\n"
-    "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.stderr.buffer.write(p.stderr)\n"
-    "sys.exit(p.returncode)\n"
-)
-
-
-def run_measured(*args: str | os.PathLike[str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run the real command; returns the process and its peak resident memory in MB."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(COMMAND), *map(str, args)],
-                          capture_output=True, text=True, timeout=150, check=False)
-    return proc, int(proc.stdout) / 1024
-
-
 def refuse(tmp_path: Path, small_png: Path, palette: Path, message: str) -> None:
     out = tmp_path / "out.png"
-    proc, peak = run_measured(small_png, "--palette", palette, "-o", out)
+    proc, peak = run_peak(COMMAND, small_png, "--palette", palette, "-o", out)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
