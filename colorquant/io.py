@@ -196,8 +196,9 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
 
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
-    """Let Pillow refuse frames beyond ``max_pixels`` while seeking (frames larger than the
-    canvas), reported as :class:`ImageTooLargeError`; Pillow's warnings are silenced."""
+    """Let Pillow refuse images and frames beyond ``max_pixels`` while opening and seeking
+    (frames larger than the canvas), reported as :class:`ImageTooLargeError`; Pillow's
+    warnings are silenced."""
     with _bomb_lock:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this

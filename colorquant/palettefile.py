@@ -118,6 +118,8 @@ def _read_json(text: str, label: str) -> Palette:
         raise PaletteError(f"{label}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except RecursionError:
         raise PaletteError(f"{label}: not a palette (JSON nested too deeply)") from None
+    except ValueError:  # an integer of more than 4,300 digits
+        raise PaletteError(f"{label}: not a palette (a number too long)") from None
     counts = None
     if isinstance(data, dict):
         colors, counts = data.get("colors"), data.get("counts")
@@ -130,7 +132,7 @@ def _read_json(text: str, label: str) -> Palette:
     palette = _from_hex(colors, label)
     if counts is not None:
         if (not isinstance(counts, list) or len(counts) != len(colors)
-                or not all(isinstance(c, int) and c >= 0 for c in counts)):
+                or not all(type(c) is int and 0 <= c < 2**63 for c in counts)):
             raise PaletteError(f"{label}: 'counts' must be {len(colors)} non-negative integers")
         palette = Palette(palette.colors, np.asarray(counts, dtype=np.int64))
     return palette

@@ -131,3 +131,15 @@ def test_a_palette_image_over_the_pixel_limit_is_refused(tmp_path):
     Image.new("P", (4001, 4000)).save(path)
     with pytest.raises(palettefile.PaletteError, match="16,000,000 pixels for a palette image"):
         palettefile.read_palette(path)
+
+
+@pytest.mark.parametrize(("counts", "message"), [
+    ("1" * 5000, "a number too long"),  # Python refuses int() of over 4,300 digits
+    (str(2**70), "non-negative integers"),  # beyond int64
+    ("true", "non-negative integers"),
+])
+def test_json_counts_beyond_any_image_are_refused(tmp_path, counts, message):
+    path = tmp_path / "p.json"
+    path.write_text('{"colors": ["#000000"], "counts": [' + counts + "]}")
+    with pytest.raises(palettefile.PaletteError, match=message):
+        palettefile.read_palette(path)
