@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import string
 import sys
@@ -88,28 +89,46 @@ class FileResult:
 # --- planning -----------------------------------------------------------------------------
 
 
+#: Longest file name (bytes) on common file systems; no field of a template may be wider.
+NAME_MAX = 255
+
+
 def check_name_template(template: str) -> None:
-    """Refuse templates with unknown fields, path separators or an empty result."""
+    """Refuse templates with unknown fields, widths beyond a file name, path separators or an
+    empty result."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template)
+                  if f is not None]
     except ValueError as exc:
         raise PlanError(f"--name {template!r}: {exc}") from None
-    unknown = [f for f in fields if f not in NAME_FIELDS]
+    unknown = [f for f, _ in parsed if f not in NAME_FIELDS]
     if unknown:
         raise PlanError(f"--name {template!r}: unknown field {{{unknown[0]}}} "
                         f"(use {', '.join('{' + f + '}' for f in NAME_FIELDS)})")
+    # before any rendering: "{k:>999999999}" would build a string of a gigabyte
+    widths = [int(n) for _, spec in parsed for n in re.findall(r"\d+", spec or "")]
+    if widths and max(widths) > NAME_MAX:
+        raise PlanError(f"--name {template!r}: width {max(widths)} is longer than a file name "
+                        f"({NAME_MAX} bytes)")
     sample = render_name(template, "x.jpg", 16, "png")
-    if "/" in sample or os.sep in sample or sample in ("", ".", ".."):
+    if "/" in sample or os.sep in sample:
         raise PlanError(f"--name {template!r}: must be a file name, not a path")
 
 
 def render_name(template: str, src: str, k: int, ext: str) -> str:
-    """The output file name of ``src`` from a template (fields: stem, suffix, ext, k)."""
+    """The output file name of ``src`` from a template (fields: stem, suffix, ext, k).
+
+    Raises :class:`PlanError` when the result is not a file name (empty, ``.``, ``..``, or
+    with a NUL), as ``{suffix}`` is for an input without one.
+    """
     path = Path(src)
     try:
-        return template.format(stem=path.stem, suffix=path.suffix.lstrip("."), ext=ext, k=k)
+        name = template.format(stem=path.stem, suffix=path.suffix.lstrip("."), ext=ext, k=k)
     except (ValueError, KeyError, IndexError) as exc:
         raise PlanError(f"--name {template!r}: {exc}") from None
+    if name in ("", ".", "..") or "\0" in name:
+        raise PlanError(f"--name {template!r}: gives {name!r} for {src}, not a file name")
+    return name
 
 
 def _is_image_name(name: str) -> bool:

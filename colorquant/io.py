@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -168,16 +169,12 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
     elif not source.seekable():
         source = read_stream(source)
     try:
-        # Pillow's own bomb check is replaced by ours, which has a configurable limit.
-        with _bomb_lock:
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    image = Image.open(source)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        # Pillow's bomb check at our limit, already while opening: the GIF plugin fills its
+        # first frame there (a 6 kB GIF declaring 3 gigapixels took seconds and gigabytes).
+        with pixel_limit(max_pixels, label):
+            image = Image.open(source)
+    except InputError:
+        raise
     except Image.UnidentifiedImageError:
         raise InputError(f"{label}: {_unidentified(source)}") from None
     except OSError as exc:
@@ -199,18 +196,21 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
 
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int, label: str) -> Iterator[None]:
-    """Let Pillow refuse frames beyond ``max_pixels`` while seeking (frames larger than the
-    canvas), reported as :class:`ImageTooLargeError`; Pillow's warnings are silenced."""
+    """Let Pillow refuse images and frames beyond ``max_pixels`` while opening and seeking
+    (frames larger than the canvas), reported as :class:`ImageTooLargeError`; Pillow's
+    warnings are silenced."""
     with _bomb_lock:
         saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max(1, max_pixels // 2)  # Pillow raises above twice this
+        Image.MAX_IMAGE_PIXELS = max_pixels / 2  # Pillow raises above twice this
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 yield
-        except Image.DecompressionBombError:
-            raise ImageTooLargeError(f"{label}: a frame declares more than {max_pixels:,} "
-                                     "pixels (see --max-pixels)") from None
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found[1]):,} pixels" if found else f"more than {max_pixels:,} pixels"
+            raise ImageTooLargeError(f"{label}: declares {size}, over the limit of "
+                                     f"{max_pixels:,} (see --max-pixels)") from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 

@@ -19,17 +19,26 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ColorquantError, PaletteError
+from .errors import ColorquantError, ImageTooLargeError, PaletteError
 from .palette import Palette
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TEXT_FORMATS = (".gpl", ".json", ".txt", ".hex")
 #: Image extensions a palette can be written to without changing its colors (not JPEG).
 IMAGE_WRITE_FORMATS = (".png", ".gif", ".webp", ".tif", ".tiff", ".bmp")
 #: Pixel limit when a palette is read from an image.
-MAX_PALETTE_IMAGE_PIXELS = 50_000_000
+MAX_PALETTE_IMAGE_PIXELS = 16_000_000
+#: Largest text palette file read: 256 colors take about 10 kB in any format, so anything
+#: beyond this is not a palette, and is refused before it is read whole.
+MAX_TEXT_BYTES = 1 << 20
+#: Longest line of a ``.gpl``/``.txt``/``.hex`` file (GIMP itself reads 1,024 bytes a line).
+MAX_LINE_CHARS = 4096
 
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?)")
 
@@ -107,6 +116,10 @@ def _read_json(text: str, label: str) -> Palette:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PaletteError(f"{label}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise PaletteError(f"{label}: not a palette (JSON nested too deeply)") from None
+    except ValueError:  # an integer of more than 4,300 digits
+        raise PaletteError(f"{label}: not a palette (a number too long)") from None
     counts = None
     if isinstance(data, dict):
         colors, counts = data.get("colors"), data.get("counts")
@@ -114,10 +127,12 @@ def _read_json(text: str, label: str) -> Palette:
         colors = data
     if not isinstance(colors, list):
         raise PaletteError(f"{label}: expected a list of '#rrggbb' strings under 'colors'")
+    if len(colors) > 256:
+        raise PaletteError(f"{label}: {len(colors):,} colors, a palette holds at most 256")
     palette = _from_hex(colors, label)
     if counts is not None:
         if (not isinstance(counts, list) or len(counts) != len(colors)
-                or not all(isinstance(c, int) and c >= 0 for c in counts)):
+                or not all(type(c) is int and 0 <= c < 2**63 for c in counts)):
             raise PaletteError(f"{label}: 'counts' must be {len(colors)} non-negative integers")
         palette = Palette(palette.colors, np.asarray(counts, dtype=np.int64))
     return palette
@@ -150,24 +165,52 @@ def _read_image(path: str | os.PathLike[str], label: str) -> Palette:
 
     try:
         image = io.to_rgb(io.open_image(path, max_pixels=MAX_PALETTE_IMAGE_PIXELS))
+    except ImageTooLargeError:
+        raise PaletteError(f"{label}: over the limit of {MAX_PALETTE_IMAGE_PIXELS:,} pixels "
+                           "for a palette image") from None
     except ColorquantError as exc:
         raise PaletteError(str(exc)) from None
     channels = len(image.mode)
-    raw = pixels.pixel_keys(image.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-    keys = pixels.canonical(raw, channels)
-    clear = np.flatnonzero(raw >> 24 == 0) if channels == 4 else []
-    if len(clear):
+    keys, first, counts, clear = _distinct_in_order(image, channels, label)
+    if clear is not None:
         # fully transparent pixels are one entry, with the RGB of the first of them (a written
         # palette's transparent entry keeps its --transparent-color)
-        keys = np.where(keys == 0, raw[clear[0]], keys)
-    distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    if len(distinct) > 256:
-        raise PaletteError(
-            f"{label}: the image has {len(distinct)} colors, a palette holds at most 256 "
-            "(quantize it first)"
-        )
+        keys = np.where(keys == 0, clear, keys)
     order = np.argsort(first, kind="stable")
-    return Palette(pixels.unpack(distinct[order], channels), counts[order])
+    return Palette(pixels.unpack(keys[order], channels), counts[order])
+
+
+def _distinct_in_order(image: Image.Image, channels: int, label: str,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32 | None]:
+    """The distinct canonical keys of an image, the index of each one's first pixel and its
+    count, and the raw key of the first fully transparent pixel (if any). Read one band of
+    rows at a time and stopped as soon as there are more than 256 colors, so a large image
+    costs one band of memory beyond its decoded pixels."""
+    from . import pixels
+
+    keys = np.zeros(0, np.uint32)
+    first = np.zeros(0, np.int64)
+    counts = np.zeros(0, np.int64)
+    clear = None
+    offset = 0
+    for raw in pixels.key_strips(image):
+        band = pixels.canonical(raw, channels)
+        if clear is None and channels == 4:
+            hidden = np.flatnonzero(raw >> 24 == 0)
+            clear = raw[hidden[0]] if len(hidden) else None
+        distinct, where, number = np.unique(band, return_index=True, return_counts=True)
+        merged, inverse = np.unique(np.concatenate([keys, distinct]), return_inverse=True)
+        if len(merged) > 256:
+            raise PaletteError(f"{label}: the image has more than 256 colors, a palette holds "
+                               "at most 256 (quantize it first)")
+        positions = np.concatenate([first, where + offset])
+        first = np.full(len(merged), np.iinfo(np.int64).max)
+        np.minimum.at(first, inverse, positions)
+        counts = np.bincount(inverse, weights=np.concatenate([counts, number]),
+                             minlength=len(merged)).astype(np.int64)
+        keys = merged.astype(np.uint32)
+        offset += len(raw)
+    return keys, first, counts, clear
 
 
 def read_palette(path: str | os.PathLike[str]) -> Palette:
@@ -182,15 +225,45 @@ def read_palette(path: str | os.PathLike[str]) -> Palette:
     kind = _kind(path, writing=False)
     if kind == "image":
         return _read_image(path, label)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PaletteError(f"{label}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise PaletteError(f"{label}: cannot read: {reason}") from None
+    text = _read_text(path, label)
+    if kind != ".json":
+        _check_lines(text, label)
     reader = {".gpl": _read_gpl, ".json": _read_json}.get(kind, _read_lines)
     return reader(text, label)
+
+
+def _too_big(label: str, size: str) -> PaletteError:
+    return PaletteError(f"{label}: {size}, over the limit of {MAX_TEXT_BYTES:,} bytes for a "
+                        "palette file (a palette holds at most 256 colors)")
+
+
+def _read_text(path: str | os.PathLike[str], label: str) -> str:
+    """The UTF-8 text of a palette file, refused unread when it is larger than
+    :data:`MAX_TEXT_BYTES` (at most that many bytes are read, even from a pipe)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_TEXT_BYTES:
+                raise _too_big(label, f"{size:,} bytes")
+            data = handle.read(MAX_TEXT_BYTES + 1)
+    except FileNotFoundError:
+        raise PaletteError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise PaletteError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise _too_big(label, f"more than {MAX_TEXT_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PaletteError(f"{label}: cannot read: not UTF-8 text") from None
+
+
+def _check_lines(text: str, label: str) -> None:
+    """Refuse a line longer than :data:`MAX_LINE_CHARS` (no palette line is)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise PaletteError(f"{label}: line {number} has {len(line):,} characters, over "
+                               f"the limit of {MAX_LINE_CHARS:,}")
 
 
 def format_palette(palette: Palette, kind: str, name: str = "colorquant") -> str:

@@ -61,3 +61,21 @@ def run(*args: str | os.PathLike[str], stdin: bytes | None = None,
     assert COMMAND.exists(), f"the colorquant command is not installed at {COMMAND}"
     return subprocess.run([str(COMMAND), *map(str, args)], input=stdin, capture_output=True,
                           cwd=cwd, timeout=300, check=False)
+
+
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, timeout=120)\n"
+    "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.stderr.buffer.write(p.stderr)\n"
+    "sys.exit(p.returncode)\n"
+)
+
+
+def run_peak(*args: str | os.PathLike[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a command; returns the finished process (stderr only) and its peak resident memory
+    in MB. A fresh wrapper process starts it: a child of this (large) test process would
+    inherit its peak."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *map(str, args)],
+                          capture_output=True, text=True, timeout=150, check=False)
+    return proc, int(proc.stdout or 0) / 1024
