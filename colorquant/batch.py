@@ -8,6 +8,7 @@ outputs and reports do not depend on the number of workers. Nothing here prints 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -20,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .errors import ColorquantError
+from .errors import ColorquantError, OutputExistsError
 from .options import QuantizeOptions
 
 #: The default output name: ``photo.jpg`` → ``photo-16c.png``.
@@ -44,6 +45,8 @@ class Job:
     fmt: str
     plot: str | None = None
     compare: str | None = None
+    #: Never replace an existing output (``--no-clobber``), decided when it is put in place.
+    no_clobber: bool = False
 
 
 @dataclass
@@ -363,6 +366,10 @@ def _failure(job: Job, k: int, exc: BaseException, start: float) -> FileResult:
                       seconds=time.perf_counter() - start)
 
 
+def _skipped(job: Job, k: int) -> FileResult:
+    return FileResult(job.src, job.dst, "skipped", k, error=f"{job.dst}: exists (--no-clobber)")
+
+
 def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     """Quantize one file (with a given palette or its own) and describe the outcome."""
     from . import pipeline
@@ -373,7 +380,10 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     try:
         result = pipeline.quantize_file(job.src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
-                                        log=notes.append, palette=palette)
+                                        log=notes.append, palette=palette,
+                                        replace=not job.no_clobber)
+    except OutputExistsError:  # another process put the output in place first
+        return _skipped(job, options.colors)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
     return FileResult(job.src, job.dst, "ok", options.colors, colors=result.palette.hex(),
@@ -480,10 +490,9 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
         if job.src in failed:
             ready[job.src] = failed[job.src]
         elif no_clobber and job.dst != "-" and os.path.lexists(job.dst):
-            ready[job.src] = FileResult(job.src, job.dst, "skipped", options.colors,
-                                        error=f"{job.dst}: exists (--no-clobber)")
+            ready[job.src] = _skipped(job, options.colors)  # saves the work; the write decides
         else:
-            todo.append(job)
+            todo.append(dataclasses.replace(job, no_clobber=True) if no_clobber else job)
     results = workers.imap(quantize_task, ((j, options, palette) for j in todo))
     for job in jobs:
         yield ready[job.src] if job.src in ready else next(results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageTooLargeError, InputError, OutputError
+from .errors import ImageTooLargeError, InputError, OutputError, OutputExistsError
 
 #: Output formats by file extension (lower case); indexed formats keep the palette.
 FORMATS: dict[str, str] = {
@@ -390,15 +391,20 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
     return ColorProfile(transform=transform)
 
 
-def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
+def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None], *,
+                 replace: bool = True) -> None:
     """Write a file through ``writer`` so that ``dst`` is either complete or untouched.
 
     The data go to a temporary file in the target folder, which is renamed over ``dst`` only
     when ``writer`` returns; on any error or interruption the temporary file is removed. A
     symlink is written through (its target is replaced); a named pipe or device is written
-    into directly.
+    into directly. With ``replace=False`` an existing ``dst`` (of any kind) is never replaced:
+    the final step itself refuses (see :func:`_put_new`), so of two calls racing for one
+    name exactly one writes and the other raises :class:`OutputExistsError`.
     """
     dst = Path(dst)
+    if not replace and os.path.lexists(dst):
+        raise OutputExistsError(f"{dst}: exists")
     if dst.exists() and not dst.is_file() and not dst.is_dir():
         # A named pipe or a device (/dev/stdout): renaming over it would destroy it, and a
         # reader waits on it. Encode in memory, then write the complete bytes into it.
@@ -426,13 +432,44 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
+        if replace:
+            os.replace(tmp, dst)
+        else:
+            _put_new(tmp, dst)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, FileExistsError):
+            raise OutputExistsError(f"{dst}: exists") from None
         if isinstance(exc, OSError):
             raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
         raise
+
+
+#: link() errors of file systems without hard links (FAT, exFAT, some FUSE and SMB mounts).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,
+                       errno.EMLINK, errno.EXDEV})
+
+
+def _put_new(tmp: str, dst: Path) -> None:
+    """Put the complete file ``tmp`` at ``dst`` only if no file has that name; else raise
+    ``FileExistsError`` (``tmp`` is left for the caller to remove).
+
+    ``link(2)`` never replaces an existing name: the kernel decides atomically which of two
+    racing calls gets it. Where the file system has no hard links, the name is claimed with
+    an exclusive create (``O_EXCL``, also decided by the kernel) and the complete file is then
+    renamed over that empty claim: still exactly one writer and no existing file replaced,
+    but a reader (or a crash) in between can see an empty ``dst``.
+    """
+    try:
+        os.link(tmp, dst)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or exc.errno not in _NO_LINKS:
+            raise
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(tmp, dst)
+        return
+    os.unlink(tmp)
 
 
 #: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as

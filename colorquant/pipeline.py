@@ -381,6 +381,7 @@ def quantize_file(
     compare: str | os.PathLike[str] | None = None,
     log: Log | None = None,
     palette: Palette | None = None,
+    replace: bool = True,
 ) -> QuantizeResult:
     """Read ``src``, quantize it and write ``dst`` atomically (plus optional plots).
 
@@ -391,6 +392,8 @@ def quantize_file(
     holds one. ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
     The result describes the first frame written, with the palette counts of all frames.
     With ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
+    With ``replace=False`` an existing ``dst`` is left alone (``OutputExistsError``), decided
+    when the file is put in place.
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
     to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
@@ -439,7 +442,7 @@ def quantize_file(
         except OSError as exc:
             raise OutputError(f"{shown_dst}: cannot write: {exc.strerror or exc}") from None
     else:
-        io.atomic_write(dst, write)  # type: ignore[arg-type]
+        io.atomic_write(dst, write, replace=replace)  # type: ignore[arg-type]
     clock.lap("write")
     first = results[0]
     result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings))
