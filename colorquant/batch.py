@@ -360,8 +360,14 @@ class Workers:
 
 
 def _failure(job: Job, k: int, exc: BaseException, start: float) -> FileResult:
-    reason = str(exc) if isinstance(exc, ColorquantError) else (
-        f"{job.src}: unexpected {type(exc).__name__}: {exc}")
+    from . import memory
+
+    if memory.is_out_of_memory(exc):
+        reason = f"{job.src}: {memory.describe(exc)}"
+    elif isinstance(exc, ColorquantError):
+        reason = str(exc)
+    else:
+        reason = f"{job.src}: unexpected {type(exc).__name__}: {exc}"
     return FileResult(job.src, job.dst, "failed", k, error=reason,
                       seconds=time.perf_counter() - start)
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from . import io
 from .errors import InputError
+from .memory import as_memory_error, is_out_of_memory
 from .options import DEFAULT_MAX_PIXELS
 
 Log = Callable[[str], None]
@@ -104,6 +105,8 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         except InputError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):  # not damage: an allocation failed while decoding
+                raise as_memory_error(exc) from None
             raise InputError(f"{label}: corrupt or truncated frame {index} "
                              f"({io._describe(exc)})") from None
         if current is not image:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageTooLargeError, InputError, OutputError, OutputExistsError
+from .memory import as_memory_error, is_out_of_memory
 
 #: Output formats by file extension (lower case); indexed formats keep the palette.
 FORMATS: dict[str, str] = {
@@ -181,7 +182,11 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
                 Image.MAX_IMAGE_PIXELS = saved
     except Image.UnidentifiedImageError:
         raise InputError(f"{label}: {_unidentified(source)}") from None
+    except MemoryError:
+        raise
     except OSError as exc:
+        if is_out_of_memory(exc):
+            raise as_memory_error(exc) from None
         raise InputError(f"{label}: cannot read: {exc.strerror or _describe(exc)}") from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
         raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
@@ -194,6 +199,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         raise
     except Exception as exc:
         image.close()
+        if is_out_of_memory(exc):  # not damage: an allocation failed while decoding
+            raise as_memory_error(exc) from None
         raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
     return image
 
@@ -257,9 +264,12 @@ Log = Callable[[str], None]
 
 def upright(image: Image.Image) -> Image.Image:
     """The image turned by its orientation tag (EXIF, PNG eXIf, or XMP); a bad tag is ignored."""
-    with contextlib.suppress(Exception):
+    try:
         return ImageOps.exif_transpose(image) or image
-    return image
+    except MemoryError:  # not a bad tag: the caller must not get the source image back
+        raise
+    except Exception:
+        return image
 
 
 def to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
@@ -349,6 +359,8 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
 
         profile = ImageCms.ImageCmsProfile(BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
+    except MemoryError:
+        raise
     except Exception as exc:
         if log:
             log(f"warning: {label}: ignoring unreadable ICC profile ({_describe(exc)})")
@@ -383,6 +395,8 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
 
         probe = Image.new({"CMYK": "CMYK", "GRAY": "L"}.get(space, "RGB"), (1, 1))
         transform(probe)
+    except MemoryError:
+        raise
     except Exception as exc:
         if log:
             log(f"warning: {label}: ignoring ICC profile that cannot be applied "

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import fit, frames, io, metrics, pixels, remap
+from . import fit, frames, io, memory, metrics, pixels, remap
 from .colorspace import get_space
 from .errors import OutputError, PaletteError
 from .options import QuantizeOptions
@@ -405,6 +405,8 @@ def quantize_file(
             and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
     clock = _Clock()
+    if palette is None:
+        memory.load_fit_backend()  # under ulimit -v: before the pixels take the memory
     decoded, images = _read_frames(src, fmt, options, shown_dst=shown_dst, log=log)
     clock.lap("read")
     try:

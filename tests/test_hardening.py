@@ -6,9 +6,13 @@ Every test runs the real command in real processes on real files.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
+import sys
+from pathlib import Path
 
-from conftest import COMMAND, random_image
+import pytest
+from conftest import COMMAND, SAMPLES, random_image
 from PIL import Image
 
 
@@ -45,3 +49,69 @@ def test_no_clobber_race_has_exactly_one_writer(tmp_path):
         expected = [int(e["color"][i:i + 2], 16) for e in winner["palette"] for i in (1, 3, 5)]
         assert colors == expected
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]
+
+
+# --- memory limits ------------------------------------------------------------------------
+
+
+def _address_space_mib(code: str) -> int:
+    """VmSize (MiB) of a fresh interpreter after running ``code``."""
+    probe = (f"{code}\nfor line in open('/proc/self/status'):\n"
+             "    if line.startswith('VmSize'):\n        print(int(line.split()[1]) // 1024)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout)
+
+
+def _run_limited(limit_mib: int, *args: object) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mib << 20, resource.RLIM_INFINITY))
+
+    return subprocess.run([str(COMMAND), *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory) -> Path:
+    """A 24 MP JPEG photo (6000x4000, upscaled from a sample)."""
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    with Image.open(SAMPLES / "china.jpg") as image:
+        image.convert("RGB").resize((6000, 4000), Image.BILINEAR).save(path, quality=90)
+    return path
+
+
+def _assert_out_of_memory(proc: subprocess.CompletedProcess[str], src: Path, folder: Path,
+                          ) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {src}: not enough memory ("), lines
+    assert "interrupt" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert [p.name for p in folder.iterdir()] == []  # no output, no temp file
+
+
+def test_a_photo_that_does_not_fit_the_memory_limit_says_so(tmp_path, big_photo):
+    """Under an address-space limit that holds the interpreter and its libraries but not a
+    24 MP photo's pixels (measured: it needs a few hundred MiB more), the run says "not
+    enough memory" in one line, exit 1, and leaves nothing."""
+    from colorquant import memory
+
+    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.pipeline")
+    limit = base + (memory._backend_need() >> 20) + 100
+    out = tmp_path / "out.png"
+    _assert_out_of_memory(_run_limited(limit, big_photo, "-o", out), big_photo, tmp_path)
+    # the same photo and command with room enough: written (the limit was the only cause)
+    assert _run_limited(limit + 1024, big_photo, "-o", out).returncode == 0
+
+
+def test_a_limit_too_small_for_the_libraries_fails_at_once(tmp_path):
+    """Below what scikit-learn and its OpenBLAS need to load, OpenBLAS would retry its
+    allocation forever (a hang that ignores SIGTERM); the run refuses instead."""
+    from colorquant import memory
+
+    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.pipeline")
+    src = tmp_path / "small.png"
+    Image.fromarray(random_image(40, 40, seed=5)).save(src)
+    out = tmp_path / "out" / "small.png"
+    out.parent.mkdir()
+    limit = base + (memory._backend_need() >> 20) // 2
+    _assert_out_of_memory(_run_limited(limit, src, "-o", out), src, out.parent)
