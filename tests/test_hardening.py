@@ -6,7 +6,9 @@ Every test runs the real command in real processes on real files.
 from __future__ import annotations
 
 import json
+import re
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +117,49 @@ def test_a_limit_too_small_for_the_libraries_fails_at_once(tmp_path):
     out.parent.mkdir()
     limit = base + (memory._backend_need() >> 20) // 2
     _assert_out_of_memory(_run_limited(limit, src, "-o", out), src, out.parent)
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def _traced_calls(tmp_path: Path, *args: object) -> list[str]:
+    """The file-system calls of the main colorquant process (run under strace)."""
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-o", str(log), "-e",
+                           "trace=openat,fsync,fdatasync,rename,renameat,renameat2,link,linkat",
+                           str(COMMAND), *map(str, args)], capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    log.unlink()
+    return calls
+
+
+@pytest.mark.skipif(shutil.which("strace") is None,
+                    reason="needs strace (.ci/run installs it)")
+@pytest.mark.parametrize("extra", [(), ("--no-clobber",)])
+def test_output_is_flushed_before_its_name_and_folder_after(tmp_path, small_png, extra):
+    """The temporary file is fsynced before it is renamed (or linked) into place, and the
+    folder is fsynced after: a file reported as written survives a power cut."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.png"
+    calls = _traced_calls(tmp_path, small_png, "-o", out, "-j", "1", *extra)
+    temp = re.compile(r'openat\(.*"(' + re.escape(str(out_dir)) + r'/\.o\.png\.[^"]+\.tmp)"'
+                      r'.*O_CREAT.* = (\d+)$')
+    opened = [(i, m) for i, line in enumerate(calls) if (m := temp.search(line))]
+    assert len(opened) == 1, calls
+    start, match = opened[0]
+    tmp_name, fd = match.group(1), match.group(2)
+    placed = next(i for i, line in enumerate(calls) if tmp_name in line and i > start
+                  and re.search(r"\b(rename|renameat2?|link|linkat)\(", line))
+    assert any(re.search(rf"\bf(data)?sync\({fd}\) += 0", line)
+               for line in calls[start:placed]), calls[start:placed + 1]
+    folder = re.compile(r'openat\(.*"' + re.escape(str(out_dir)) + r'".*O_DIRECTORY.* = (\d+)$')
+    after = calls[placed:]
+    opened_dir = [m.group(1) for line in after if (m := folder.search(line))]
+    assert opened_dir and any(re.search(rf"\bfsync\({opened_dir[0]}\) += 0", line)
+                              for line in after), after
+    with Image.open(out) as image:
+        image.load()
+    assert [p.name for p in out_dir.iterdir()] == ["o.png"]  # complete, no temp file
