@@ -8,6 +8,7 @@ frames too, and Pillow's encoders store only what changed, following the disposa
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -212,6 +213,41 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         if fmt == "GIF":
             params["optimize"] = False
     images[0].save(handle, format=fmt, **params)
+    if fmt == "TIFF" and images[0].mode == "P":
+        _widen_tiff_colormaps(handle)
+
+
+def _widen_tiff_colormaps(handle: BinaryIO) -> None:
+    """Rewrite every TIFF ColorMap (tag 320) written by Pillow from 8-bit values × 256 to
+    × 257, so that white is 65535, as TIFF 6.0 means it (Pillow writes 65280, which
+    ImageMagick reads one level darker); Pillow and libtiff read both back the same."""
+    end = handle.tell()
+    handle.seek(0)
+    head = handle.read(8)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        handle.seek(end)
+        return
+    order = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(order + "H", head[2:4])[0] != 42:  # BigTIFF: not written here
+        handle.seek(end)
+        return
+    offset = struct.unpack(order + "I", head[4:8])[0]
+    seen: set[int] = set()
+    while offset and offset not in seen:
+        seen.add(offset)
+        handle.seek(offset)
+        (count,) = struct.unpack(order + "H", handle.read(2))
+        entries = handle.read(12 * count)
+        (following,) = struct.unpack(order + "I", handle.read(4))
+        for i in range(count):
+            tag, kind, n, where = struct.unpack(order + "HHII", entries[12 * i:12 * i + 12])
+            if tag == 320 and kind == 3 and n * 2 > 4:  # SHORT values stored at an offset
+                handle.seek(where)
+                values = struct.unpack(f"{order}{n}H", handle.read(2 * n))
+                handle.seek(where)
+                handle.write(struct.pack(f"{order}{n}H", *(v | v >> 8 for v in values)))
+        offset = following
+    handle.seek(end)
 
 
 def flatten(image: Image.Image) -> Image.Image:
