@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -191,6 +192,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
         raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
     try:
+        if image.format == "PNG":
+            check_png_chunks(image.fp, label)
         with pixel_limit(max_pixels, label):
             _check_size(image, label, max_pixels, frame)
             image.load()
@@ -203,6 +206,44 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
             raise as_memory_error(exc) from None
         raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
     return image
+
+
+def check_png_chunks(handle: BinaryIO, label: str) -> None:
+    """Refuse a PNG file with a damaged chunk (its CRC does not match), as libpng does.
+
+    Pillow checks no CRC of image data (IDAT, fdAT), so a damaged file would decode into
+    wrong pixels. Every chunk up to IEND is checked, reading one chunk at a time; the
+    position of ``handle`` is kept.
+    """
+    position = handle.tell()
+    try:
+        handle.seek(8)
+        while True:
+            start = handle.tell()
+            head = handle.read(8)
+            if len(head) < 8:
+                return  # truncated: the decoder says so
+            length = int.from_bytes(head[:4], "big")
+            kind = head[4:8]
+            crc = zlib.crc32(kind)
+            left = length
+            while left > 0:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    return
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            stored = handle.read(4)
+            if len(stored) < 4:
+                return
+            if int.from_bytes(stored, "big") != crc:
+                name = kind.decode("latin-1")
+                raise InputError(f"{label}: corrupt PNG file (bad CRC in the {name!r} chunk at "
+                                 f"byte {start:,})")
+            if kind == b"IEND":
+                return
+    finally:
+        handle.seek(position)
 
 
 @contextlib.contextmanager
