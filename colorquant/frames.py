@@ -181,6 +181,12 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
             params["dpi"] = frames.dpi
     if fmt == "GIF" and transparent_index is not None:
         params["transparency"] = transparent_index
+    if fmt == "PNG" and has_alpha:
+        # tRNS without its trailing opaque entries (readers take missing ones as opaque):
+        # smaller files, as pngquant writes them; Pillow would write one per palette entry.
+        alpha = bytes(images[0].getpalette("RGBA")[3::4][:n_colors]).rstrip(b"\xff")
+        if alpha:
+            params["transparency"] = alpha
     if fmt == "WEBP":
         images = [im.convert("RGBA" if has_alpha else "RGB") for im in images]
     elif fmt == "TIFF" and has_alpha:
@@ -195,6 +201,8 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         images = images[:1]
     elif fmt != "TIFF" and len(images) > 1:
         images, durations, disposal = _merge_repeats(images, durations, disposal)
+    if fmt == "GIF" and durations:
+        durations = _centiseconds(durations)
     if len(images) > 1:
         params.update(save_all=True, append_images=images[1:])
         if durations and fmt in ("PNG", "GIF", "WEBP"):
@@ -248,6 +256,20 @@ def _widen_tiff_colormaps(handle: BinaryIO) -> None:
                 handle.write(struct.pack(f"{order}{n}H", *(v | v >> 8 for v in values)))
         offset = following
     handle.seek(end)
+
+
+def _centiseconds(durations: list[int]) -> list[int]:
+    """Millisecond delays made multiples of 10 ms (GIF stores centiseconds, and Pillow cuts
+    the rest) so that each frame still starts at its time rounded to 10 ms: the total is
+    kept (75 ms frames become 80, 70, 80, 70 … instead of all 70)."""
+    out = []
+    start = elapsed = 0
+    for duration in durations:
+        elapsed += max(0, int(duration))
+        end = (elapsed + 5) // 10
+        out.append(10 * (end - start))
+        start = end
+    return out
 
 
 def flatten(image: Image.Image) -> Image.Image:
