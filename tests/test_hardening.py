@@ -5,16 +5,22 @@ Every test runs the real command in real processes on real files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import COMMAND, SAMPLES, random_image
+from conftest import COMMAND, SAMPLES, palette_image, random_image, run
 from PIL import Image
 
 
@@ -163,3 +169,120 @@ def test_output_is_flushed_before_its_name_and_folder_after(tmp_path, small_png,
     with Image.open(out) as image:
         image.load()
     assert [p.name for p in out_dir.iterdir()] == ["o.png"]  # complete, no temp file
+
+
+# --- kills and a changing file system, mid-batch --------------------------------------------
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_batch_killed_at_random_moments_leaves_only_complete_outputs(tmp_path):
+    """2,000 tiny inputs, -j 2, the whole process group killed with SIGKILL at seeded random
+    moments (three runs): every output present is complete and equal to an uninterrupted
+    run's, the only other files are hidden temporary files (SIGKILL leaves them; at most one
+    per worker), and a rerun with --no-clobber (as make would) finishes the rest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(13)
+    for i in range(2000):
+        colors = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+        Image.fromarray(palette_image(colors, 8, 8, seed=i)).save(src / f"{i:04d}.png")
+    reference = tmp_path / "reference"
+    began = time.perf_counter()
+    proc = run(src, "-r", "--out-dir", reference, "-j", "2", "-q")
+    took = time.perf_counter() - began
+    assert proc.returncode == 0, proc.stderr
+    expected = _outputs(reference)
+    assert len(expected) == 2000
+    partial = []
+    for round_ in range(3):
+        out = tmp_path / f"out{round_}"
+        victim = subprocess.Popen([str(COMMAND), str(src), "-r", "--out-dir", str(out), "-j",
+                                   "2", "-q"], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(0.3, 0.9)) * took)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        if not out.exists():
+            continue
+        written = _outputs(out)
+        assert all(expected[name] == data for name, data in written.items())
+        for name in written:
+            with Image.open(out / name) as image:
+                image.load()
+        hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+        assert all(re.fullmatch(r"\.\d{4}-16c\.png\.\w+\.tmp", n) for n in hidden), hidden
+        assert len(hidden) <= 2  # one per worker at most
+        if 0 < len(written) < 2000:
+            partial.append(out)
+    assert partial  # some kill came mid-batch (else the test proves nothing)
+    proc = run(src, "-r", "--out-dir", partial[0], "-j", "2", "-q", "--no-clobber")
+    assert proc.returncode == 15, proc.stderr  # the outputs already written are skipped
+    assert _outputs(partial[0]) == expected
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """A folder nobody can add files to: mode 555, and for root (who ignores modes, as in
+    CI) the immutable attribute (``chattr +i``), removed again afterwards."""
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True,
+                                    check=False).returncode != 0:
+        folder.chmod(0o755)
+        pytest.skip("running as root on a file system without chattr +i: no folder here is "
+                    "read-only for root")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_read_only_output_folder_fails_alone(tmp_path):
+    """An output folder that cannot be written: one Error line for its input, the others
+    are written, exit 1."""
+    good, locked = tmp_path / "good", tmp_path / "locked"
+    for folder in (good, locked):
+        folder.mkdir()
+    srcs = [good / "a.png", locked / "b.png", good / "c.png"]
+    for i, path in enumerate(srcs):
+        Image.fromarray(random_image(10, 10, seed=i)).save(path)
+    with _unwritable(locked):
+        proc = run(*srcs, "-j", "1", "-q")
+        assert sorted(p.name for p in locked.iterdir()) == ["b.png"]
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        re.escape(f"Error: {locked / 'b-16c.png'}: cannot write: ")
+        + "(Permission denied|Operation not permitted)", lines[0]), lines
+    assert sorted(p.name for p in good.iterdir()) == ["a-16c.png", "a.png", "c-16c.png",
+                                                      "c.png"]
+
+
+def test_output_folder_deleted_mid_batch(tmp_path):
+    """The output folder disappears while the batch runs (the second input is a named pipe,
+    so the run waits there while the folder is removed): one Error line for each input
+    after it, the first output was written, exit 1, and the command does not recreate or
+    leave anything."""
+    first, later = tmp_path / "a.png", tmp_path / "c.png"
+    for i, path in enumerate((first, later)):
+        Image.fromarray(random_image(10, 10, seed=i)).save(path)
+    pipe = tmp_path / "b.png"
+    os.mkfifo(pipe)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(COMMAND), first, pipe, later, "--out-dir", out, "-j", "1",
+                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(pipe, "wb") as writer:  # opens once colorquant opens the pipe to read it
+        assert (out / "a-16c.png").exists()
+        shutil.rmtree(out)
+        writer.write(first.read_bytes())
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert stderr.splitlines() == [
+        f"Error: {out / name}: output folder {str(out)!r} does not exist"
+        for name in ("b-16c.png", "c-16c.png")]
+    assert not out.exists()
