@@ -8,6 +8,7 @@ outputs and reports do not depend on the number of workers. Nothing here prints 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -21,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .errors import ColorquantError
+from .errors import ColorquantError, OutputExistsError
 from .options import QuantizeOptions
 
 #: The default output name: ``photo.jpg`` → ``photo-16c.png``.
@@ -45,6 +46,8 @@ class Job:
     fmt: str
     plot: str | None = None
     compare: str | None = None
+    #: Never replace an existing output (``--no-clobber``), decided when it is put in place.
+    no_clobber: bool = False
 
 
 @dataclass
@@ -377,10 +380,20 @@ class Workers:
 
 
 def _failure(job: Job, k: int, exc: BaseException, start: float) -> FileResult:
-    reason = str(exc) if isinstance(exc, ColorquantError) else (
-        f"{job.src}: unexpected {type(exc).__name__}: {exc}")
+    from . import memory
+
+    if memory.is_out_of_memory(exc):
+        reason = f"{job.src}: {memory.describe(exc)}"
+    elif isinstance(exc, ColorquantError):
+        reason = str(exc)
+    else:
+        reason = f"{job.src}: unexpected {type(exc).__name__}: {exc}"
     return FileResult(job.src, job.dst, "failed", k, error=reason,
                       seconds=time.perf_counter() - start)
+
+
+def _skipped(job: Job, k: int) -> FileResult:
+    return FileResult(job.src, job.dst, "skipped", k, error=f"{job.dst}: exists (--no-clobber)")
 
 
 def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
@@ -393,7 +406,10 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     try:
         result = pipeline.quantize_file(job.src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
-                                        log=notes.append, palette=palette)
+                                        log=notes.append, palette=palette,
+                                        replace=not job.no_clobber)
+    except OutputExistsError:  # another process put the output in place first
+        return _skipped(job, options.colors)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
     return FileResult(job.src, job.dst, "ok", options.colors, colors=result.palette.hex(),
@@ -500,10 +516,9 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
         if job.src in failed:
             ready[job.src] = failed[job.src]
         elif no_clobber and job.dst != "-" and os.path.lexists(job.dst):
-            ready[job.src] = FileResult(job.src, job.dst, "skipped", options.colors,
-                                        error=f"{job.dst}: exists (--no-clobber)")
+            ready[job.src] = _skipped(job, options.colors)  # saves the work; the write decides
         else:
-            todo.append(job)
+            todo.append(dataclasses.replace(job, no_clobber=True) if no_clobber else job)
     results = workers.imap(quantize_task, ((j, options, palette) for j in todo))
     for job in jobs:
         yield ready[job.src] if job.src in ready else next(results)

@@ -317,22 +317,40 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
         _verbose(result)
 
 
+#: The signal received (SIGINT or SIGTERM), so that only a real one is called an interruption
+#: (a ``KeyboardInterrupt`` can also come out of a library failing under a memory limit).
+_received: list[int] = []
+
+
 def _terminate(signum: int, frame: object) -> NoReturn:
+    _received.append(signum)
     raise KeyboardInterrupt
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command and turn every outcome into one exit code (the only place that does)."""
+    _received.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _terminate)
     try:
         code = cli.main(args=argv, prog_name="colorquant", standalone_mode=False)
     except click.ClickException as exc:
         _message(f"Error: {exc.format_message()}")
         code = ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILURE
     except (KeyboardInterrupt, click.Abort):
-        _message("Error: interrupted")
-        code = ExitCode.INTERRUPTED
+        if _received:
+            _message("Error: interrupted")
+            code = ExitCode.INTERRUPTED
+        else:  # no Ctrl-C nor SIGTERM came: a library raised it (seen under a memory limit)
+            _message("Error: unexpected KeyboardInterrupt (no Ctrl-C or SIGTERM was received)")
+            code = ExitCode.FAILURE
     except BrokenPipeError:
+        code = ExitCode.FAILURE
+    except MemoryError as exc:  # outside any one input (loading the libraries for workers)
+        from .memory import describe
+
+        _message(f"Error: {describe(exc)}")
         code = ExitCode.FAILURE
     return int(code or 0)
 

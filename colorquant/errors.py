@@ -23,5 +23,9 @@ class OutputError(ColorquantError):
     """An output could not be written (bad folder, no permission, unknown format)."""
 
 
+class OutputExistsError(OutputError):
+    """The output exists and was not to be replaced (``--no-clobber``): nothing was written."""
+
+
 class PaletteError(ColorquantError):
     """A palette file could not be read or written."""

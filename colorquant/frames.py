@@ -8,6 +8,7 @@ frames too, and Pillow's encoders store only what changed, following the disposa
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,6 +18,7 @@ from PIL import Image
 
 from . import io
 from .errors import InputError
+from .memory import as_memory_error, is_out_of_memory
 from .options import DEFAULT_MAX_PIXELS
 
 Log = Callable[[str], None]
@@ -104,6 +106,8 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         except InputError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):  # not damage: an allocation failed while decoding
+                raise as_memory_error(exc) from None
             raise InputError(f"{label}: corrupt or truncated frame {index} "
                              f"({io._describe(exc)})") from None
         if current is not image:
@@ -177,6 +181,12 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
             params["dpi"] = frames.dpi
     if fmt == "GIF" and transparent_index is not None:
         params["transparency"] = transparent_index
+    if fmt == "PNG" and has_alpha:
+        # tRNS without its trailing opaque entries (readers take missing ones as opaque):
+        # smaller files, as pngquant writes them; Pillow would write one per palette entry.
+        alpha = bytes(images[0].getpalette("RGBA")[3::4][:n_colors]).rstrip(b"\xff")
+        if alpha:
+            params["transparency"] = alpha
     if fmt == "WEBP":
         images = [im.convert("RGBA" if has_alpha else "RGB") for im in images]
     elif fmt == "TIFF" and has_alpha:
@@ -191,6 +201,8 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         images = images[:1]
     elif fmt != "TIFF" and len(images) > 1:
         images, durations, disposal = _merge_repeats(images, durations, disposal)
+    if fmt == "GIF" and durations:
+        durations = _centiseconds(durations)
     if len(images) > 1:
         params.update(save_all=True, append_images=images[1:])
         if durations and fmt in ("PNG", "GIF", "WEBP"):
@@ -209,6 +221,55 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         if fmt == "GIF":
             params["optimize"] = False
     images[0].save(handle, format=fmt, **params)
+    if fmt == "TIFF" and images[0].mode == "P":
+        _widen_tiff_colormaps(handle)
+
+
+def _widen_tiff_colormaps(handle: BinaryIO) -> None:
+    """Rewrite every TIFF ColorMap (tag 320) written by Pillow from 8-bit values × 256 to
+    × 257, so that white is 65535, as TIFF 6.0 means it (Pillow writes 65280, which
+    ImageMagick reads one level darker); Pillow and libtiff read both back the same."""
+    end = handle.tell()
+    handle.seek(0)
+    head = handle.read(8)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        handle.seek(end)
+        return
+    order = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(order + "H", head[2:4])[0] != 42:  # BigTIFF: not written here
+        handle.seek(end)
+        return
+    offset = struct.unpack(order + "I", head[4:8])[0]
+    seen: set[int] = set()
+    while offset and offset not in seen:
+        seen.add(offset)
+        handle.seek(offset)
+        (count,) = struct.unpack(order + "H", handle.read(2))
+        entries = handle.read(12 * count)
+        (following,) = struct.unpack(order + "I", handle.read(4))
+        for i in range(count):
+            tag, kind, n, where = struct.unpack(order + "HHII", entries[12 * i:12 * i + 12])
+            if tag == 320 and kind == 3 and n * 2 > 4:  # SHORT values stored at an offset
+                handle.seek(where)
+                values = struct.unpack(f"{order}{n}H", handle.read(2 * n))
+                handle.seek(where)
+                handle.write(struct.pack(f"{order}{n}H", *(v | v >> 8 for v in values)))
+        offset = following
+    handle.seek(end)
+
+
+def _centiseconds(durations: list[int]) -> list[int]:
+    """Millisecond delays made multiples of 10 ms (GIF stores centiseconds, and Pillow cuts
+    the rest) so that each frame still starts at its time rounded to 10 ms: the total is
+    kept (75 ms frames become 80, 70, 80, 70 … instead of all 70)."""
+    out = []
+    start = elapsed = 0
+    for duration in durations:
+        elapsed += max(0, int(duration))
+        end = (elapsed + 5) // 10
+        out.append(10 * (end - start))
+        start = end
+    return out
 
 
 def flatten(image: Image.Image) -> Image.Image:

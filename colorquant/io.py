@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sys
 import tempfile
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -18,7 +20,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageTooLargeError, InputError, OutputError
+from .errors import ImageTooLargeError, InputError, OutputError, OutputExistsError
+from .memory import as_memory_error, is_out_of_memory
 
 #: Output formats by file extension (lower case); indexed formats keep the palette.
 FORMATS: dict[str, str] = {
@@ -177,11 +180,17 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         raise
     except Image.UnidentifiedImageError:
         raise InputError(f"{label}: {_unidentified(source)}") from None
+    except MemoryError:
+        raise
     except OSError as exc:
+        if is_out_of_memory(exc):
+            raise as_memory_error(exc) from None
         raise InputError(f"{label}: cannot read: {exc.strerror or _describe(exc)}") from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
         raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
     try:
+        if image.format == "PNG":
+            check_png_chunks(image.fp, label)
         with pixel_limit(max_pixels, label):
             _check_size(image, label, max_pixels, frame)
             image.load()
@@ -190,8 +199,48 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         raise
     except Exception as exc:
         image.close()
+        if is_out_of_memory(exc):  # not damage: an allocation failed while decoding
+            raise as_memory_error(exc) from None
         raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
     return image
+
+
+def check_png_chunks(handle: BinaryIO, label: str) -> None:
+    """Refuse a PNG file with a damaged chunk (its CRC does not match), as libpng does.
+
+    Pillow checks no CRC of image data (IDAT, fdAT), so a damaged file would decode into
+    wrong pixels. Every chunk up to IEND is checked, reading one chunk at a time; the
+    position of ``handle`` is kept.
+    """
+    position = handle.tell()
+    try:
+        handle.seek(8)
+        while True:
+            start = handle.tell()
+            head = handle.read(8)
+            if len(head) < 8:
+                return  # truncated: the decoder says so
+            length = int.from_bytes(head[:4], "big")
+            kind = head[4:8]
+            crc = zlib.crc32(kind)
+            left = length
+            while left > 0:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    return
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            stored = handle.read(4)
+            if len(stored) < 4:
+                return
+            if int.from_bytes(stored, "big") != crc:
+                name = kind.decode("latin-1")
+                raise InputError(f"{label}: corrupt PNG file (bad CRC in the {name!r} chunk at "
+                                 f"byte {start:,})")
+            if kind == b"IEND":
+                return
+    finally:
+        handle.seek(position)
 
 
 @contextlib.contextmanager
@@ -256,9 +305,12 @@ Log = Callable[[str], None]
 
 def upright(image: Image.Image) -> Image.Image:
     """The image turned by its orientation tag (EXIF, PNG eXIf, or XMP); a bad tag is ignored."""
-    with contextlib.suppress(Exception):
+    try:
         return ImageOps.exif_transpose(image) or image
-    return image
+    except MemoryError:  # not a bad tag: the caller must not get the source image back
+        raise
+    except Exception:
+        return image
 
 
 def to_8bit(image: Image.Image, label: str = "image") -> Image.Image:
@@ -348,6 +400,8 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
 
         profile = ImageCms.ImageCmsProfile(BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
+    except MemoryError:
+        raise
     except Exception as exc:
         if log:
             log(f"warning: {label}: ignoring unreadable ICC profile ({_describe(exc)})")
@@ -382,6 +436,8 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
 
         probe = Image.new({"CMYK": "CMYK", "GRAY": "L"}.get(space, "RGB"), (1, 1))
         transform(probe)
+    except MemoryError:
+        raise
     except Exception as exc:
         if log:
             log(f"warning: {label}: ignoring ICC profile that cannot be applied "
@@ -390,15 +446,43 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
     return ColorProfile(transform=transform)
 
 
-def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
+#: Flush each output to the disk before its rename and its folder after (as SQLite and git
+#: do), so that a file reported as written survives a power cut. Only the benchmark
+#: (benchmarks/fsync_bench.py) turns it off, to measure the cost.
+DURABLE = True
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to the disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise  # EINVAL/ENOTSUP: a file system that cannot sync folders
+    finally:
+        os.close(fd)
+
+
+def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None], *,
+                 replace: bool = True) -> None:
     """Write a file through ``writer`` so that ``dst`` is either complete or untouched.
 
-    The data go to a temporary file in the target folder, which is renamed over ``dst`` only
-    when ``writer`` returns; on any error or interruption the temporary file is removed. A
+    The data go to a temporary file in the target folder, which is flushed to the disk and
+    renamed over ``dst`` only when ``writer`` returns, and the folder is flushed after the
+    rename (see :data:`DURABLE`); on any error or interruption the temporary file is removed. A
     symlink is written through (its target is replaced); a named pipe or device is written
-    into directly.
+    into directly. With ``replace=False`` an existing ``dst`` (of any kind) is never replaced:
+    the final step itself refuses (see :func:`_put_new`), so of two calls racing for one
+    name exactly one writes and the other raises :class:`OutputExistsError`.
     """
     dst = Path(dst)
+    if not replace and os.path.lexists(dst):
+        raise OutputExistsError(f"{dst}: exists")
     if dst.exists() and not dst.is_file() and not dst.is_dir():
         # A named pipe or a device (/dev/stdout): renaming over it would destroy it, and a
         # reader waits on it. Encode in memory, then write the complete bytes into it.
@@ -423,16 +507,52 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     try:
         with os.fdopen(fd, "w+b") as handle:  # readable: multi-page TIFF reads back
             writer(handle)
+            handle.flush()
+            if DURABLE:  # the data reach the disk before the name does
+                os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
+        if replace:
+            os.replace(tmp, dst)
+        else:
+            _put_new(tmp, dst)
+        if DURABLE:
+            _sync_folder(folder)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, FileExistsError):
+            raise OutputExistsError(f"{dst}: exists") from None
         if isinstance(exc, OSError):
             raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
         raise
+
+
+#: link() errors of file systems without hard links (FAT, exFAT, some FUSE and SMB mounts).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,
+                       errno.EMLINK, errno.EXDEV})
+
+
+def _put_new(tmp: str, dst: Path) -> None:
+    """Put the complete file ``tmp`` at ``dst`` only if no file has that name; else raise
+    ``FileExistsError`` (``tmp`` is left for the caller to remove).
+
+    ``link(2)`` never replaces an existing name: the kernel decides atomically which of two
+    racing calls gets it. Where the file system has no hard links, the name is claimed with
+    an exclusive create (``O_EXCL``, also decided by the kernel) and the complete file is then
+    renamed over that empty claim: still exactly one writer and no existing file replaced,
+    but a reader (or a crash) in between can see an empty ``dst``.
+    """
+    try:
+        os.link(tmp, dst)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or exc.errno not in _NO_LINKS:
+            raise
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(tmp, dst)
+        return
+    os.unlink(tmp)
 
 
 #: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as

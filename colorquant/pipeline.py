@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import fit, frames, io, metrics, pixels, remap
+from . import fit, frames, io, memory, metrics, pixels, remap
 from .colorspace import get_space
 from .errors import OutputError, PaletteError
 from .options import QuantizeOptions
@@ -381,6 +381,7 @@ def quantize_file(
     compare: str | os.PathLike[str] | None = None,
     log: Log | None = None,
     palette: Palette | None = None,
+    replace: bool = True,
 ) -> QuantizeResult:
     """Read ``src``, quantize it and write ``dst`` atomically (plus optional plots).
 
@@ -391,6 +392,8 @@ def quantize_file(
     holds one. ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
     The result describes the first frame written, with the palette counts of all frames.
     With ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
+    With ``replace=False`` an existing ``dst`` is left alone (``OutputExistsError``), decided
+    when the file is put in place.
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
     to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
@@ -402,6 +405,8 @@ def quantize_file(
             and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
     clock = _Clock()
+    if palette is None:
+        memory.load_fit_backend()  # under ulimit -v: before the pixels take the memory
     decoded, images = _read_frames(src, fmt, options, shown_dst=shown_dst, log=log)
     clock.lap("read")
     try:
@@ -439,7 +444,7 @@ def quantize_file(
         except OSError as exc:
             raise OutputError(f"{shown_dst}: cannot write: {exc.strerror or exc}") from None
     else:
-        io.atomic_write(dst, write)  # type: ignore[arg-type]
+        io.atomic_write(dst, write, replace=replace)  # type: ignore[arg-type]
     clock.lap("write")
     first = results[0]
     result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings))

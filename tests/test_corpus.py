@@ -40,6 +40,7 @@ REFUSED = {
     "pillow-truncated_image.png", "pillow-truncated_jpeg.jpg", "pillow-zero_width.gif",
     "sharp-65536-uint32-limit.png", "sharp-corrupt-header.jpg", "sharp-giant-image.jpg",
     "sharp-truncated.jpg", "skimage-multipage_rgb.tif",
+    "xcsn0g01.png", "libpng-badcrc.png",  # a bad CRC in IDAT (Pillow does not check it)
 }
 #: Decompression bombs: refused as too large, from the headers.
 BOMBS = {"fuzzdb-lottapixel.jpg", "fuzzdb-uber.gif", "pillow-decompression_bomb.gif",

@@ -1,0 +1,117 @@
+"""Running out of memory: tell it apart from damage, and load the fit backend safely.
+
+Under an address-space limit (``ulimit -v``, ``RLIMIT_AS``) two things go wrong without
+care. Allocations fail as ``MemoryError`` (numpy, Pillow) or as a Pillow decoder's "out of
+memory" ``OSError``, which must not be reported as a corrupt file. And the OpenBLAS bundled
+with SciPy, loaded by the first import of scikit-learn, allocates a buffer per thread while
+the library loads; when that allocation fails it retries forever inside ``dlopen`` (where no
+Python signal handler can run, so SIGTERM is ignored too), and a failed thread start prints
+warnings on file descriptor 2. So under a limit scikit-learn is loaded before the pixels
+are decoded, only after checking that the address space left can hold it, with file
+descriptor 2 pointed away while it loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+from collections.abc import Iterator
+
+#: Address space the first import of scikit-learn (with SciPy and its OpenBLAS) took on
+#: x86-64 Linux, measured: about 185 MiB with one CPU plus about 40 MiB per further CPU (one
+#: OpenBLAS thread buffer and stack each); with a margin.
+BACKEND_BASE = 200 << 20
+BACKEND_PER_CPU = 48 << 20
+
+
+def address_space_limit() -> int | None:
+    """The soft address-space limit of this process in bytes, or None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means an allocation failed (not damaged input)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOMEM
+                                         or "out of memory" in str(exc).lower())
+
+
+def as_memory_error(exc: BaseException) -> MemoryError:
+    """An out-of-memory exception as a ``MemoryError`` (a decoder's ``OSError`` becomes one)."""
+    return exc if isinstance(exc, MemoryError) else MemoryError(str(exc).strip())
+
+
+def describe(exc: BaseException) -> str:
+    """The reason of an out-of-memory failure, as ``not enough memory (…)``."""
+    lines = str(exc).strip().splitlines()
+    detail = lines[0] if lines else "an allocation failed"
+    detail = detail[:1].lower() + detail[1:]
+    limit = address_space_limit()
+    if limit is not None:
+        detail += f"; the address-space limit (ulimit -v) is {limit >> 20:,} MiB"
+    return f"not enough memory ({detail})"
+
+
+def _backend_need() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return BACKEND_BASE + BACKEND_PER_CPU * max(0, cpus - 1)
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null (C libraries print there directly)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # started with descriptor 2 closed: nothing to protect
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_fit_backend() -> None:
+    """Under an address-space limit, import scikit-learn now (before any pixels take memory).
+
+    Without a limit nothing happens: scikit-learn is imported when a fit needs it.
+
+    Raises
+    ------
+    MemoryError
+        The address space left cannot hold scikit-learn and its OpenBLAS (checked by
+        reserving it first, since OpenBLAS would retry forever), or the import failed.
+    """
+    if "sklearn.cluster" in sys.modules or address_space_limit() is None:
+        return
+    need = _backend_need()
+    try:
+        mmap.mmap(-1, need).close()  # reserves address space only; nothing is touched
+    except (OSError, ValueError, OverflowError):
+        raise MemoryError(f"cannot load scikit-learn: it needs about {need >> 20:,} MiB of "
+                          "address space") from None
+    try:
+        with _quiet_fd2():
+            import sklearn.cluster  # noqa: F401
+            import threadpoolctl  # noqa: F401
+    except (ImportError, OSError, MemoryError) as exc:
+        raise MemoryError(f"cannot load scikit-learn ({str(exc).strip() or type(exc).__name__})"
+                          ) from None
