@@ -203,7 +203,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                             if out_dir is not None else [])
     report = Report()
     try:
-        return _run_plan(plan, options, report, inputs=inputs, palette=palette,
+        return _run_plan(plan, options, report, palette=palette,
                          shared_palette=shared_palette, save_palette=save_palette,
                          jobs=jobs, fail_fast=fail_fast, no_clobber=no_clobber,
                          as_json=as_json, quiet=quiet, verbose=verbose)
@@ -233,62 +233,30 @@ def _make_folders(folders: Iterable[str]) -> list[str]:
 
 
 def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *,
-              inputs: Sequence[str], palette: Palette | None, shared_palette: bool,
-              save_palette: str | None, jobs: int | None, fail_fast: bool, no_clobber: bool,
-              as_json: bool, quiet: bool, verbose: bool) -> int:
-    """Run the planned jobs (workers, shared palette, progress bar) and report each result."""
-    from . import io, palettefile
-
+              palette: Palette | None, shared_palette: bool,
+              save_palette: str | None, jobs: int | None, fail_fast: bool,
+              no_clobber: bool, as_json: bool, quiet: bool, verbose: bool) -> int:
+    """Run the planned jobs with the library's runner and report each result."""
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
     steps = len(plan) * (2 if shared_palette else 1)
     bar = click.progressbar(length=steps, label="colorquant", file=sys.stderr,
                             show_eta=True, show_pos=True) if show_bar else None
-    step = (lambda: bar.update(1)) if bar is not None else None
-    preload = ["colorquant.batch"] if (shared_palette or palette) else [
-        "colorquant.batch", "sklearn.cluster"]
-    count = min(jobs or batch.default_workers(), len(plan))
-    if io.STDIO in inputs:
-        count = 1  # standard input and output stay with this process
-    with contextlib.ExitStack() as stack:
-        if bar is not None:
-            stack.enter_context(bar)
-        workers = stack.enter_context(batch.Workers(count, preload=preload))
-        failed = None
-        if shared_palette:
-            palette, failed = batch.fit_shared(plan, options, workers, step=step,
-                                               fail_fast=fail_fast)
-        if save_palette is not None and palette is not None:
-            try:
-                palettefile.write_palette(palette, save_palette)
-            except ColorquantError as exc:
-                raise click.ClickException(str(exc)) from None
-        if shared_palette and (palette is None or (fail_fast and failed)):
-            # nothing to map to (no input readable), or --fail-fast after a failed read
-            results: Iterable[batch.FileResult] = [failed[j.src] for j in plan
-                                                   if j.src in (failed or {})]
-            report.not_run = len(plan) - len(failed or {})
-        else:
-            results = batch.run(plan, options, workers, palette=palette, failed=failed,
-                                no_clobber=no_clobber)
-        try:
-            for done, result in enumerate(results, start=1):
-                if step is not None:
-                    step()
+    try:
+        with contextlib.ExitStack() as stack:
+            if bar is not None:
+                stack.enter_context(bar)
+            executor = stack.enter_context(batch.local_executor(
+                jobs, plan, fitting=not (shared_palette or palette)))
+            run = batch.run_batch(plan, options, executor=executor, palette=palette,
+                                  shared_palette=shared_palette, save_palette=save_palette,
+                                  fail_fast=fail_fast, no_clobber=no_clobber,
+                                  progress=(lambda: bar.update(1)) if bar is not None else None)
+            for result in run:
                 _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
                         alone=len(plan) == 1)
-                if result.status == "failed" and fail_fast:
-                    report.not_run = len(plan) - done
-                    workers.stop()
-                    break
-        except batch.WorkerError as exc:
-            raise click.ClickException(str(exc)) from None
-        if save_palette is not None and palette is None and report.written:
-            # one input, fitted on its own: save the palette it got
-            try:
-                palettefile.write_palette(
-                    palettefile.palette_from_hex(result.colors, result.counts), save_palette)
-            except ColorquantError as exc:
-                raise click.ClickException(str(exc)) from None
+            report.not_run = run.not_run
+    except ColorquantError as exc:  # a worker died, or the palette cannot be saved
+        raise click.ClickException(str(exc)) from None
     if len(plan) > 1 and not quiet:
         _message(report.summary())
     return int(report.exit_code)
