@@ -109,6 +109,10 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
               help="Write the palette (one input, --shared-palette or --palette) to FILE.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Files processed in parallel.  [default: number of CPUs]")
+@click.option("--dask", "dask", metavar="ADDRESS",
+              help="Run on the Dask cluster at ADDRESS (tcp://host:8786), or on a new local "
+                   "one of -j single-threaded workers with 'local'. Paths must be on a "
+                   "filesystem every worker sees.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
 @click.option("--no-clobber", is_flag=True,
               help="Never replace an existing output (skip it; exit code 15).")
@@ -138,7 +142,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         name: str | None, recursive: bool, fmt: str | None, seed: int, fit_method: str,
         shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
-        fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
+        dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
         compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
         to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int], quiet: bool,
         verbose: bool) -> int:
@@ -185,6 +189,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError(str(exc)) from None
     if as_json and any(io.is_stdio(job.dst) for job in plan):
         raise click.UsageError("--json prints on standard output: write the image to a file")
+    if dask is not None and any(io.is_stdio(j.src) or io.is_stdio(j.dst) for j in plan):
+        raise click.UsageError("--dask runs on the cluster's workers: not standard input "
+                               "or output")
     if (plot or compare) and len(plan) > 1:
         raise click.UsageError("--plot and --compare take one input")
     if save_palette is not None and len(plan) > 1 and not (shared_palette or palette):
@@ -205,7 +212,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     try:
         return _run_plan(plan, options, report, palette=palette,
                          shared_palette=shared_palette, save_palette=save_palette,
-                         jobs=jobs, fail_fast=fail_fast, no_clobber=no_clobber,
+                         jobs=jobs, dask=dask, fail_fast=fail_fast, no_clobber=no_clobber,
                          as_json=as_json, quiet=quiet, verbose=verbose)
     finally:
         if not report.written:  # nothing was written: leave no empty folders behind
@@ -234,7 +241,7 @@ def _make_folders(folders: Iterable[str]) -> list[str]:
 
 def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *,
               palette: Palette | None, shared_palette: bool,
-              save_palette: str | None, jobs: int | None, fail_fast: bool,
+              save_palette: str | None, jobs: int | None, dask: str | None, fail_fast: bool,
               no_clobber: bool, as_json: bool, quiet: bool, verbose: bool) -> int:
     """Run the planned jobs with the library's runner and report each result."""
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
@@ -245,8 +252,13 @@ def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *
         with contextlib.ExitStack() as stack:
             if bar is not None:
                 stack.enter_context(bar)
-            executor = stack.enter_context(batch.local_executor(
-                jobs, plan, fitting=not (shared_palette or palette)))
+            if dask is not None:
+                from . import cluster
+
+                executor = stack.enter_context(cluster.connect(dask, workers=jobs))
+            else:
+                executor = stack.enter_context(batch.local_executor(
+                    jobs, plan, fitting=not (shared_palette or palette)))
             run = batch.run_batch(plan, options, executor=executor, palette=palette,
                                   shared_palette=shared_palette, save_palette=save_palette,
                                   fail_fast=fail_fast, no_clobber=no_clobber,
@@ -255,7 +267,7 @@ def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *
                 _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
                         alone=len(plan) == 1)
             report.not_run = run.not_run
-    except ColorquantError as exc:  # a worker died, or the palette cannot be saved
+    except ColorquantError as exc:  # no cluster, a worker died, the palette cannot be saved
         raise click.ClickException(str(exc)) from None
     if len(plan) > 1 and not quiet:
         _message(report.summary())
