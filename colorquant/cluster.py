@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from .errors import ColorquantError
 
 #: Seconds to wait for the scheduler before giving up.
 CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for a first worker of a scheduler that has none.
+WORKERS_TIMEOUT = 60.0
 #: Tasks in flight per worker thread (keeps every thread fed while results travel).
 WINDOW_PER_THREAD = 2
 #: Results submitted but not yet yielded, per worker thread: bounds head-of-line buffering.
@@ -195,11 +198,24 @@ class DaskExecutor:
         self._live = {}
 
 
+def dask_setup(worker: Any) -> None:
+    """Start-up of each worker of ``--dask local`` (a Dask preload): Ctrl-C in a terminal
+    reaches the whole process group, but only the client acts on it (it cancels the tasks
+    and closes the cluster); a worker would die mid-task with a traceback on stderr."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def quiet_logs() -> None:
-    """Keep Dask's informational logs off the command's stderr (warnings and worse only
-    from the client; nothing from the workers of a local cluster)."""
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    """Keep Dask's logs off the command's stderr, so its messages are the local run's: none
+    from the client (Dask logs a harmless error from its event loop when Ctrl-C interrupts
+    a call) and none from the workers of a local cluster."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -213,8 +229,8 @@ def connect(address: str, *, workers: int | None = None, timeout: float = CONNEC
     Raises
     ------
     ClusterError
-        The scheduler did not answer within ``timeout`` seconds, or a worker runs another
-        colorquant version.
+        The scheduler did not answer within ``timeout`` seconds, has no worker within
+        :data:`WORKERS_TIMEOUT`, or a worker runs another colorquant version.
     """
     if quiet:
         quiet_logs()
@@ -226,9 +242,12 @@ def connect(address: str, *, workers: int | None = None, timeout: float = CONNEC
     cluster = None
     try:
         if address == "local":
-            cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1,
-                                   processes=True, dashboard_address=None,
-                                   silence_logs=logging.CRITICAL)
+            with warnings.catch_warnings():  # "Port 8787 is already in use" (no dashboard)
+                warnings.simplefilter("ignore")
+                cluster = LocalCluster(n_workers=workers or default_workers(),
+                                       threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.CRITICAL,
+                                       preload=[__name__])
             client = Client(cluster, timeout=timeout)
         else:
             client = Client(address, timeout=timeout)
@@ -239,6 +258,11 @@ def connect(address: str, *, workers: int | None = None, timeout: float = CONNEC
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                            ) from None
     try:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT)
+        except TimeoutError:
+            raise ClusterError(f"the Dask scheduler at {address} has no workers "
+                               f"(waited {WORKERS_TIMEOUT:.0f} s)") from None
         try:
             versions = set(client.run(_version).values())
         except Exception as exc:  # a worker without colorquant cannot unpickle the call

@@ -172,13 +172,15 @@ def _histogram_of(i: int) -> pixels.Histogram | str:
     return pixels.Histogram(keys, np.full(5, i + 1, np.int64), 3)
 
 
-def test_progress_bar_on_a_terminal(tmp_path, client):
+def test_local_cluster_with_a_progress_bar_on_a_terminal(tmp_path):
+    """``--dask local -j 2``: the bar counts tasks as they finish; no Dask log reaches the
+    terminal."""
     import pty
 
     srcs = make_set(tmp_path / "src", n=3)
     master, slave = pty.openpty()
     proc = subprocess.Popen([str(COMMAND), *map(str, srcs), "--out-dir", str(tmp_path / "b"),
-                             "--dask", client.scheduler.address, "--shared-palette"],
+                             "--dask", "local", "-j", "2", "--shared-palette"],
                             stderr=slave, stdout=subprocess.PIPE)
     os.close(slave)
     proc.wait(timeout=120)
@@ -195,6 +197,8 @@ def test_progress_bar_on_a_terminal(tmp_path, client):
     text = b"".join(chunks).decode()
     assert proc.returncode == 0
     assert "colorquant" in text and "6/6" in text and "3 written" in text
+    assert "distributed" not in text and "INFO" not in text and "WARNING" not in text
+    assert len(tree(tmp_path / "b")) == 3
 
 
 def test_unreachable_scheduler_is_one_error_line(tmp_path):
