@@ -8,7 +8,6 @@ outputs and reports do not depend on the number of workers. Nothing here prints 
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import re
@@ -17,10 +16,10 @@ import string
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ColorquantError, OutputExistsError
 from .options import QuantizeOptions
@@ -316,8 +315,98 @@ def _unbroken(results: Iterator[Any]) -> Iterator[Any]:
                           "outputs written so far are complete") from None
 
 
-class Workers:
-    """Worker processes (none for one worker), used as a context manager.
+# --- executors ----------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Where the tasks of a batch run: this process, local worker processes or a Dask
+    cluster (:class:`colorquant.cluster.DaskExecutor`), one strategy behind four calls.
+
+    ``imap`` yields the results in the order of its items (so outputs and reports never
+    depend on where tasks ran), calling ``done()`` once per finished task; ``reduce`` runs a
+    task per item and folds its results with ``merge`` where they are (only results of type
+    ``returned`` come back, one per item in order, ``None`` for a folded one), the folded value
+    coming from the returned callable once the iterator is exhausted; ``share`` hands a value
+    that every task uses (the palette) to the workers once; ``stop`` cancels what has not run.
+    Leaving the context by an exception stops; leaving it normally waits.
+    """
+
+    #: Tasks run where this process's relative paths mean nothing: send absolute paths.
+    absolute_paths: bool
+
+    def imap(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+             done: Callable[[], None] | None = None) -> Iterator[Any]: ...
+
+    def reduce(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+               merge: Callable[[list[Any]], Any], returned: type,
+               done: Callable[[], None] | None = None,
+               ) -> tuple[Iterator[Any], Callable[[], Any]]: ...
+
+    def share(self, value: Any) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, exc_type: object, *rest: object) -> None: ...
+
+
+def _counted(results: Iterable[Any], done: Callable[[], None] | None) -> Iterator[Any]:
+    for result in results:
+        if done is not None:
+            done()
+        yield result
+
+
+class _Local:
+    """What the executors of this machine share: values are shared as they are, and a
+    reduction folds the results here as they arrive, in bounded batches."""
+
+    absolute_paths = False
+
+    def imap(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+             done: Callable[[], None] | None = None) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def reduce(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+               merge: Callable[[list[Any]], Any], returned: type,
+               done: Callable[[], None] | None = None,
+               ) -> tuple[Iterator[Any], Callable[[], Any]]:
+        merger = _Merger(merge)
+
+        def notes() -> Iterator[Any]:
+            for outcome in self.imap(function, items, done=done):
+                if isinstance(outcome, returned):
+                    yield outcome
+                else:
+                    merger.add(outcome)
+                    yield None
+
+        return notes(), merger.result
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def stop(self) -> None:
+        """Nothing runs in the background."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        return None
+
+
+class InProcess(_Local):
+    """Every task in this process, one after the other (standard input and output work)."""
+
+    def imap(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+             done: Callable[[], None] | None = None) -> Iterator[Any]:
+        return _counted(map(function, items), done)
+
+
+class LocalProcesses(_Local):
+    """Worker processes on this machine (none for one worker), used as a context manager.
 
     ``imap`` yields results in the order of its items, so outputs and reports do not depend
     on the number of workers. Leaving the context normally waits for the workers; leaving it
@@ -331,9 +420,10 @@ class Workers:
         self._preload = list(preload)
         self._executor: Any = None
 
-    def imap(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    def imap(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+             done: Callable[[], None] | None = None) -> Iterator[Any]:
         if self.count == 1:
-            return map(function, items)
+            return InProcess().imap(function, items, done=done)
         if self._executor is None:
             import importlib
             from concurrent.futures import ProcessPoolExecutor
@@ -346,7 +436,8 @@ class Workers:
             self._executor = ProcessPoolExecutor(
                 self.count, mp_context=multiprocessing.get_context(method),
                 initializer=_init_worker)
-        return _unbroken(self._executor.map(partial(_guarded, function), items))
+        return _counted(_unbroken(self._executor.map(partial(_guarded, function), items)),
+                        done)
 
     def stop(self) -> None:
         """Cancel pending work and end the workers (busy ones clean up first)."""
@@ -363,9 +454,6 @@ class Workers:
             process.join()
         executor.shutdown(wait=True)
 
-    def __enter__(self) -> Workers:
-        return self
-
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if self._executor is None:
             return
@@ -374,6 +462,10 @@ class Workers:
             self._executor = None
         else:
             self.stop()
+
+
+#: The name of :class:`LocalProcesses` before executors were strategies.
+Workers = LocalProcesses
 
 
 # --- tasks (run in the workers) -----------------------------------------------------------
@@ -442,11 +534,25 @@ def _rgba(histogram: Any) -> Any:
     return pixels.Histogram(histogram.keys | 0xFF000000, histogram.counts, 4)
 
 
+def merge_histograms(parts: list[Any]) -> Any:
+    """One histogram of several files; RGBA when any of them is (opaque ones become RGBA).
+
+    The merge is an exact sum, so any grouping (batches here, a tree on a cluster) gives the
+    same histogram.
+    """
+    from . import pixels
+
+    if len({h.channels for h in parts}) > 1:
+        parts = [_rgba(h) for h in parts]
+    return pixels.merge(parts) if len(parts) > 1 else parts[0]
+
+
 class _Merger:
     """Merges histograms as they arrive, in bounded batches (never all images at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, merge: Callable[[list[Any]], Any] = merge_histograms) -> None:
         self.total: Any = None
+        self._merge = merge
         self._pending: list[Any] = []
         self._size = 0
 
@@ -457,12 +563,8 @@ class _Merger:
             self._flush()
 
     def _flush(self) -> None:
-        from . import pixels
-
         parts = ([self.total] if self.total is not None else []) + self._pending
-        if len({h.channels for h in parts}) > 1:
-            parts = [_rgba(h) for h in parts]
-        self.total = pixels.merge(parts) if len(parts) > 1 else parts[0]
+        self.total = self._merge(parts)
         self._pending, self._size = [], 0
 
     def result(self) -> Any:
@@ -471,43 +573,75 @@ class _Merger:
         return self.total
 
 
-def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
+def _sent(job: Job, executor: Executor) -> Job:
+    """The job as the executor's workers must see it: absolute paths where they need them."""
+    if not executor.absolute_paths:
+        return job
+    from . import io
+
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or io.is_stdio(path) else os.path.abspath(path)
+
+    return replace(job, src=absolute(job.src), dst=absolute(job.dst),
+                   plot=absolute(job.plot), compare=absolute(job.compare))
+
+
+def _as_planned(result: FileResult, job: Job, sent: Job) -> FileResult:
+    """A result of ``sent`` told with the paths of ``job`` (the names the user gave)."""
+    if sent == job:
+        return result
+    names = sorted({(getattr(sent, f), getattr(job, f)) for f in ("src", "dst", "plot", "compare")
+                    if getattr(sent, f) != getattr(job, f)}, key=lambda pair: -len(pair[0]))
+
+    def told(text: str) -> str:
+        for absolute, given in names:
+            text = text.replace(absolute, given)
+        return text
+
+    return replace(result, input=job.src, output=job.dst,
+                   error=None if result.error is None else told(result.error),
+                   warnings=[told(w) for w in result.warnings])
+
+
+def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
                step: Callable[[], None] | None = None, fail_fast: bool = False,
                ) -> tuple[Any, dict[str, FileResult]]:
     """One palette fitted to the merged histograms of every readable input.
 
     Returns the palette (``None`` when no input could be read) and the failed inputs by
-    source path. Images with transparency make the shared palette RGBA (opaque images then
-    use its opaque colors). With ``fail_fast`` reading stops at the first failure.
+    source path. The histograms are merged where the executor runs them (on a cluster, by a
+    tree of pairwise merges), and only the merged one is fitted, here. Images with
+    transparency make the shared palette RGBA (opaque images then use its opaque colors).
+    With ``fail_fast`` reading stops at the first failure.
     """
     from . import pipeline
 
-    merger = _Merger()
+    sent = [_sent(job, workers) for job in jobs]
+    shared = workers.share(options)
+    notes, merged_value = workers.reduce(histogram_task, ((j, shared) for j in sent),
+                                         merge=merge_histograms, returned=FileResult, done=step)
     failed: dict[str, FileResult] = {}
-    for job, outcome in zip(jobs, workers.imap(histogram_task, ((j, options) for j in jobs)),
-                            strict=False):
-        if step is not None:
-            step()
-        if isinstance(outcome, FileResult):
-            failed[job.src] = outcome
+    for job, sent_job, outcome in zip(jobs, sent, notes, strict=False):
+        if outcome is not None:
+            failed[job.src] = _as_planned(outcome, job, sent_job)
             if fail_fast:
                 workers.stop()
-                break
-        else:
-            merger.add(outcome)
-    merged = merger.result()
-    if merged is None or (fail_fast and failed):
+                return None, failed
+    merged = merged_value()
+    if merged is None:
         return None, failed
     return pipeline.fit_palette(merged, options), failed
 
 
-def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
+def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
         palette: Any = None, failed: dict[str, FileResult] | None = None,
-        no_clobber: bool = False) -> Iterator[FileResult]:
+        no_clobber: bool = False, step: Callable[[], None] | None = None,
+        ) -> Iterator[FileResult]:
     """Quantize every job (each with its own palette, or all with ``palette``), in order.
 
     Inputs in ``failed`` (from :func:`fit_shared`) are reported, not run again. With
-    ``no_clobber`` an existing output is skipped, untouched.
+    ``no_clobber`` an existing output is skipped, untouched. ``step`` is called once per
+    input, as its task finishes.
     """
     failed = failed or {}
     todo: list[Job] = []
@@ -518,7 +652,104 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Workers, *,
         elif no_clobber and job.dst != "-" and os.path.lexists(job.dst):
             ready[job.src] = _skipped(job, options.colors)  # saves the work; the write decides
         else:
-            todo.append(dataclasses.replace(job, no_clobber=True) if no_clobber else job)
-    results = workers.imap(quantize_task, ((j, options, palette) for j in todo))
+            todo.append(replace(job, no_clobber=True) if no_clobber else job)
+    sent = {job.src: _sent(job, workers) for job in todo}
+    shared_options, shared_palette = workers.share(options), workers.share(palette)
+    results = workers.imap(quantize_task, ((sent[j.src], shared_options, shared_palette)
+                                           for j in todo), done=step)
     for job in jobs:
-        yield ready[job.src] if job.src in ready else next(results)
+        if job.src in ready:
+            if step is not None:
+                step()
+            yield ready[job.src]
+        else:
+            yield _as_planned(next(results), job, sent[job.src])
+
+
+class BatchRun:
+    """One batch: iterate it for the result of every input, in input order.
+
+    Fits the shared palette first when asked (and saves it), then quantizes; with
+    ``fail_fast`` it stops after the first failure and counts the inputs never run in
+    :attr:`not_run`. :attr:`palette` is the palette every image was mapped to (given or
+    shared), else ``None``. Raises :class:`WorkerError` when a worker dies, and
+    :class:`~colorquant.errors.PaletteError` when ``save_palette`` cannot be written (before
+    any image is, unless the palette is that of a lone image fitted on its own).
+    """
+
+    def __init__(self, jobs: Sequence[Job], options: QuantizeOptions, *, executor: Executor,
+                 palette: Any = None, shared_palette: bool = False,
+                 save_palette: str | None = None, fail_fast: bool = False,
+                 no_clobber: bool = False, progress: Callable[[], None] | None = None) -> None:
+        self.jobs = list(jobs)
+        self.options = options
+        self.executor = executor
+        self.palette = palette
+        self.shared_palette = shared_palette
+        self.save_palette = save_palette
+        self.fail_fast = fail_fast
+        self.no_clobber = no_clobber
+        self.progress = progress
+        #: Inputs never started because the batch stopped early (``fail_fast``).
+        self.not_run = 0
+
+    def __iter__(self) -> Iterator[FileResult]:
+        from . import palettefile
+
+        jobs, executor = self.jobs, self.executor
+        failed = None
+        if self.shared_palette:
+            self.palette, failed = fit_shared(jobs, self.options, executor,
+                                              step=self.progress, fail_fast=self.fail_fast)
+        if self.save_palette is not None and self.palette is not None:
+            palettefile.write_palette(self.palette, self.save_palette)
+        if self.shared_palette and (self.palette is None or (self.fail_fast and failed)):
+            # nothing to map to (no input readable), or fail_fast after a failed read
+            failed = failed or {}
+            yield from (failed[j.src] for j in jobs if j.src in failed)
+            self.not_run = len(jobs) - len(failed)
+            return
+        result = None
+        written = False
+        for done, result in enumerate(run(jobs, self.options, executor, palette=self.palette,
+                                          failed=failed, no_clobber=self.no_clobber,
+                                          step=self.progress), start=1):
+            yield result
+            written = written or result.status == "ok"
+            if result.status == "failed" and self.fail_fast:
+                self.not_run = len(jobs) - done
+                executor.stop()
+                return
+        if self.save_palette is not None and self.palette is None and written:
+            # one input, fitted on its own: save the palette it got
+            assert result is not None
+            palettefile.write_palette(palettefile.palette_from_hex(result.colors, result.counts),
+                                      self.save_palette)
+
+
+def run_batch(jobs: Sequence[Job], options: QuantizeOptions, *, executor: Executor,
+              palette: Any = None, shared_palette: bool = False, save_palette: str | None = None,
+              fail_fast: bool = False, no_clobber: bool = False,
+              progress: Callable[[], None] | None = None) -> BatchRun:
+    """The batch of ``jobs`` (from :func:`plan`) on ``executor``; iterate it for the results.
+
+    ``progress`` is called once per task as it finishes (twice per input with
+    ``shared_palette``: reading, then mapping). See :class:`BatchRun`.
+    """
+    return BatchRun(jobs, options, executor=executor, palette=palette,
+                    shared_palette=shared_palette, save_palette=save_palette,
+                    fail_fast=fail_fast, no_clobber=no_clobber, progress=progress)
+
+
+def local_executor(jobs: int | None, plan: Sequence[Job], *, fitting: bool = True,
+                   ) -> LocalProcesses:
+    """The executor of this machine for ``plan``: ``jobs`` worker processes (default: the
+    CPUs), no more than inputs, and none when a job reads standard input or writes standard
+    output (those stay with this process). ``fitting`` preloads scikit-learn in the workers."""
+    from . import io
+
+    count = min(jobs or default_workers(), len(plan))
+    if any(io.is_stdio(job.src) or io.is_stdio(job.dst) for job in plan):
+        count = 1
+    preload = ["colorquant.batch", "sklearn.cluster"] if fitting else ["colorquant.batch"]
+    return LocalProcesses(count, preload=preload)

@@ -109,6 +109,10 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
               help="Write the palette (one input, --shared-palette or --palette) to FILE.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Files processed in parallel.  [default: number of CPUs]")
+@click.option("--dask", "dask", metavar="ADDRESS",
+              help="Run on the Dask cluster at ADDRESS (tcp://host:8786), or on a new local "
+                   "one of -j single-threaded workers with 'local'. Paths must be on a "
+                   "filesystem every worker sees.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first input that fails.")
 @click.option("--no-clobber", is_flag=True,
               help="Never replace an existing output (skip it; exit code 15).")
@@ -138,7 +142,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         name: str | None, recursive: bool, fmt: str | None, seed: int, fit_method: str,
         shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
-        fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
+        dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
         compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
         to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int], quiet: bool,
         verbose: bool) -> int:
@@ -185,6 +189,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError(str(exc)) from None
     if as_json and any(io.is_stdio(job.dst) for job in plan):
         raise click.UsageError("--json prints on standard output: write the image to a file")
+    if dask is not None and any(io.is_stdio(j.src) or io.is_stdio(j.dst) for j in plan):
+        raise click.UsageError("--dask runs on the cluster's workers: not standard input "
+                               "or output")
     if (plot or compare) and len(plan) > 1:
         raise click.UsageError("--plot and --compare take one input")
     if save_palette is not None and len(plan) > 1 and not (shared_palette or palette):
@@ -203,9 +210,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                             if out_dir is not None else [])
     report = Report()
     try:
-        return _run_plan(plan, options, report, inputs=inputs, palette=palette,
+        return _run_plan(plan, options, report, palette=palette,
                          shared_palette=shared_palette, save_palette=save_palette,
-                         jobs=jobs, fail_fast=fail_fast, no_clobber=no_clobber,
+                         jobs=jobs, dask=dask, fail_fast=fail_fast, no_clobber=no_clobber,
                          as_json=as_json, quiet=quiet, verbose=verbose)
     finally:
         if not report.written:  # nothing was written: leave no empty folders behind
@@ -233,62 +240,35 @@ def _make_folders(folders: Iterable[str]) -> list[str]:
 
 
 def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *,
-              inputs: Sequence[str], palette: Palette | None, shared_palette: bool,
-              save_palette: str | None, jobs: int | None, fail_fast: bool, no_clobber: bool,
-              as_json: bool, quiet: bool, verbose: bool) -> int:
-    """Run the planned jobs (workers, shared palette, progress bar) and report each result."""
-    from . import io, palettefile
-
+              palette: Palette | None, shared_palette: bool,
+              save_palette: str | None, jobs: int | None, dask: str | None, fail_fast: bool,
+              no_clobber: bool, as_json: bool, quiet: bool, verbose: bool) -> int:
+    """Run the planned jobs with the library's runner and report each result."""
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
     steps = len(plan) * (2 if shared_palette else 1)
     bar = click.progressbar(length=steps, label="colorquant", file=sys.stderr,
                             show_eta=True, show_pos=True) if show_bar else None
-    step = (lambda: bar.update(1)) if bar is not None else None
-    preload = ["colorquant.batch"] if (shared_palette or palette) else [
-        "colorquant.batch", "sklearn.cluster"]
-    count = min(jobs or batch.default_workers(), len(plan))
-    if io.STDIO in inputs:
-        count = 1  # standard input and output stay with this process
-    with contextlib.ExitStack() as stack:
-        if bar is not None:
-            stack.enter_context(bar)
-        workers = stack.enter_context(batch.Workers(count, preload=preload))
-        failed = None
-        if shared_palette:
-            palette, failed = batch.fit_shared(plan, options, workers, step=step,
-                                               fail_fast=fail_fast)
-        if save_palette is not None and palette is not None:
-            try:
-                palettefile.write_palette(palette, save_palette)
-            except ColorquantError as exc:
-                raise click.ClickException(str(exc)) from None
-        if shared_palette and (palette is None or (fail_fast and failed)):
-            # nothing to map to (no input readable), or --fail-fast after a failed read
-            results: Iterable[batch.FileResult] = [failed[j.src] for j in plan
-                                                   if j.src in (failed or {})]
-            report.not_run = len(plan) - len(failed or {})
-        else:
-            results = batch.run(plan, options, workers, palette=palette, failed=failed,
-                                no_clobber=no_clobber)
-        try:
-            for done, result in enumerate(results, start=1):
-                if step is not None:
-                    step()
+    try:
+        with contextlib.ExitStack() as stack:
+            if bar is not None:
+                stack.enter_context(bar)
+            if dask is not None:
+                from . import cluster
+
+                executor = stack.enter_context(cluster.connect(dask, workers=jobs))
+            else:
+                executor = stack.enter_context(batch.local_executor(
+                    jobs, plan, fitting=not (shared_palette or palette)))
+            run = batch.run_batch(plan, options, executor=executor, palette=palette,
+                                  shared_palette=shared_palette, save_palette=save_palette,
+                                  fail_fast=fail_fast, no_clobber=no_clobber,
+                                  progress=(lambda: bar.update(1)) if bar is not None else None)
+            for result in run:
                 _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
                         alone=len(plan) == 1)
-                if result.status == "failed" and fail_fast:
-                    report.not_run = len(plan) - done
-                    workers.stop()
-                    break
-        except batch.WorkerError as exc:
-            raise click.ClickException(str(exc)) from None
-        if save_palette is not None and palette is None and report.written:
-            # one input, fitted on its own: save the palette it got
-            try:
-                palettefile.write_palette(
-                    palettefile.palette_from_hex(result.colors, result.counts), save_palette)
-            except ColorquantError as exc:
-                raise click.ClickException(str(exc)) from None
+            report.not_run = run.not_run
+    except ColorquantError as exc:  # no cluster, a worker died, the palette cannot be saved
+        raise click.ClickException(str(exc)) from None
     if len(plan) > 1 and not quiet:
         _message(report.summary())
     return int(report.exit_code)
