@@ -410,7 +410,9 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette)
     except SkippedError as exc:
-        return FileResult(job.src, job.dst, "skipped", options.colors, error=str(exc),
+        label = "<stdin>" if job.src == "-" else job.src
+        reason = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
+        return FileResult(job.src, job.dst, "skipped", options.colors, error=reason,
                           code=int(_skip_code(exc)), target=options.target_psnr,
                           seconds=time.perf_counter() - start)
     except Exception as exc:
