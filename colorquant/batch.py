@@ -396,12 +396,14 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     try:
         if job.template is not None:  # the name needs the palette size: fit it first
             if palette is None:
-                if options.skip_if_larger or src == "-":
+                data = None
+                if src == "-":
                     src, _ = pipeline.input_bytes(src)  # read once, used twice
+                    data = src.getvalue()
                 palette = pipeline.fit_palette(pipeline.histogram_file(src, job.fmt, options),
                                                options)
-                if hasattr(src, "seek"):
-                    src.seek(0)
+                if data is not None:  # reading closed the first copy
+                    src = pipeline.named_bytes(data, "<stdin>")
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
                 return FileResult(job.src, job.dst, "skipped", len(palette),

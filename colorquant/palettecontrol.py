@@ -243,7 +243,9 @@ def ward_sequence(hist: Histogram, centers: np.ndarray, labels: np.ndarray, fixe
     def costs(a: int) -> np.ndarray:
         d = ((means - means[a]) ** 2).sum(axis=1)
         wa, w = weights[a], weights
-        cost = np.where(is_pin[a] | is_pin, np.where(is_pin[a], w, wa) * d, wa * w / (wa + w) * d)
+        with np.errstate(invalid="ignore", divide="ignore"):  # two unused pins: set below
+            ward = wa * w / (wa + w) * d
+        cost = np.where(is_pin[a] | is_pin, np.where(is_pin[a], w, wa) * d, ward)
         cost[is_pin[a] & is_pin] = np.inf
         cost[~alive] = np.inf
         cost[a] = np.inf

@@ -516,9 +516,15 @@ def input_bytes(src: str | os.PathLike[str] | BinaryIO,
         size = stream.seek(0, os.SEEK_END) - here  # type: ignore[union-attr]
         stream.seek(here)  # type: ignore[union-attr]
         return stream, size
-    data = io.read_stream(stream)  # type: ignore[arg-type]
-    data.name = io.display_name(src)  # type: ignore[attr-defined]
-    return data, len(data.getvalue())
+    data = io.read_stream(stream).getvalue()  # type: ignore[arg-type]
+    return named_bytes(data, io.display_name(src)), len(data)
+
+
+def named_bytes(data: bytes, name: str) -> BytesIO:
+    """An in-memory input that messages call ``name``."""
+    buffer = BytesIO(data)
+    buffer.name = name  # type: ignore[attr-defined]
+    return buffer
 
 
 def plot_path_check(path: str | os.PathLike[str]) -> None:

@@ -288,3 +288,23 @@ def test_keep_cli_errors_and_keep_file(tmp_path):
     assert done.returncode == 0, done.stderr
     palette = [p["color"] for p in json.loads(done.stdout)["palette"]]
     assert len(palette) == 5 and {"#ff0000", "#0000ff"} <= set(palette)
+
+
+def test_target_name_from_stdin_and_no_clobber_on_the_final_name(tmp_path):
+    Image.fromarray(smooth_image(8)).save(tmp_path / "in.png")
+    data = (tmp_path / "in.png").read_bytes()
+    first = run("-", "--target-psnr", "28", "--out-dir", str(tmp_path / "out"), stdin=data)
+    assert first.returncode == 0, first.stderr
+    [written] = list((tmp_path / "out").iterdir())
+    assert written.name.startswith("stdin-") and written.name != "stdin-256c.png"
+    again = run("-", "--target-psnr", "28", "--out-dir", str(tmp_path / "out"),
+                "--no-clobber", stdin=data)
+    assert again.returncode == 15 and f"{written}: exists" in again.stderr.decode()
+
+
+def test_pins_with_a_target_stay_and_the_target_holds():
+    image = smooth_image(9)
+    result = pipeline.quantize(image, QuantizeOptions(colors=64, keep=PINS,
+                                                      target_psnr=(26.0, 26.0)))
+    assert result.psnr >= 26 and len(result.palette) < 64
+    assert set(PINS) <= {tuple(c) for c in result.palette.colors.tolist()}
