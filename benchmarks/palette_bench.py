@@ -5,9 +5,10 @@ against the old short palette, and pinned colors against fit-then-swap.
 
 Prints four markdown tables (the README's "Palette control" numbers):
 
-1. ``--target-psnr`` cost: k-means fits (``fit.fit_centers`` calls) and exact Lloyd
-   refinements per call, and the time of one quantization with a target against one plain
-   quantization at -k 256, interleaved rounds, medians and their ratio.
+1. ``--target-psnr`` cost: k-means fits (``fit.fit_centers`` calls), exact Lloyd
+   refinements and exact-N fills (a short palette filled) per call, and the time of one
+   quantization with a target against one plain quantization at -k 256, interleaved
+   rounds, medians and their ratio.
 2. Chosen N against the true smallest N (every N from 1 to -k fitted on its own) on small
    images; how often and by how much they differ.
 3. Exact N: images where the plain fit came back short, with PSNR of the short palette and
@@ -81,13 +82,15 @@ class Counter:
 def target_cost(images: dict[str, Image.Image], repeats: int, target: tuple[float, float],
                 ) -> None:
     print(f"\n### --target-psnr {target[0]:g}-{target[1]:g} against one plain fit, -k 256\n")
-    print("| image | fits | refinements | chosen N | PSNR dB | plain s | target s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| image | fits | refinements | fills | chosen N | PSNR dB | plain s | target s | "
+          "ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     plain_opt = QuantizeOptions(colors=256)
     target_opt = QuantizeOptions(colors=256, target_psnr=target)
     ratios = []
     for name, image in images.items():
-        with Counter(fit, "fit_centers") as fits, Counter(fit, "lloyd_refine") as refines:
+        with (Counter(fit, "fit_centers") as fits, Counter(fit, "lloyd_refine") as refines,
+              Counter(palettecontrol, "_split") as fills):
             result = pipeline.quantize(image, target_opt)
         times: dict[str, list[float]] = {"plain": [], "target": []}
         for _ in range(repeats):  # interleaved rounds
@@ -97,7 +100,8 @@ def target_cost(images: dict[str, Image.Image], repeats: int, target: tuple[floa
                 times[label].append(time.perf_counter() - start)
         plain, timed = statistics.median(times["plain"]), statistics.median(times["target"])
         ratios.append(timed / plain)
-        print(f"| {name} | {fits.calls} | {refines.calls} | {len(result.palette)} | "
+        print(f"| {name} | {fits.calls} | {refines.calls} | {fills.calls} | "
+              f"{len(result.palette)} | "
               f"{result.psnr:.2f} | {plain:.3f} | {timed:.3f} | {timed / plain:.2f} |")
     print(f"\nmedian ratio target/plain: {statistics.median(ratios):.2f}")
 

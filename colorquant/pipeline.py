@@ -421,6 +421,8 @@ def quantize_file(
     holds one. ``options`` wins over ``k`` and ``seed`` when given. ``log`` receives warnings.
     The result describes the first frame written, with the palette counts of all frames.
     With ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
+    With ``options.skip_if_larger``, :class:`NotSmallerError` is raised, before anything is
+    written, when the encoded output is larger than ``src`` (standard input: the bytes read).
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
     to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
