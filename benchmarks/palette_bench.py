@@ -1,7 +1,7 @@
 """Palette-control benchmark: cost of --target-psnr, its chosen N against brute force, exact N
 against the old short palette, and pinned colors against fit-then-swap.
 
-    python benchmarks/palette_bench.py [--repeats 5] [--corpus DIR]
+    python benchmarks/palette_bench.py [--repeats 5] [--corpus DIR] [--only TABLE ...]
 
 Prints four markdown tables (the README's "Palette control" numbers):
 
@@ -195,18 +195,25 @@ def pinned(images: dict[str, Image.Image], k: int, pins: list[tuple[int, int, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["target", "brute", "exact", "pinned"],
+                        action="append", help="run only these tables (repeatable)")
     parser.add_argument("--corpus", type=Path,
                         default=Path(os.environ.get("COLORQUANT_CORPUS", "/work/shared/corpus")))
     args = parser.parse_args()
     images = photos(args.corpus)
     generated = {f"dominant-{s}": dominant(s) for s in range(3)}
     pipeline.quantize(dominant(0), QuantizeOptions(colors=16))  # imports, warm-up
-    target_cost(images, args.repeats, (34.0, 36.0))
-    brute_force(images, 48, [26.0, 30.0, 34.0])
-    exact_n({**images, **generated}, [16, 64, 256])
-    pinned(images, 16, [(255, 255, 255), (0, 0, 0), (230, 0, 18)])
-    pinned(images, 64, [(255, 255, 255), (0, 0, 0), (230, 0, 18), (0, 90, 170),
-                        (255, 204, 0)])
+    only = set(args.only or ["target", "brute", "exact", "pinned"])
+    if "target" in only:
+        target_cost(images, args.repeats, (34.0, 36.0))
+    if "brute" in only:
+        brute_force(images, 48, [26.0, 30.0, 34.0])
+    if "exact" in only:
+        exact_n({**images, **generated}, [16, 64, 256])
+    if "pinned" in only:
+        pinned(images, 16, [(255, 255, 255), (0, 0, 0), (230, 0, 18)])
+        pinned(images, 64, [(255, 255, 255), (0, 0, 0), (230, 0, 18), (0, 90, 170),
+                            (255, 204, 0)])
 
 
 if __name__ == "__main__":

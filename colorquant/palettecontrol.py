@@ -296,9 +296,11 @@ def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_mi
     exceeds ``limit_min``.
 
     Bisection over the Ward sequence of the full palette (:func:`ward_sequence`) on the exact
-    error after nearest mapping; it keeps "size ``lo`` misses, size ``hi`` reaches", so the
-    size just below the chosen one misses in this sequence. The chosen palette then gets
-    exact refinement and exact-N filling, kept only if its error is not higher.
+    error after nearest mapping; it keeps "size ``lo`` misses, size ``hi`` reaches". The
+    palette of size ``hi`` then gets exact-N filling and exact refinement (kept only if its
+    error is not higher, so it still reaches); so does size ``lo`` = ``hi`` − 1, chosen
+    instead if refinement makes it reach. The size below the chosen one misses in this
+    sequence (unrefined).
     """
     full = sse(hist.colors, hist.weights, centers, labels)
     evaluated = [(len(centers), full)]
@@ -320,15 +322,30 @@ def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_mi
             hi, found[mid] = mid, (mid_centers, mid_labels, error)
         else:
             lo = mid
-    chosen, chosen_labels, error = found[hi]
-    chosen, chosen_labels = exact(hist, chosen, hi, nearest=nearest, space=space, fixed=fixed)
-    error = sse(hist.colors, hist.weights, chosen, chosen_labels)
-    moved, moved_labels = exact(hist, refine(hist, chosen, fixed, space=space,
-                                             steps=FILL_STEPS), hi, nearest=nearest,
-                                space=space, fixed=fixed)
-    if sse(hist.colors, hist.weights, moved, moved_labels) <= error:
-        chosen, chosen_labels = moved, moved_labels
+    chosen, chosen_labels, _ = _polish(hist, found[hi][0], hi, fixed, nearest, space)
+    if lo >= smallest:
+        # One size less, refined, often reaches what its merged palette missed.
+        fewer, fewer_labels, fewer_error = _polish(hist, sequence[lo], lo, fixed, nearest,
+                                                   space)
+        evaluated.append((lo, fewer_error))
+        if fewer_error <= limit_max:
+            chosen, chosen_labels = fewer, fewer_labels
     return TargetResult(chosen, chosen_labels, tuple(evaluated))
+
+
+def _polish(hist: Histogram, centers: np.ndarray, n: int, fixed: int, nearest: Nearest,
+            space: RGBSpace) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exactly ``n`` used colors from ``centers``, then exact Lloyd steps kept only if they do
+    not raise the error; the centers, labels and error."""
+    centers, labels = exact(hist, centers, n, nearest=nearest, space=space, fixed=fixed)
+    error = sse(hist.colors, hist.weights, centers, labels)
+    moved, moved_labels = exact(hist, refine(hist, centers, fixed, space=space,
+                                             steps=FILL_STEPS), n, nearest=nearest,
+                                space=space, fixed=fixed)
+    moved_error = sse(hist.colors, hist.weights, moved, moved_labels)
+    if moved_error <= error:
+        return moved, moved_labels, moved_error
+    return centers, labels, error
 
 
 def control(hist: Histogram, k: int, *, fitter: Fitter, nearest: Nearest, space: RGBSpace,
