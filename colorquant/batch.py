@@ -21,8 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ColorquantError, OutputExistsError
+from .errors import ColorquantError, OutputExistsError, QualityTooLowError, SkippedError
 from .options import QuantizeOptions
+from .report import ExitCode
 
 #: The default output name: ``photo.jpg`` → ``photo-16c.png``.
 DEFAULT_NAME = "{stem}-{k}c.{ext}"
@@ -45,8 +46,22 @@ class Job:
     fmt: str
     plot: str | None = None
     compare: str | None = None
-    #: Never replace an existing output (``--no-clobber``), decided when it is put in place.
+    #: The name template when ``{k}`` is known only after the fit (``--target-psnr``): the
+    #: task renders the final name, and ``dst`` holds the name with ``{k}`` = ``-k``.
+    template: str | None = None
+    #: Never replace an existing output (``--no-clobber``): decided when it is put in place,
+    #: and checked first for a name rendered by the task.
     no_clobber: bool = False
+
+    def final_dst(self, k: int) -> str:
+        """The output path once the palette size ``k`` is known."""
+        if self.template is None:
+            return self.dst
+        from . import io
+
+        src = "stdin" if self.src == io.STDIO else self.src
+        name = render_name(self.template, src, k, io.EXTENSIONS[self.fmt])
+        return os.path.join(os.path.dirname(self.dst), name)
 
 
 @dataclass
@@ -65,6 +80,10 @@ class FileResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: The exit code a skip carries (None: the ``--no-clobber`` code).
+    code: int | None = None
+    #: The ``--target-psnr`` (MIN, MAX) that chose ``k``, if any.
+    target: tuple[float, float] | None = None
 
     @property
     def colors_used(self) -> int:
@@ -85,7 +104,7 @@ class FileResult:
             "mse": self.mse,
             "psnr": self.psnr if self.psnr is None or self.psnr != float("inf") else None,
             "seconds": round(self.seconds, 4),
-        }
+        } | ({"target_psnr": list(self.target)} if self.target is not None else {})
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -163,11 +182,12 @@ def expand(inputs: Sequence[str], *, recursive: bool, skip: str | None = None,
 
 def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
          out_dir: str | None = None, name: str | None = None, fmt: str | None = None,
-         recursive: bool = False) -> list[Job]:
+         recursive: bool = False, defer_k: bool = False) -> list[Job]:
     """The job of each input, with its output path and format.
 
     Without ``output`` or ``out_dir`` outputs go beside their inputs; a folder walked with
-    ``recursive`` is mirrored under ``out_dir``.
+    ``recursive`` is mirrored under ``out_dir``. With ``defer_k`` (the fit decides the palette
+    size) a name with ``{k}`` is rendered by the task; the checks here use ``{k}`` = ``k``.
 
     Raises
     ------
@@ -209,13 +229,14 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
         if io.is_stdio(dst):
             jobs.append(Job(src, dst, out_format))
             continue
+        deferred = (template if defer_k and output is None and "{k" in template else None)
         real = os.path.realpath(dst)
         if real in sources or _inode(dst) in inodes:
             raise PlanError(f"{dst}: output is the same file as the input")
         if real in owner:
             raise PlanError(f"{owner[real]} and {src} would both be written to {dst}")
         owner[real] = src
-        jobs.append(Job(src, dst, out_format))
+        jobs.append(Job(src, dst, out_format, template=deferred))
     return jobs
 
 
@@ -495,19 +516,48 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     job, options, palette = task
     start = time.perf_counter()
     notes: list[str] = []
+    src: Any = job.src
     try:
-        result = pipeline.quantize_file(job.src, job.dst, options=options, fmt=job.fmt,
+        if job.template is not None:  # the name needs the palette size: fit it first
+            if palette is None:
+                data = None
+                if src == "-":
+                    src, _ = pipeline.input_bytes(src)  # read once, used twice
+                    data = src.getvalue()
+                palette = pipeline.fit_palette(pipeline.histogram_file(src, job.fmt, options),
+                                               options)
+                if data is not None:  # reading closed the first copy
+                    src = pipeline.named_bytes(data, "<stdin>")
+            job = replace(job, dst=job.final_dst(len(palette)))
+            if job.no_clobber and os.path.lexists(job.dst):
+                return FileResult(job.src, job.dst, "skipped", len(palette),
+                                  error=f"{job.dst}: exists (--no-clobber)")
+        result = pipeline.quantize_file(src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
                                         replace=not job.no_clobber)
     except OutputExistsError:  # another process put the output in place first
         return _skipped(job, options.colors)
+    except SkippedError as exc:
+        label = "<stdin>" if job.src == "-" else job.src
+        reason = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
+        return FileResult(job.src, job.dst, "skipped", options.colors, error=reason,
+                          code=int(_skip_code(exc)), target=options.target_psnr,
+                          seconds=time.perf_counter() - start)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
-    return FileResult(job.src, job.dst, "ok", options.colors, colors=result.palette.hex(),
+    k = len(result.palette) if options.target_psnr is not None else options.colors
+    return FileResult(job.src, job.dst, "ok", k, colors=result.palette.hex(),
                       counts=result.palette.counts.tolist(), mse=float(result.mse),
                       psnr=float(result.psnr), seconds=time.perf_counter() - start,
-                      warnings=notes, timings=dict(result.timings))
+                      warnings=notes, timings=dict(result.timings),
+                      target=options.target_psnr)
+
+
+def _skip_code(exc: SkippedError) -> ExitCode:
+    """The exit code of a deliberate skip."""
+    return (ExitCode.QUALITY_TOO_LOW if isinstance(exc, QualityTooLowError)
+            else ExitCode.NOT_SMALLER)
 
 
 def histogram_task(task: tuple[Job, QuantizeOptions]) -> Any:
@@ -630,7 +680,14 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
     merged = merged_value()
     if merged is None:
         return None, failed
-    return pipeline.fit_palette(merged, options), failed
+    try:
+        return pipeline.fit_palette(merged, options), failed
+    except QualityTooLowError as exc:  # the target holds for all inputs together: skip all
+        for job in jobs:
+            failed.setdefault(job.src, FileResult(
+                job.src, job.dst, "skipped", options.colors, error=f"shared palette: {exc}",
+                code=int(ExitCode.QUALITY_TOO_LOW), target=options.target_psnr))
+        return None, failed
 
 
 def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
@@ -649,6 +706,8 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
     for job in jobs:
         if job.src in failed:
             ready[job.src] = failed[job.src]
+        elif no_clobber and job.template is not None:
+            todo.append(replace(job, no_clobber=True))  # its final name is known later
         elif no_clobber and job.dst != "-" and os.path.lexists(job.dst):
             ready[job.src] = _skipped(job, options.colors)  # saves the work; the write decides
         else:

@@ -45,7 +45,8 @@ Examples:
 
 \b
 Exit codes: 0 success, 1 an input failed, 2 bad command line,
-15 output exists and --no-clobber, 130 interrupted.
+15 output exists and --no-clobber, 98 output larger than input and
+--skip-if-larger, 99 --target-psnr missed, 130 interrupted.
 """
 
 
@@ -60,7 +61,9 @@ def _describe_palette(result: batch.FileResult) -> list[str]:
 
 
 def _verbose(result: batch.FileResult) -> None:
-    _message(f"{result.input} -> {result.output}: {result.colors_used} colors, "
+    target = "" if result.target is None else (
+        f" (fewest for --target-psnr {result.target[0]:g}-{result.target[1]:g})")
+    _message(f"{result.input} -> {result.output}: {result.colors_used} colors{target}, "
              f"MSE {result.mse:.2f}, PSNR {result.psnr:.2f} dB")
     _message("palette (color, share of pixels):")
     for line in _describe_palette(result):
@@ -77,6 +80,27 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
         return parse_rgb(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _target_option(ctx: click.Context, param: click.Parameter, value: str | None,
+                   ) -> tuple[float, float] | None:
+    from .options import parse_target
+
+    try:
+        return None if value is None else parse_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...],
+                 ) -> tuple[tuple[int, int, int], ...]:
+    from .options import parse_colors
+
+    try:
+        found = [rgb for value in values for rgb in parse_colors(value)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return tuple(dict.fromkeys(found))  # a color given twice is pinned once
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,6 +158,16 @@ def _rgb_option(ctx: click.Context, param: click.Parameter, value: str,
 @click.option("--transparent-color", "transparent_color", default="#000000", show_default=True,
               metavar="COLOR", callback=_rgb_option,
               help="RGB (#rrggbb or r,g,b) of the palette entry for fully transparent pixels.")
+@click.option("--target-psnr", "target_psnr", metavar="MIN[-MAX]", callback=_target_option,
+              help="Use the fewest colors (up to -k, default 256 then) whose PSNR reaches MAX "
+                   "dB; if -k colors miss MIN, write nothing (exit code 99).")
+@click.option("--keep", "keep", metavar="COLORS", multiple=True, callback=_keep_option,
+              help="Pin colors in the palette exactly (#rrggbb or r,g,b; several separated "
+                   "by spaces or ';', or repeat the option).")
+@click.option("--keep-file", metavar="FILE",
+              help="Pin the colors of a palette file (.gpl, .json, .txt, .hex or an image).")
+@click.option("--skip-if-larger", is_flag=True,
+              help="Write nothing when the output would be larger than the input (exit 98).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Report the palette, the time of each stage and the error (MSE, PSNR).")
@@ -144,8 +178,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
         compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
-        to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int], quiet: bool,
-        verbose: bool) -> int:
+        to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int],
+        target_psnr: tuple[float, float] | None, keep: tuple[tuple[int, int, int], ...],
+        keep_file: str | None, skip_if_larger: bool, quiet: bool, verbose: bool) -> int:
     """Reduce the colors of images with mini-batch k-means.
 
     Reads each INPUT (any format Pillow reads; a folder with -r), fits a palette of
@@ -173,6 +208,17 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             palettefile.check_path(save_palette, writing=True)
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
+    if palette_file is not None and (keep or keep_file or target_psnr):
+        raise click.UsageError("--palette maps to a given palette: no --keep, --keep-file or "
+                               "--target-psnr")
+    if target_psnr is not None and click.get_current_context().get_parameter_source(
+            "colors") is not click.core.ParameterSource.COMMANDLINE:
+        colors = MAX_COLORS  # a target chooses the size, up to -k when given
+    if keep_file is not None:
+        keep = _pins_from_file(keep_file, keep)
+    if len(keep) > colors:
+        raise click.BadParameter(f"{len(keep)} colors to keep do not fit in -k {colors}",
+                                 param_hint="'--keep'")
     palette = None
     if palette_file is not None:
         try:
@@ -182,7 +228,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         colors = len(palette)  # names and reports show the size of the palette used
     try:
         plan = batch.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
-                          fmt=fmt, recursive=recursive)
+                          fmt=fmt, recursive=recursive, defer_k=target_psnr is not None)
         batch.check_side_outputs(plan, {"--plot": plot, "--compare": compare,
                                         "--save-palette": save_palette})
     except ColorquantError as exc:
@@ -205,7 +251,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               fit_method=FitMethod(fit_method),
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
-                              to_srgb=to_srgb, strip=strip, transparent_color=transparent_color)
+                              to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
+                              target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
     created = _make_folders(sorted({os.path.dirname(job.dst) for job in plan})
                             if out_dir is not None else [])
     report = Report()
@@ -219,6 +266,23 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
+
+
+def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
+                    ) -> tuple[tuple[int, int, int], ...]:
+    """The ``--keep`` colors followed by the opaque colors of a palette file."""
+    from . import palettefile
+
+    try:
+        palettefile.check_path(path, writing=False)
+        colors = palettefile.read_palette(path).colors
+    except ColorquantError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--keep-file'") from None
+    if colors.shape[1] == 4 and (colors[:, 3] < 255).any():
+        raise click.BadParameter(f"{path}: colors to keep must be opaque",
+                                 param_hint="'--keep-file'")
+    found = [tuple(int(c) for c in row[:3]) for row in colors]
+    return tuple(dict.fromkeys([*keep, *found]))  # type: ignore[arg-type]
 
 
 def _make_folders(folders: Iterable[str]) -> list[str]:
@@ -281,7 +345,8 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
     if result.status == "ok":
         report.done(result.output)
     elif result.status == "skipped":
-        report.skip(result.input, result.error or "")
+        report.skip(result.input, result.error or "",
+                    *(() if result.code is None else (ExitCode(result.code),)))
     else:
         report.failure(result.input, result.error or "")
         _message(f"Error: {result.error}")

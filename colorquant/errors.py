@@ -29,3 +29,16 @@ class OutputExistsError(OutputError):
 
 class PaletteError(ColorquantError):
     """A palette file could not be read or written."""
+
+
+class SkippedError(ColorquantError):
+    """An input deliberately left unwritten (not a failure): the output would not be good or
+    small enough."""
+
+
+class QualityTooLowError(SkippedError):
+    """Even the largest palette allowed cannot reach the ``--target-psnr`` minimum."""
+
+
+class NotSmallerError(SkippedError):
+    """The quantized file would be larger than its input (``--skip-if-larger``)."""

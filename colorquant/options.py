@@ -37,6 +37,34 @@ def parse_rgb(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def parse_colors(text: str) -> list[tuple[int, int, int]]:
+    """Colors from one ``--keep`` value: colors separated by spaces or ``;``, each ``#rrggbb``,
+    ``rrggbb`` or ``r,g,b``; a comma list of hex colors (``#ff0000,#00ff00``) is also read
+    (a token of exactly three decimal numbers is one ``r,g,b`` color)."""
+    out: list[tuple[int, int, int]] = []
+    for token in text.replace(";", " ").split():
+        parts = token.split(",")
+        if len(parts) == 3 and all(p.strip().isdigit() and len(p.strip()) <= 3 for p in parts):
+            out.append(parse_rgb(token))
+        else:
+            out.extend(parse_rgb(p) for p in parts)
+    if not out:
+        raise ValueError(f"expected one or more colors, got {text!r}")
+    return out
+
+
+def parse_target(text: str) -> tuple[float, float]:
+    """A PSNR target ``MIN`` or ``MIN-MAX`` in dB (MAX defaults to MIN)."""
+    parts = text.strip().split("-")
+    try:
+        low, high = (float(parts[0]), float(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or high is None or not (0 < low <= high < 1000):
+        raise ValueError(f"expected MIN or MIN-MAX in dB with 0 < MIN <= MAX, got {text!r}")
+    return (low, high)
+
+
 class FitMethod(enum.Enum):
     """The k-means algorithm that fits the palette."""
 
@@ -73,6 +101,15 @@ class QuantizeOptions:
         Convert pixels from an embedded ICC profile to sRGB before the fit.
     strip : bool
         Write no metadata (ICC profile, DPI) to the output.
+    target_psnr : tuple of 2 float or None
+        (MIN, MAX) in dB: use the fewest colors, up to ``colors``, whose output reaches MAX;
+        when even ``colors`` colors miss MIN, nothing is written
+        (:class:`~colorquant.errors.QualityTooLowError`).
+    keep : tuple of RGB tuples
+        Colors pinned in the palette exactly; the others are fitted around them.
+    skip_if_larger : bool
+        Write nothing (:class:`~colorquant.errors.NotSmallerError`) when the output file
+        would be larger than the input file.
     """
 
     colors: int = 16
@@ -85,6 +122,9 @@ class QuantizeOptions:
     frame: int | None = None
     to_srgb: bool = False
     strip: bool = False
+    target_psnr: tuple[float, float] | None = None
+    keep: tuple[tuple[int, int, int], ...] = ()
+    skip_if_larger: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):
@@ -111,3 +151,17 @@ class QuantizeOptions:
         if self.frame is not None and (isinstance(self.frame, bool)
                                        or not isinstance(self.frame, int) or self.frame < 0):
             raise ValueError(f"frame must be a non-negative integer or None, got {self.frame!r}")
+        if self.target_psnr is not None:
+            low, high = self.target_psnr
+            if not 0 < low <= high:
+                raise ValueError(f"target_psnr must be (MIN, MAX) with 0 < MIN <= MAX, got "
+                                 f"{self.target_psnr!r}")
+        for rgb in self.keep:
+            if (not isinstance(rgb, tuple) or len(rgb) != 3
+                    or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)):
+                raise ValueError(f"keep colors must be three integers 0–255, got {rgb!r}")
+        if len(set(self.keep)) != len(self.keep):
+            raise ValueError(f"keep colors must be distinct, got {self.keep!r}")
+        if len(self.keep) > self.colors:
+            raise ValueError(f"{len(self.keep)} colors to keep do not fit in a palette of "
+                             f"{self.colors}")

@@ -15,9 +15,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import fit, frames, io, memory, metrics, pixels, remap
+from . import fit, frames, io, memory, metrics, palettecontrol, pixels, remap
 from .colorspace import get_space
-from .errors import OutputError, PaletteError
+from .errors import NotSmallerError, OutputError, PaletteError, QualityTooLowError
 from .options import QuantizeOptions
 from .palette import Palette
 
@@ -119,11 +119,13 @@ def prepare(image: Image.Image | np.ndarray) -> Prepared:
 
 
 def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palette:
-    """Fit at most ``options.colors`` colors to a histogram (one image, or several merged).
+    """Fit exactly ``options.colors`` colors to a histogram (one image, or several merged):
+    each used by a pixel, besides pinned ``options.keep`` colors; with ``options.target_psnr``
+    the fewest colors up to that many that reach it (:class:`QualityTooLowError` if none).
 
     A histogram with no more distinct colors than that is its own palette (no k-means, no
-    scikit-learn import). Counts are the pixels each color will receive; the order is by
-    frequency.
+    scikit-learn import, unless colors are pinned or a target is given). Counts are the
+    pixels each color will receive; the order is by frequency.
     """
     return _fit(histogram, options)[0]
 
@@ -140,29 +142,55 @@ def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette
         if len(histogram) == 1:
             return Palette(entry, histogram.counts[:1]), np.zeros(1, dtype=np.uint8)
         visible = pixels.Histogram(histogram.keys[1:], histogram.counts[1:], 4)
-        palette, labels = _fit_visible(visible, options.colors - 1, options)
+        clear = histogram.counts[0]
+        palette, labels = _fit_visible(visible, options.colors - 1, options, outside=(
+            int(clear), int(clear) * sum(c * c for c in options.transparent_color)))
         full = Palette(np.vstack([entry, palette.colors]),
                        np.concatenate([histogram.counts[:1], palette.counts]))
         return full, np.concatenate([[0], labels.astype(np.int64) + 1]).astype(np.uint8)
     return _fit_visible(histogram, options.colors, options)
 
 
-def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions,
-                 ) -> tuple[Palette, np.ndarray]:
-    """At most ``k`` colors fitted to a histogram, most frequent first, and each color's label."""
+def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, *,
+                 outside: tuple[int, int] = (0, 0)) -> tuple[Palette, np.ndarray]:
+    """Exactly ``k`` colors (or every distinct color, when fewer) fitted to a histogram, most
+    frequent first, and each color's label (palette control: :mod:`palettecontrol`).
+
+    ``outside`` is the (pixels, squared error) of the entries not fitted here (the
+    transparent one), which a PSNR target counts.
+    """
     colors = histogram.colors
-    if len(histogram) <= k:
-        centers = colors
-    else:
-        centers = fit.fit_centers(colors, histogram.counts, k, seed=options.seed,
-                                  method=options.fit_method,
-                                  space=get_space(options.space))
+    space = get_space(options.space)
+    pins = np.array(options.keep, dtype=np.uint8).reshape(-1, 3)
+    if histogram.channels == 4:
+        pins = np.hstack([pins, np.full((len(pins), 1), 255, dtype=np.uint8)])
+    if len(pins) > k:
+        raise PaletteError(f"{len(pins)} colors to keep do not fit in the {k} visible palette "
+                           "entries (the transparent entry takes one)")
+
+    def fitter(n: int) -> np.ndarray:
+        centers = fit.fit_centers(colors, histogram.counts, n, seed=options.seed,
+                                  method=options.fit_method, space=space)
         if centers.shape[1] == 4:  # a visible color must stay visible
             centers = centers.copy()
             centers[:, 3] = np.maximum(centers[:, 3], 1)
-    labels = _nearest(colors, centers, options)
+        return centers
+
+    limits = None
+    if options.target_psnr is not None:
+        values = (histogram.n_pixels + outside[0]) * histogram.channels
+        limits = (palettecontrol.sse_limit(options.target_psnr[0], values) - outside[1],
+                  palettecontrol.sse_limit(options.target_psnr[1], values) - outside[1])
+    centers, labels, found = palettecontrol.control(
+        palettecontrol.Histogram(colors, histogram.counts), k, fitter=fitter,
+        nearest=lambda c, p: _nearest(c, p, options), space=space, pins=pins, limits=limits)
+    if found is not None and not found.reached:
+        values = (histogram.n_pixels + outside[0]) * histogram.channels
+        best = metrics.psnr((found.evaluated[0][1] + outside[1]) / values)
+        raise QualityTooLowError(f"quality too low: {best:.2f} dB with {k + (outside[0] > 0)} "
+                                 f"colors, below the target {options.target_psnr[0]:g} dB")
     counts = np.bincount(labels, weights=histogram.counts, minlength=len(centers))
-    kept = np.flatnonzero(counts)
+    kept = np.flatnonzero((counts > 0) | (np.arange(len(centers)) < len(pins)))
     used = Palette(centers, counts.astype(np.int64)).take(kept)
     order = used.frequency_order()
     relabel = np.zeros(len(centers), dtype=np.uint8)
@@ -227,7 +255,8 @@ def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions
 
 def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
              palette: Palette | None = None) -> QuantizeResult:
-    """Reduce an image to at most ``options.colors`` colors (pure, in memory).
+    """Reduce an image to ``options.colors`` colors, or its distinct colors when fewer (pure,
+    in memory; see :func:`fit_palette`).
 
     With ``palette`` given, no fit runs: pixels are mapped to that palette as it is.
     Every output pixel is the palette color nearest to its input pixel in the fit space.
@@ -262,7 +291,8 @@ def match_channels(prepared: Prepared, palette: Palette) -> Prepared:
 def quantize_image(
     image: Image.Image | np.ndarray, k: int = 16, *, seed: int = 0, **options: Any
 ) -> QuantizeResult:
-    """Quantize a PIL image or an (H, W, 3) uint8 array to at most ``k`` colors.
+    """Quantize a PIL image or an (H, W, 3) uint8 array to ``k`` colors (fewer only when the
+    image has fewer).
 
     Other keyword arguments are fields of :class:`~colorquant.options.QuantizeOptions`.
     """
@@ -394,6 +424,8 @@ def quantize_file(
     With ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
     With ``replace=False`` an existing ``dst`` is left alone (``OutputExistsError``), decided
     when the file is put in place.
+    With ``options.skip_if_larger``, :class:`NotSmallerError` is raised, before anything is
+    written, when the encoded output is larger than ``src`` (standard input: the bytes read).
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
     to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
@@ -407,6 +439,9 @@ def quantize_file(
     clock = _Clock()
     if palette is None:
         memory.load_fit_backend()  # under ulimit -v: before the pixels take the memory
+    input_size = None
+    if options.skip_if_larger:
+        src, input_size = input_bytes(src)
     decoded, images = _read_frames(src, fmt, options, shown_dst=shown_dst, log=log)
     clock.lap("read")
     try:
@@ -432,9 +467,15 @@ def quantize_file(
             raise OutputError(f"{shown_dst}: the {fmt} encoder refused the image "
                               f"({str(exc).strip() or type(exc).__name__})") from None
 
-    if to_stream:
+    buffer = None
+    if to_stream or input_size is not None:
         buffer = BytesIO()
         write(buffer)
+        if input_size is not None and buffer.tell() > input_size:
+            # Decided before anything is written: no file, no temporary file.
+            raise NotSmallerError(f"{label}: the output would be larger than the input "
+                                  f"({buffer.tell()} > {input_size} bytes, --skip-if-larger)")
+    if to_stream:
         stream = sys.stdout.buffer if io.is_stdio(dst) else dst
         try:
             stream.write(buffer.getvalue())  # type: ignore[union-attr]
@@ -444,7 +485,10 @@ def quantize_file(
         except OSError as exc:
             raise OutputError(f"{shown_dst}: cannot write: {exc.strerror or exc}") from None
     else:
-        io.atomic_write(dst, write, replace=replace)  # type: ignore[arg-type]
+        encoded = buffer
+        io.atomic_write(dst, write if encoded is None  # type: ignore[arg-type]
+                        else lambda handle: handle.write(encoded.getvalue()),
+                        replace=replace)
     clock.lap("write")
     first = results[0]
     result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings))
@@ -463,6 +507,32 @@ def quantize_file(
         clock.lap("plots")
         result.timings["plots"] = clock.timings["plots"]
     return result
+
+
+def input_bytes(src: str | os.PathLike[str] | BinaryIO,
+                ) -> tuple[str | os.PathLike[str] | BinaryIO, int]:
+    """The input to read and its size in bytes: a file's size, or the bytes of standard input
+    (or an unseekable stream), read whole into memory once."""
+    if isinstance(src, (str, os.PathLike)) and not io.is_stdio(src):
+        try:
+            return src, os.path.getsize(src)
+        except OSError:
+            return src, -1  # missing or unreadable: reading it reports why
+    stream = sys.stdin.buffer if io.is_stdio(src) else src
+    if not io.is_stdio(src) and stream.seekable():  # type: ignore[union-attr]
+        here = stream.tell()  # type: ignore[union-attr]
+        size = stream.seek(0, os.SEEK_END) - here  # type: ignore[union-attr]
+        stream.seek(here)  # type: ignore[union-attr]
+        return stream, size
+    data = io.read_stream(stream).getvalue()  # type: ignore[arg-type]
+    return named_bytes(data, io.display_name(src)), len(data)
+
+
+def named_bytes(data: bytes, name: str) -> BytesIO:
+    """An in-memory input that messages call ``name``."""
+    buffer = BytesIO(data)
+    buffer.name = name  # type: ignore[attr-defined]
+    return buffer
 
 
 def plot_path_check(path: str | os.PathLike[str]) -> None:

@@ -16,8 +16,18 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     #: ``--no-clobber`` refused to replace an existing output (pngquant uses 15 too).
     NOT_OVERWRITTEN = 15
+    #: ``--skip-if-larger``: the output would be larger than the input; nothing written
+    #: (pngquant's code).
+    NOT_SMALLER = 98
+    #: ``--target-psnr``: even ``-k`` colors miss the minimum; nothing written (pngquant's
+    #: "quality too low").
+    QUALITY_TOO_LOW = 99
     #: Interrupted by Ctrl-C or SIGTERM; no partial file is left.
     INTERRUPTED = 130
+
+
+#: Skip codes, strongest first (see :attr:`Report.exit_code`).
+SKIP_PRECEDENCE = (ExitCode.QUALITY_TOO_LOW, ExitCode.NOT_SMALLER, ExitCode.NOT_OVERWRITTEN)
 
 
 @dataclass
@@ -27,6 +37,8 @@ class Report:
     written: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: The exit code each skip carries, in the order of ``skipped``.
+    skip_codes: list[ExitCode] = field(default_factory=list)
     #: Inputs never started because the batch stopped early (``--fail-fast``).
     not_run: int = 0
 
@@ -36,16 +48,21 @@ class Report:
     def failure(self, path: str, reason: str) -> None:
         self.failed.append((path, reason))
 
-    def skip(self, path: str, reason: str) -> None:
+    def skip(self, path: str, reason: str,
+             code: ExitCode = ExitCode.NOT_OVERWRITTEN) -> None:
         self.skipped.append((path, reason))
+        self.skip_codes.append(ExitCode(code))
 
     @property
     def exit_code(self) -> ExitCode:
-        """Failures outrank refusals to overwrite, which outrank success."""
+        """Failures (1) outrank a missed quality target (99), which outranks an output
+        larger than its input (98), which outranks a refusal to overwrite (15), which
+        outranks success (0)."""
         if self.failed:
             return ExitCode.FAILURE
-        if self.skipped:
-            return ExitCode.NOT_OVERWRITTEN
+        for code in SKIP_PRECEDENCE:
+            if code in self.skip_codes:
+                return code
         return ExitCode.OK
 
     def summary(self) -> str:
