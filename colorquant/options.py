@@ -17,6 +17,21 @@ class ColorSpace(enum.Enum):
     """The space in which k-means measures distance."""
 
     RGB = "rgb"
+    #: Björn Ottosson's OKLab: perceptually uniform, fitted and searched in float64.
+    OKLAB = "oklab"
+
+
+class Dither(enum.Enum):
+    """How pixels are mapped to the palette (see :mod:`colorquant.dither`)."""
+
+    #: Each pixel to its exactly nearest palette color.
+    NONE = "none"
+    #: Floyd–Steinberg error diffusion, serpentine.
+    FS = "fs"
+    #: An 8×8 Bayer threshold matrix.
+    ORDERED = "ordered"
+    #: A 64×64 tileable blue-noise threshold mask (void-and-cluster).
+    BLUE_NOISE = "blue-noise"
 
 
 def parse_rgb(text: str) -> tuple[int, int, int]:
@@ -73,6 +88,10 @@ class QuantizeOptions:
         Convert pixels from an embedded ICC profile to sRGB before the fit.
     strip : bool
         Write no metadata (ICC profile, DPI) to the output.
+    dither : Dither
+        How pixels are mapped to the palette (the fit is the same for every method).
+    dither_strength : float
+        Scale of the diffused error or threshold offset, 0 to 1.
     """
 
     colors: int = 16
@@ -85,6 +104,8 @@ class QuantizeOptions:
     frame: int | None = None
     to_srgb: bool = False
     strip: bool = False
+    dither: Dither = Dither.NONE
+    dither_strength: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):
@@ -111,3 +132,9 @@ class QuantizeOptions:
         if self.frame is not None and (isinstance(self.frame, bool)
                                        or not isinstance(self.frame, int) or self.frame < 0):
             raise ValueError(f"frame must be a non-negative integer or None, got {self.frame!r}")
+        if not isinstance(self.dither, Dither):
+            raise ValueError(f"dither must be a Dither, got {self.dither!r}")
+        strength = self.dither_strength
+        if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                or not 0.0 <= strength <= 1.0):
+            raise ValueError(f"dither_strength must be a number from 0 to 1, got {strength!r}")
