@@ -6,7 +6,7 @@ through its exactly nearest palette index (a lookup, no per-pixel search); the d
 mappers work on bands of rows, per pixel, in the color space's search coordinates:
 
 - ``fs``: Floyd–Steinberg error diffusion, serpentine (see
-  :func:`colorquant.ditherkernel.diffuse_band` for the exact arithmetic);
+  :func:`colorquant.ditherkernel.map_band` for the exact arithmetic);
 - ``ordered`` / ``blue-noise``: each pixel becomes the exactly nearest palette color of
   ``clip(pixel + t × strength × spread, 0, 255)`` (``t`` in [-0.5, 0.5) from the threshold
   matrix at the pixel's position, added to R, G and B; ``spread`` the median distance from a
@@ -42,6 +42,8 @@ GRID_CELLS = {3: 32, 4: 14}
 #: ``fs`` limits diffusion at edges when this is positive: no error crosses to a neighbour
 #: farther than this (in the space's search coordinates, as a share of the palette's span).
 FS_EDGE = 0.0
+#: Threshold offsets of ``ordered``/``blue-noise`` span this many times the palette spread.
+THRESHOLD_SCALE = 1.0
 
 BAYER8 = np.array([[0, 32, 8, 40, 2, 34, 10, 42], [48, 16, 56, 24, 50, 18, 58, 26],
                    [12, 44, 4, 36, 14, 46, 6, 38], [60, 28, 52, 20, 62, 30, 54, 22],
@@ -92,19 +94,25 @@ def _nearest_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptio
 
 @dataclass(frozen=True, eq=False)
 class _Target:
-    """The palette as the per-pixel loops see it: the entries visible pixels may take (in
-    (R, G, B[, A]) order, for the tie rule), their search coordinates and candidate grid."""
+    """The palette as the per-pixel loop sees it: the entries visible pixels may take (in
+    (R, G, B[, A]) order, for the tie rule), their search coordinates, and the candidate grid
+    over a box holding the palette and every color of the sRGB cube."""
 
     index: np.ndarray
     coords: np.ndarray
     lo: np.ndarray
-    step: np.ndarray
+    inv_step: np.ndarray
     cells: int
     start: np.ndarray
     members: np.ndarray
 
-    def to_palette(self, found: np.ndarray) -> np.ndarray:
-        return self.index[found]
+
+def _cube(channels: int) -> np.ndarray:
+    """A lattice of the sRGB(A) cube (18 steps a channel), float 0–255, for the grid's box."""
+    axis = np.linspace(0.0, 255.0, 18)
+    grids = np.meshgrid(*([axis] * 3 + ([np.array([0.0, 255.0])] if channels == 4 else [])),
+                        indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1)
 
 
 def _target(palette: Palette, options: QuantizeOptions) -> _Target:
@@ -117,11 +125,15 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
     space = get_space(options.space)
     coords = np.ascontiguousarray(space.metric(colors[allowed]), dtype=np.float64)
-    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    cube = space.dither_coords(_cube(colors.shape[1]))
+    lo = np.minimum(coords.min(axis=0), cube.min(axis=0))
+    hi = np.maximum(coords.max(axis=0), cube.max(axis=0))
+    pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
+    lo, hi = lo - pad, hi + pad
     cells = GRID_CELLS[coords.shape[1]]
-    step = np.maximum(hi - lo, 1e-12) / cells
+    step = (hi - lo) / cells
     start, members = ditherkernel.candidate_grid(coords, lo, step, cells)
-    return _Target(allowed, coords, lo, step, cells, start, members)
+    return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)
 
 
 def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -137,24 +149,46 @@ def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.nd
         yield top, bottom - top, pixels.unpack(keys, channels).reshape(-1, width, channels)
 
 
-def _finish(prepared: Prepared, bands: Iterator[tuple[np.ndarray, np.ndarray]]) -> Mapping:
-    """Collect the bands' (pixels, indices) into one index array and the distinct pairs."""
-    n = prepared.n_pixels
+def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels: np.ndarray,
+         points: Callable[[int, np.ndarray], np.ndarray], *, diffuse: bool) -> Mapping:
+    """Run the per-pixel loop band by band over ``points(first_row, band)`` (the search
+    coordinates of a band, float64 (h, W, C)), then collect indices and distinct pairs."""
+    from . import ditherkernel
+
+    target = _target(palette, options)
+    clear = _transparent(prepared, labels)
+    width = prepared.image.size[0]
     channels = prepared.histogram.channels
+    carry = np.zeros((width, channels))
+    if diffuse:  # FS keeps the wanted color inside the palette's box
+        box_lo, box_hi = target.coords.min(axis=0), target.coords.max(axis=0)
+    else:
+        box_lo, box_hi = np.full(channels, -np.inf), np.full(channels, np.inf)
+    edge = FS_EDGE * float(np.linalg.norm(box_hi - box_lo)) if diffuse else 0.0
+    strength = float(options.dither_strength)
+    n = prepared.n_pixels
     indices = np.empty(n, dtype=np.uint8)
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     at = 0
-    for band_pixels, band_indices in bands:
-        flat = band_indices.reshape(-1)
+    for top, rows, band in _bands(prepared, extra=1 if diffuse else 0):
+        skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
+        found = np.zeros((rows, width), dtype=np.int64)
+        ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
+                              target.coords, target.lo, target.inv_step, target.cells,
+                              target.start, target.members, box_lo, box_hi, strength, edge,
+                              diffuse, carry, found)
+        out = target.index[found].astype(np.uint8)
+        if clear is not None:
+            out[skip[:rows]] = clear
+        flat = out.reshape(-1)
         indices[at : at + len(flat)] = flat
         at += len(flat)
-        keys = pixels.canonical(pixels.pack(band_pixels.reshape(-1, channels)), channels)
+        keys = pixels.canonical(pixels.pack(band[:rows].reshape(-1, channels)), channels)
         pairs.append(np.unique(keys.astype(np.uint64) << np.uint64(8) | flat,
                                return_counts=True))
-    merged = np.concatenate([p[0] for p in pairs])
-    counts = np.concatenate([p[1] for p in pairs])
-    distinct, inverse = np.unique(merged, return_inverse=True)
-    summed = np.bincount(inverse.reshape(-1), weights=counts, minlength=len(distinct))
+    distinct, inverse = np.unique(np.concatenate([p[0] for p in pairs]), return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=np.concatenate([p[1] for p in pairs]),
+                         minlength=len(distinct))
     colors = pixels.unpack((distinct >> np.uint64(8)).astype(np.uint32), channels)
     return Mapping(indices, colors, (distinct & np.uint64(255)).astype(np.uint8),
                    summed.astype(np.int64))
@@ -171,33 +205,13 @@ def _transparent(prepared: Prepared, labels: np.ndarray) -> int | None:
 def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
     """Floyd–Steinberg, serpentine, error diffused in the space's search coordinates."""
-    from . import ditherkernel
-
-    target = _target(palette, options)
     space = get_space(options.space)
-    clear = _transparent(prepared, labels)
-    width = prepared.image.size[0]
-    carry = np.zeros((width, target.coords.shape[1]))
-    edge = FS_EDGE * float(np.linalg.norm(target.coords.max(0) - target.coords.min(0)))
 
-    def bands() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for top, rows, band in _bands(prepared, extra=1):
-            channels = band.shape[2]
-            coords = space.metric(band.reshape(-1, channels)).astype(np.float64)
-            coords = coords.reshape(band.shape)
-            skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
-            found = np.zeros((rows, width), dtype=np.int64)
-            ditherkernel.diffuse_band(coords, skip, rows, top, target.coords, target.lo,
-                                      target.step, target.cells, target.start,
-                                      target.members, target.coords.min(0),
-                                      target.coords.max(0), float(options.dither_strength),
-                                      edge, carry, found)
-            out = target.to_palette(found).astype(np.uint8)
-            if clear is not None:
-                out[skip[:rows]] = clear
-            yield band[:rows], out
+    def points(top: int, band: np.ndarray) -> np.ndarray:
+        flat = band.reshape(-1, band.shape[2])
+        return np.asarray(space.metric(flat), dtype=np.float64).reshape(band.shape)
 
-    return _finish(prepared, bands())
+    return _map(prepared, palette, options, labels, points, diffuse=True)
 
 
 def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:
@@ -205,33 +219,22 @@ def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:
 
     def mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
-        from . import ditherkernel
-
-        target = _target(palette, options)
         space = get_space(options.space)
-        clear = _transparent(prepared, labels)
+        offsets = matrix() * (THRESHOLD_SCALE * float(options.dither_strength)
+                              * spread(palette))
+        size = offsets.shape[0]
         width = prepared.image.size[0]
-        offsets = matrix() * (float(options.dither_strength) * spread(palette))
+        columns = np.arange(width) % size
 
-        def bands() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for top, rows, band in _bands(prepared):
-                size = offsets.shape[0]
-                tile = np.take(np.take(offsets, np.arange(top, top + rows) % size, axis=0),
-                               np.arange(width) % size, axis=1)
-                wanted = band.astype(np.float64)
-                wanted[:, :, :3] += tile[:, :, None]
-                np.clip(wanted, 0.0, 255.0, out=wanted)
-                channels = band.shape[2]
-                points = np.ascontiguousarray(space.dither_coords(wanted.reshape(-1, channels)))
-                found = np.empty(len(points), dtype=np.int64)
-                ditherkernel.nearest_points(points, target.coords, target.lo, target.step,
-                                            target.cells, target.start, target.members, found)
-                out = target.to_palette(found).astype(np.uint8).reshape(rows, width)
-                if clear is not None:
-                    out[band[:, :, 3] == 0] = clear
-                yield band, out
+        def points(top: int, band: np.ndarray) -> np.ndarray:
+            rows = np.arange(top, top + band.shape[0]) % size
+            wanted = band.astype(np.float64)
+            wanted[:, :, :3] += offsets[rows][:, columns][:, :, None]
+            np.clip(wanted, 0.0, 255.0, out=wanted)
+            flat = wanted.reshape(-1, band.shape[2])
+            return space.dither_coords(flat).reshape(band.shape)
 
-        return _finish(prepared, bands())
+        return _map(prepared, palette, options, labels, points, diffuse=False)
 
     return mapper
 

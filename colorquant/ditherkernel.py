@@ -63,106 +63,84 @@ def candidate_grid(palette, lo, step, cells):
     return start, members[:count].copy()
 
 
-@njit(cache=True, inline="always")
-def _nearest(point, palette, lo, step, cells, start, members):
-    """Index of the nearest palette color of one point (see the module docstring)."""
-    k, channels = palette.shape
-    cell = 0
-    inside = True
-    for c in range(channels):
-        index = int(np.floor((point[c] - lo[c]) / step[c]))
-        if index < 0 or index >= cells:
-            inside = False
-            index = 0
-        cell = cell * cells + index
-    best = -1
-    best_d = np.inf
-    if inside:
-        for m in range(start[cell], start[cell + 1]):
-            j = members[m]
-            d = 0.0
-            for c in range(channels):
-                diff = point[c] - palette[j, c]
-                d += diff * diff
-            if d < best_d:
-                best_d = d
-                best = j
-    else:
-        for j in range(k):
-            d = 0.0
-            for c in range(channels):
-                diff = point[c] - palette[j, c]
-                d += diff * diff
-            if d < best_d:
-                best_d = d
-                best = j
-    return best
-
-
 @njit(cache=True)
-def nearest_points(points, palette, lo, step, cells, start, members, out):
-    """``out[i]`` = index of the nearest palette color of ``points[i]`` (float64 (n, C))."""
-    for i in range(points.shape[0]):
-        out[i] = _nearest(points[i], palette, lo, step, cells, start, members)
+def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start, members,
+             box_lo, box_hi, strength, edge, diffuse, carry, out):
+    """Nearest palette index of every visible pixel of the first ``rows`` rows of a band,
+    with Floyd–Steinberg error diffusion when ``diffuse`` (serpentine: even image rows left to
+    right, odd rows right to left).
 
+    ``coords`` (h, w, C) float64 are the pixels in the search space and ``skip`` (h, w) marks
+    pixels that take no part (fully transparent); a row past ``rows`` (the next band's first)
+    is only looked at. ``first_row`` is the band's row in the image; ``carry`` (w, C) holds
+    the error diffused into the band's first row and is updated in place to the error for row
+    ``rows``. For each visible pixel in scan order: ``want = clip(pixel + error, box_lo,
+    box_hi)``; ``out`` = the nearest palette index of ``want``; when diffusing, ``e = (want -
+    chosen) * strength`` goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below,
+    added in that order, and only to visible pixels inside the image. With ``edge > 0`` no
+    error goes to a neighbour whose pixel is farther than ``edge`` (Euclidean) from this one.
 
-@njit(cache=True)
-def diffuse_band(coords, skip, rows, first_row, palette, lo, step, cells, start, members,
-                 box_lo, box_hi, strength, edge, carry, out):
-    """Floyd–Steinberg over the first ``rows`` rows of a band, serpentine (even image rows
-    left to right, odd rows right to left).
-
-    ``coords`` (h, w, C) float64 are the pixels in the diffusion space and ``skip`` (h, w)
-    marks pixels that take no part (fully transparent); a row past ``rows`` (the next band's
-    first) is only looked at. ``first_row`` is the band's row in the image; ``carry``
-    (w, C) holds the error diffused into the band's first row and is updated in place to the
-    error for row ``rows``. For each visible pixel in scan order: ``want = clip(pixel + error,
-    box_lo, box_hi)``; ``out`` = the nearest palette index of ``want``; ``e = (want - chosen)
-    * strength`` goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below, added in
-    that order, and only to visible pixels inside the image. With ``edge > 0`` no error goes
-    to a neighbour whose pixel is farther than ``edge`` (Euclidean) from this pixel.
+    The search is written out here (not called) because a numba call with array arguments
+    costs more than the search itself.
     """
     h, w, channels = coords.shape
+    k = palette.shape[0]
     cur = carry
     nxt = np.zeros_like(carry)
     want = np.empty(channels)
     err = np.empty(channels)
     edge2 = edge * edge
+    weights = np.array([W_AHEAD, W_BEHIND_BELOW, W_BELOW, W_AHEAD_BELOW])
     for y in range(rows):
-        forward = (first_row + y) % 2 == 0
+        forward = (first_row + y) % 2 == 0 or not diffuse
         d = 1 if forward else -1
         for step_x in range(w):
             x = step_x if forward else w - 1 - step_x
             if skip[y, x]:
                 continue
+            cell = 0
+            inside = True
             for c in range(channels):
-                want[c] = min(max(coords[y, x, c] + cur[x, c], box_lo[c]), box_hi[c])
-            j = _nearest(want, palette, lo, step, cells, start, members)
-            out[y, x] = j
+                v = min(max(coords[y, x, c] + cur[x, c], box_lo[c]), box_hi[c])
+                want[c] = v
+                t = (v - lo[c]) * inv_step[c]
+                if 0.0 <= t < cells:
+                    cell = cell * cells + int(t)
+                else:
+                    inside = False
+            first, last = (start[cell], start[cell + 1]) if inside else (0, k)
+            best = -1
+            best_d = np.inf
+            for m in range(first, last):
+                j = members[m] if inside else m
+                dist = 0.0
+                for c in range(channels):
+                    diff = want[c] - palette[j, c]
+                    dist += diff * diff
+                if dist < best_d:
+                    best_d = dist
+                    best = j
+            out[y, x] = best
+            if not diffuse:
+                continue
             for c in range(channels):
-                err[c] = (want[c] - palette[j, c]) * strength
-            _spread(coords, skip, edge2, err, cur, y, x, y, x + d, W_AHEAD)
-            if y + 1 < h:
-                _spread(coords, skip, edge2, err, nxt, y, x, y + 1, x - d, W_BEHIND_BELOW)
-                _spread(coords, skip, edge2, err, nxt, y, x, y + 1, x, W_BELOW)
-                _spread(coords, skip, edge2, err, nxt, y, x, y + 1, x + d, W_AHEAD_BELOW)
-        cur, nxt = nxt, cur
-        nxt[:] = 0.0
+                err[c] = (want[c] - palette[best, c]) * strength
+            for target in range(4):
+                ty = y if target == 0 else y + 1
+                tx = x + d if target == 0 else x + (target - 2) * d
+                if ty >= h or tx < 0 or tx >= w or skip[ty, tx]:
+                    continue
+                if edge2 > 0.0:
+                    dist = 0.0
+                    for c in range(channels):
+                        diff = coords[y, x, c] - coords[ty, tx, c]
+                        dist += diff * diff
+                    if dist > edge2:
+                        continue
+                row = cur if target == 0 else nxt
+                for c in range(channels):
+                    row[tx, c] += err[c] * weights[target]
+        if diffuse:
+            cur, nxt = nxt, cur
+            nxt[:] = 0.0
     carry[:] = cur
-    return carry
-
-
-@njit(cache=True, inline="always")
-def _spread(coords, skip, edge2, err, row, y0, x0, y1, x1, weight):
-    """Add ``err * weight`` to pixel (y1, x1)'s entry of ``row``, if it takes part."""
-    if x1 < 0 or x1 >= coords.shape[1] or skip[y1, x1]:
-        return
-    if edge2 > 0.0:
-        d = 0.0
-        for c in range(coords.shape[2]):
-            diff = coords[y0, x0, c] - coords[y1, x1, c]
-            d += diff * diff
-        if d > edge2:
-            return
-    for c in range(coords.shape[2]):
-        row[x1, c] += err[c] * weight
