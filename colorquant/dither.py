@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 #: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
 BAND_PIXELS = 1 << 20
-#: Grid cells per channel of the candidate lists (3 and 4 channels).
+#: Grid cells per channel of the candidate lists (3 and 4 channels; fewer for small palettes,
+#: whose lists are short anyway).
 GRID_CELLS = {3: 32, 4: 14}
+SMALL_PALETTE, SMALL_GRID_CELLS = 32, {3: 16, 4: 8}
 #: ``fs`` limits diffusion at edges when this is positive: no error crosses to a neighbour
 #: farther than this (in the space's search coordinates, as a share of the palette's span).
 FS_EDGE = 0.0
@@ -130,7 +132,7 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     hi = np.maximum(coords.max(axis=0), cube.max(axis=0))
     pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
     lo, hi = lo - pad, hi + pad
-    cells = GRID_CELLS[coords.shape[1]]
+    cells = (SMALL_GRID_CELLS if len(coords) <= SMALL_PALETTE else GRID_CELLS)[coords.shape[1]]
     step = (hi - lo) / cells
     start, members = ditherkernel.candidate_grid(coords, lo, step, cells)
     return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)

@@ -22,41 +22,49 @@ def candidate_grid(palette, lo, step, cells):
     """Candidate lists of a grid of ``cells`` per channel over ``lo + [0, cells * step]``.
 
     Returns (start, members): cell ``i``'s candidates are ``members[start[i]:start[i + 1]]``,
-    ascending.
+    ascending. The squared distance bounds are sums of per-channel terms, tabulated once per
+    (channel, cell row, palette color); the boxes are padded by 1e-9 steps and the bound by
+    1e-9 of itself, so rounding can only add candidates, never drop one.
     """
     k, channels = palette.shape
     n_cells = cells**channels
+    near = np.zeros((channels, cells, k))
+    far = np.zeros((channels, cells, k))
+    for c in range(channels):
+        pad = 1e-9 * step[c]
+        for i in range(cells):
+            low = lo[c] + i * step[c] - pad
+            high = lo[c] + (i + 1) * step[c] + pad
+            for j in range(k):
+                p = palette[j, c]
+                if p < low:
+                    near[c, i, j] = (low - p) ** 2
+                elif p > high:
+                    near[c, i, j] = (p - high) ** 2
+                far[c, i, j] = max(p - low, high - p) ** 2
     start = np.zeros(n_cells + 1, dtype=np.int64)
     members = np.empty(n_cells * k, dtype=np.int16)
-    low = np.empty(channels)
-    high = np.empty(channels)
-    near = np.empty(k)
+    index = np.zeros(channels, dtype=np.int64)
+    d_near = np.empty(k)
     count = 0
     for cell in range(n_cells):
         rest = cell
         for c in range(channels - 1, -1, -1):
-            index = rest % cells
+            index[c] = rest % cells
             rest //= cells
-            pad = 1e-9 * step[c]
-            low[c] = lo[c] + index * step[c] - pad
-            high[c] = lo[c] + (index + 1) * step[c] + pad
         bound = np.inf
         for j in range(k):
-            d_near = 0.0
-            d_far = 0.0
+            d = 0.0
+            f = 0.0
             for c in range(channels):
-                p = palette[j, c]
-                if p < low[c]:
-                    d_near += (low[c] - p) ** 2
-                elif p > high[c]:
-                    d_near += (p - high[c]) ** 2
-                d_far += max(p - low[c], high[c] - p) ** 2
-            near[j] = d_near
-            bound = min(bound, d_far)
+                d += near[c, index[c], j]
+                f += far[c, index[c], j]
+            d_near[j] = d
+            bound = min(bound, f)
         bound = bound * (1 + 1e-9)
         start[cell] = count
         for j in range(k):
-            if near[j] <= bound:
+            if d_near[j] <= bound:
                 members[count] = j
                 count += 1
     start[n_cells] = count
