@@ -2,6 +2,7 @@
 
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
     python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
+    python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
 
 Quality: the four Kodak photos of the corpus (``COLORQUANT_CORPUS``) and the two samples, at
 k = 16, 64, 256, mean over images. colorquant fits one palette per image and k (the fit does
@@ -158,20 +159,22 @@ DEFAULT_METHODS = {
 }
 
 
-def speed(rounds: int) -> None:
+def speed(rounds: int, folder: str) -> None:
+    """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import images
 
-    folder = Path(tempfile.gettempdir()) / "colorquant-bench"
-    jpg, png = images.make(folder, ROOT / "sample_images" / "china.jpg", ["24MP"])["24MP"]
+    jpg, png = images.make(Path(folder), ROOT / "sample_images" / "china.jpg",
+                           ["24MP"])["24MP"]
+    out = Path(tempfile.mkdtemp(prefix="dither-bench-"))
     runs = {}
     for k in (16, 256):
         runs[f"pngquant k={k}"] = ["pngquant", str(k), "--force", "--output",
-                                   str(folder / "pq.png"), str(png)]
+                                   str(out / "pq.png"), str(png)]
         for method in ("none", "fs", "ordered", "blue-noise"):
             runs[f"colorquant --dither {method} k={k}"] = [
                 "colorquant", str(jpg), "-k", str(k), "--dither", method, "-o",
-                str(folder / "cq.png")]
+                str(out / "cq.png")]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):  # interleaved rounds
         for name, cmd in runs.items():
@@ -187,14 +190,54 @@ def speed(rounds: int) -> None:
         print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
 
 
+#: The sky of china.jpg: a smooth gradient, where 16 undithered colors show bands.
+SKY = (400, 0, 600, 150)
+
+
+def figure(path: Path) -> None:
+    """A 2×2 mosaic of the sky at 16 colors (none, fs, blue-noise, pngquant), 2× enlarged."""
+    from PIL import ImageDraw
+
+    source = ROOT / "sample_images" / "china.jpg"
+    original = np.asarray(Image.open(source).convert("RGB"))
+    panels = []
+    for label, method in (("colorquant (none)", Dither.NONE), ("colorquant --dither fs",
+                                                               Dither.FS),
+                          ("colorquant --dither blue-noise", Dither.BLUE_NOISE)):
+        result = pipeline.quantize(original, QuantizeOptions(colors=16, dither=method))
+        panels.append((label, np.asarray(result.image.convert("RGB"))))
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "in.png"
+        Image.fromarray(original).save(png)
+        panels.append(("pngquant 16 (dithered)", pngquant(png, 16, [])))
+    x0, y0, x1, y1 = SKY
+    w, h, strip = (x1 - x0) * 2, (y1 - y0) * 2, 18
+    mosaic = Image.new("RGB", (2 * w, 2 * (h + strip)), "white")
+    draw = ImageDraw.Draw(mosaic)
+    for i, (label, pixels) in enumerate(panels):
+        crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((w, h), Image.Resampling.NEAREST)
+        left, top = (i % 2) * w, (i // 2) * (h + strip)
+        mosaic.paste(crop, (left, top + strip))
+        draw.text((left + 4, top + 3), label, fill="black")
+    mosaic = mosaic.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    mosaic.save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--folder", default="/tmp/colorquant-bench",
+                        help="where the 24 MP test photo is made once (shared with bench.py)")
     parser.add_argument("--variants", action="store_true",
                         help="also try edge-limited fs and threshold scales")
+    parser.add_argument("--figure", type=Path, help="write the README picture to this path")
     args = parser.parse_args()
+    if args.figure:
+        figure(args.figure)
+        return
     methods = dict(DEFAULT_METHODS)
     if args.variants:
         for edge in (0.1, 0.2, 0.35):
@@ -206,7 +249,7 @@ def main() -> None:
     if args.quality or not args.speed:
         quality(methods)
     if args.speed:
-        speed(args.rounds)
+        speed(args.rounds, args.folder)
 
 
 if __name__ == "__main__":
