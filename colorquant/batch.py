@@ -77,6 +77,7 @@ class FileResult:
     counts: list[int] = field(default_factory=list)
     mse: float | None = None
     psnr: float | None = None
+    delta_e: float | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -103,6 +104,7 @@ class FileResult:
                                                                    strict=True)],
             "mse": self.mse,
             "psnr": self.psnr if self.psnr is None or self.psnr != float("inf") else None,
+            "delta_e": self.delta_e,
             "seconds": round(self.seconds, 4),
         } | ({"target_psnr": list(self.target)} if self.target is not None else {})
 
@@ -549,7 +551,8 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     k = len(result.palette) if options.target_psnr is not None else options.colors
     return FileResult(job.src, job.dst, "ok", k, colors=result.palette.hex(),
                       counts=result.palette.counts.tolist(), mse=float(result.mse),
-                      psnr=float(result.psnr), seconds=time.perf_counter() - start,
+                      psnr=float(result.psnr), delta_e=float(result.delta_e),
+                      seconds=time.perf_counter() - start,
                       warnings=notes, timings=dict(result.timings),
                       target=options.target_psnr)
 

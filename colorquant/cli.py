@@ -25,6 +25,8 @@ from .options import (
     MAX_COLORS,
     MAX_SEED,
     MIN_COLORS,
+    ColorSpace,
+    Dither,
     FitMethod,
     QuantizeOptions,
 )
@@ -64,7 +66,8 @@ def _verbose(result: batch.FileResult) -> None:
     target = "" if result.target is None else (
         f" (fewest for --target-psnr {result.target[0]:g}-{result.target[1]:g})")
     _message(f"{result.input} -> {result.output}: {result.colors_used} colors{target}, "
-             f"MSE {result.mse:.2f}, PSNR {result.psnr:.2f} dB")
+             f"MSE {result.mse:.2f}, PSNR {result.psnr:.2f} dB, "
+             f"mean ΔE2000 {result.delta_e:.2f}")
     _message("palette (color, share of pixels):")
     for line in _describe_palette(result):
         _message(line)
@@ -124,6 +127,14 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 @click.option("--fit", "fit_method", type=click.Choice([m.value for m in FitMethod]),
               default=FitMethod.MINIBATCH.value, show_default=True,
               help="k-means algorithm: mini-batch (fast), or full Lloyd (slightly lower error).")
+@click.option("--space", type=click.Choice([s.value for s in ColorSpace]),
+              default=ColorSpace.RGB.value, show_default=True,
+              help="Color space of the fit and of the nearest-color search.")
+@click.option("--dither", type=click.Choice([d.value for d in Dither]),
+              default=Dither.NONE.value, show_default=True,
+              help="Mapping: nearest color, Floyd-Steinberg, 8x8 Bayer or blue noise.")
+@click.option("--dither-strength", type=click.FloatRange(0.0, 1.0), default=1.0,
+              show_default=True, help="Scale of the dithering, 0 to 1.")
 @click.option("--shared-palette", is_flag=True,
               help="Fit one palette over all inputs together and map every image to it.")
 @click.option("--palette", "palette_file", metavar="FILE",
@@ -174,7 +185,7 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 @click.version_option(__version__, "--version", prog_name="colorquant")
 def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str | None,
         name: str | None, recursive: bool, fmt: str | None, seed: int, fit_method: str,
-        shared_palette: bool,
+        space: str, dither: str, dither_strength: float, shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
         compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
@@ -249,7 +260,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         # be written fails before the image is written.
         shared_palette = True
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
-                              fit_method=FitMethod(fit_method),
+                              fit_method=FitMethod(fit_method), space=ColorSpace(space),
+                              dither=Dither(dither), dither_strength=dither_strength,
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
                               target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)

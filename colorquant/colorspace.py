@@ -1,17 +1,32 @@
 """Color spaces as one strategy: the only place that does color math.
 
 A space says how sRGB(A) uint8 colors become k-means coordinates (``encode``), how fitted
-centers come back (``decode``), and which coordinates the exact nearest-color search uses
-(``metric``). The pipeline never branches on the space.
+centers come back (``decode``), which coordinates the exact nearest-color search uses
+(``metric``) and how that search runs (``nearest``). The pipeline never branches on the space.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from .options import ColorSpace
+
+#: Rows per block of the float64 distance computation (bounds memory to CHUNK × k × C).
+CHUNK = 1 << 12
+
+
+class Space(Protocol):
+    """What every color space strategy offers."""
+
+    name: str
+
+    def encode(self, colors: np.ndarray) -> np.ndarray: ...
+    def decode(self, coords: np.ndarray) -> np.ndarray: ...
+    def metric(self, colors: np.ndarray) -> np.ndarray: ...
+    def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -36,10 +51,117 @@ class RGBSpace:
         """
         return np.asarray(colors, dtype=np.float32)
 
+    def dither_coords(self, rgb: np.ndarray) -> np.ndarray:
+        """float sRGB values (m, C) on the 0–255 scale to float64 metric coordinates."""
+        return np.asarray(rgb, dtype=np.float64)
 
-_SPACES = {ColorSpace.RGB: RGBSpace()}
+    def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """Index of the nearest center of each point (metric coordinates); ties to the
+        lowest index. Exact: see :func:`colorquant.remap.nearest`."""
+        from .remap import nearest
+
+        return nearest(points, centers)
 
 
-def get_space(space: ColorSpace) -> RGBSpace:
+#: sRGB-linear to LMS, and cube-rooted LMS to OKLab (Björn Ottosson, 2020).
+_M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
+                [0.2119034982, 0.6806995451, 0.1073969566],
+                [0.0883024619, 0.2817188376, 0.6299787005]])
+_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
+                [1.9779984951, -2.4285922050, 0.4505937099],
+                [0.0259040371, 0.7827717662, -0.8086757660]])
+_M1_INV = np.linalg.inv(_M1)
+_M2_INV = np.linalg.inv(_M2)
+
+
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """sRGB component values in [0, 1] to linear light (the IEC 61966-2-1 curve)."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """Linear light in [0, 1] to sRGB component values in [0, 1]."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+#: sRGB-linear to CIE XYZ (D65), and the D65 white point.
+_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                 [0.2126729, 0.7151522, 0.0721750],
+                 [0.0193339, 0.1191920, 0.9503041]])
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_cielab(colors: np.ndarray) -> np.ndarray:
+    """uint8 sRGB (m, 3+) to CIE L*a*b* (D65), float64 (m, 3); alpha is ignored."""
+    linear = srgb_to_linear(np.asarray(colors, dtype=np.float64)[:, :3] / 255.0)
+    t = (linear @ _XYZ.T) / _WHITE
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                     200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+@dataclass(frozen=True)
+class OKLabSpace:
+    """OKLab (L in 0–1, a and b about ±0.4); alpha, when present, as a fourth coordinate
+    alpha/255. Distances are float64 Euclidean in these coordinates."""
+
+    name: str = "oklab"
+
+    def encode(self, colors: np.ndarray) -> np.ndarray:
+        """uint8 or float sRGB(A) values (m, C) on the 0–255 scale to float64 OKLab(A)."""
+        values = np.asarray(colors, dtype=np.float64) / 255.0
+        lms = np.cbrt(srgb_to_linear(values[:, :3]) @ _M1.T)
+        lab = lms @ _M2.T
+        return np.hstack([lab, values[:, 3:]]) if values.shape[1] > 3 else lab
+
+    def decode(self, coords: np.ndarray) -> np.ndarray:
+        """float64 OKLab(A) (m, C) to the nearest-rounded uint8 sRGB(A) colors (clipped)."""
+        coords = np.asarray(coords, dtype=np.float64)
+        linear = ((coords[:, :3] @ _M2_INV.T) ** 3) @ _M1_INV.T
+        out = np.hstack([linear_to_srgb(linear), coords[:, 3:]])
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+    def metric(self, colors: np.ndarray) -> np.ndarray:
+        """The search coordinates: the same as :meth:`encode`."""
+        return self.encode(colors)
+
+    def dither_coords(self, rgb: np.ndarray) -> np.ndarray:
+        """float sRGB values (m, C) on the 0–255 scale to OKLab(A)."""
+        return self.encode(rgb)
+
+    def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """Index of the nearest center of each point, ties to the lowest index.
+
+        Squared distances are summed channel by channel in float64 (no matrix-product
+        shortcut, whose cancellation could reorder near ties), so the answer is the same on
+        every machine and thread count.
+        """
+        return nearest_float64(points, centers)
+
+
+def nearest_float64(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index (uint8) of the nearest center, float64 sum of squared channel differences in
+    channel order, first minimum on ties. ``points`` (m, C), ``centers`` (k, C), k <= 256."""
+    points = np.asarray(points, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    if len(centers) > 256:
+        raise ValueError(f"at most 256 centers, got {len(centers)}")
+    out = np.empty(len(points), dtype=np.uint8)
+    for start in range(0, len(points), CHUNK):
+        block = points[start : start + CHUNK]
+        dist = np.zeros((len(block), len(centers)))
+        for c in range(points.shape[1]):
+            diff = block[:, c : c + 1] - centers[:, c]
+            dist += diff * diff
+        out[start : start + CHUNK] = dist.argmin(axis=1)
+    return out
+
+
+_SPACES: dict[ColorSpace, Space] = {ColorSpace.RGB: RGBSpace(), ColorSpace.OKLAB: OKLabSpace()}
+
+
+def get_space(space: ColorSpace) -> Space:
     """The strategy object for a :class:`~colorquant.options.ColorSpace`."""
     return _SPACES[space]

@@ -152,14 +152,12 @@ def lloyd_refine(
     -------
     ndarray of float64, shape (k, C)
     """
-    from .remap import nearest
-
     points = space.metric(colors)
     centers = np.array(centers, dtype=np.float64)
     labels = None
     enough = REFINE_TOLERANCE * float(np.sum(weights))
     for _ in range(steps):
-        new = nearest(points, space.metric(space.decode(centers)))
+        new = space.nearest(points, space.metric(space.decode(centers)))
         if labels is not None and float(np.sum(weights[new != labels])) <= enough:
             break
         labels = new

@@ -17,6 +17,21 @@ class ColorSpace(enum.Enum):
     """The space in which k-means measures distance."""
 
     RGB = "rgb"
+    #: Björn Ottosson's OKLab: perceptually uniform, fitted and searched in float64.
+    OKLAB = "oklab"
+
+
+class Dither(enum.Enum):
+    """How pixels are mapped to the palette (see :mod:`colorquant.dither`)."""
+
+    #: Each pixel to its exactly nearest palette color.
+    NONE = "none"
+    #: Floyd–Steinberg error diffusion, serpentine.
+    FS = "fs"
+    #: An 8×8 Bayer threshold matrix.
+    ORDERED = "ordered"
+    #: A 64×64 tileable blue-noise threshold mask (void-and-cluster).
+    BLUE_NOISE = "blue-noise"
 
 
 def parse_rgb(text: str) -> tuple[int, int, int]:
@@ -110,6 +125,10 @@ class QuantizeOptions:
     skip_if_larger : bool
         Write nothing (:class:`~colorquant.errors.NotSmallerError`) when the output file
         would be larger than the input file.
+    dither : Dither
+        How pixels are mapped to the palette (the fit is the same for every method).
+    dither_strength : float
+        Scale of the diffused error or threshold offset, 0 to 1.
     """
 
     colors: int = 16
@@ -125,6 +144,8 @@ class QuantizeOptions:
     target_psnr: tuple[float, float] | None = None
     keep: tuple[tuple[int, int, int], ...] = ()
     skip_if_larger: bool = False
+    dither: Dither = Dither.NONE
+    dither_strength: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):
@@ -165,3 +186,9 @@ class QuantizeOptions:
         if len(self.keep) > self.colors:
             raise ValueError(f"{len(self.keep)} colors to keep do not fit in a palette of "
                              f"{self.colors}")
+        if not isinstance(self.dither, Dither):
+            raise ValueError(f"dither must be a Dither, got {self.dither!r}")
+        strength = self.dither_strength
+        if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                or not 0.0 <= strength <= 1.0):
+            raise ValueError(f"dither_strength must be a number from 0 to 1, got {strength!r}")

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import fit, frames, io, memory, metrics, palettecontrol, pixels, remap
+from . import dither, fit, frames, io, memory, metrics, palettecontrol, pixels
 from .colorspace import get_space
 from .errors import NotSmallerError, OutputError, PaletteError, QualityTooLowError
 from .options import QuantizeOptions
@@ -38,6 +38,8 @@ class QuantizeResult:
         Error against the input (0–255 scale, per channel) and its PSNR in dB.
     timings : dict of str to float
         Seconds spent in each stage.
+    delta_e : float
+        Mean CIEDE2000 difference against the input, per pixel.
     """
 
     image: Image.Image
@@ -45,6 +47,7 @@ class QuantizeResult:
     mse: float
     psnr: float
     timings: dict[str, float] = field(default_factory=dict)
+    delta_e: float = float("nan")
 
     @property
     def n_colors(self) -> int:
@@ -220,7 +223,7 @@ def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) 
     first by (R, G, B[, A]), so the answer never depends on the palette's order."""
     space = get_space(options.space)
     by_value = np.lexsort(centers.T[::-1])
-    found = remap.nearest(space.metric(colors), space.metric(centers[by_value]))
+    found = space.nearest(space.metric(colors), space.metric(centers[by_value]))
     return by_value[found].astype(np.uint8)
 
 
@@ -241,16 +244,19 @@ def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions
         )
     if labels is None:
         labels = _labels(colors, palette, options)
-    counts = np.bincount(labels, weights=hist.counts, minlength=len(palette)).astype(np.int64)
-    indices = pixels.lookup(prepared.key_strips(), hist, labels, n_pixels=prepared.n_pixels)
+    mapping = dither.map_pixels(prepared, palette, options, labels)
+    counts = np.bincount(mapping.labels, weights=mapping.counts,
+                         minlength=len(palette)).astype(np.int64)
     clock.lap("map")
     # The image shares the index array's memory (no copy of the output).
-    out = Image.frombuffer("P", prepared.image.size, indices, "raw", "P", 0, 1)
+    out = Image.frombuffer("P", prepared.image.size, mapping.indices, "raw", "P", 0, 1)
     out.putpalette(palette.colors.tobytes(), "RGBA" if palette.has_alpha else "RGB")
-    error = metrics.weighted_mse(colors, palette.colors[labels], hist.counts)
+    became = palette.colors[mapping.labels]
+    error = metrics.weighted_mse(mapping.colors, became, mapping.counts)
+    delta_e = metrics.mean_delta_e(mapping.colors, became, mapping.counts)
     clock.lap("metrics")
     return QuantizeResult(out, Palette(palette.colors, counts), error, metrics.psnr(error),
-                          clock.timings)
+                          clock.timings, delta_e)
 
 
 def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
@@ -491,11 +497,14 @@ def quantize_file(
                         replace=replace)
     clock.lap("write")
     first = results[0]
-    result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings))
+    result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings),
+                            first.delta_e)
     if len(results) > 1:
         weights = np.array([r.palette.total for r in results], dtype=np.float64)
         mse = float(np.average([r.mse for r in results], weights=weights))
-        result = QuantizeResult(first.image, palette, mse, metrics.psnr(mse), result.timings)
+        delta_e = float(np.average([r.delta_e for r in results], weights=weights))
+        result = QuantizeResult(first.image, palette, mse, metrics.psnr(mse), result.timings,
+                                delta_e)
     if plot is not None or compare is not None:
         from . import plots
 

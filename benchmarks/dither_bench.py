@@ -1,0 +1,256 @@
+"""Dithering and color spaces: quality and speed against pngquant, measured side by side.
+
+    python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
+    python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
+    python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
+
+Quality: the four Kodak photos of the corpus (``COLORQUANT_CORPUS``) and the two samples, at
+k = 16, 64, 256, mean over images. colorquant fits one palette per image and k (the fit does
+not depend on the mapping) and maps it with each method. Measures, against the input:
+PSNR (0–255, all channels); mean CIEDE2000 per pixel (colorquant.metrics); blurred PSNR: both
+images filtered with a Gaussian of σ = 1 px (numpy, separable, kernel cut at 4σ, edges
+reflected) before the PSNR, a stand-in for viewing distance; mean FLIP (NVIDIA's
+``flip-evaluator``, LDR, default 67 pixels per degree) when that package is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from colorquant import dither, metrics, pipeline  # noqa: E402
+from colorquant.colorspace import srgb_to_cielab  # noqa: E402
+from colorquant.options import ColorSpace, Dither, QuantizeOptions  # noqa: E402
+
+CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
+KS = (16, 64, 256)
+
+
+def quality_images() -> list[Path]:
+    kodak = sorted((CORPUS / "photos").glob("kodak-*.png"))
+    return [*kodak, ROOT / "sample_images" / "china.jpg", ROOT / "sample_images" / "flower.jpg"]
+
+
+def _kernel(sigma: float = 1.0) -> np.ndarray:
+    radius = int(4 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def blur(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W, C) image, float64, edges reflected."""
+    kernel = _kernel(sigma)
+    r = len(kernel) // 2
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * 3
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="reflect")
+        acc = np.zeros_like(out)
+        for i, w in enumerate(kernel):
+            sl = [slice(None)] * 3
+            sl[axis] = slice(i, i + out.shape[axis])
+            acc += w * padded[tuple(sl)]
+        out = acc
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return metrics.psnr(float(np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def delta_e(a: np.ndarray, b: np.ndarray) -> float:
+    return float(metrics.delta_e2000(srgb_to_cielab(a.reshape(-1, 3)),
+                                     srgb_to_cielab(b.reshape(-1, 3))).mean())
+
+
+def flip_score(a: np.ndarray, b: np.ndarray) -> float | None:
+    try:
+        import flip_evaluator
+    except ImportError:
+        return None
+    _, mean, _ = flip_evaluator.evaluate(a.astype(np.float32) / 255, b.astype(np.float32) / 255,
+                                         "LDR", applyMagma=False)
+    return float(mean)
+
+
+def measures(original: np.ndarray, out: np.ndarray, blurred: np.ndarray) -> dict[str, float]:
+    scores = {"psnr": psnr(original, out), "de": delta_e(original, out),
+              "blur": psnr(blurred, blur(out))}
+    flip = flip_score(original, out)
+    if flip is not None:
+        scores["flip"] = flip
+    return scores
+
+
+def pngquant(png: Path, k: int, extra: list[str]) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "out.png"
+        subprocess.run(["pngquant", str(k), "--force", "--output", str(dst), *extra, str(png)],
+                       check=True)
+        return np.asarray(Image.open(dst).convert("RGB"))
+
+
+def quality(methods: dict[str, tuple[ColorSpace, Dither, dict]]) -> None:
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in quality_images():
+            original = np.asarray(Image.open(path).convert("RGB"))
+            png = Path(tmp) / "in.png"
+            Image.fromarray(original).save(png)
+            blurred = blur(original)
+            for k in KS:
+                palettes = {}
+                for name, (space, method, patch) in methods.items():
+                    if space not in palettes:
+                        palettes[space] = pipeline.fit_palette(
+                            pipeline.prepare(original).histogram,
+                            QuantizeOptions(colors=k, space=space))
+                    saved = {key: getattr(dither, key) for key in patch}
+                    for key, value in patch.items():
+                        setattr(dither, key, value)
+                    try:
+                        result = pipeline.quantize(
+                            original, QuantizeOptions(colors=k, space=space, dither=method),
+                            palette=palettes[space])
+                    finally:
+                        for key, value in saved.items():
+                            setattr(dither, key, value)
+                    out = np.asarray(result.image.convert("RGB"))
+                    rows.setdefault((name, k), []).append(measures(original, out, blurred))
+                for name, extra in (("pngquant default", []), ("pngquant --nofs", ["--nofs"])):
+                    out = pngquant(png, k, extra)
+                    rows.setdefault((name, k), []).append(measures(original, out, blurred))
+            print(f"done {path.name}", file=sys.stderr, flush=True)
+    names = list(dict.fromkeys(name for name, _ in rows))
+    keys = [("psnr", "PSNR dB"), ("de", "mean ΔE2000"), ("blur", "blurred PSNR dB (σ=1)"),
+            ("flip", "mean FLIP")]
+    for key, title in keys:
+        if key not in rows[(names[0], KS[0])][0]:
+            print(f"\n{title}: flip-evaluator is not installed")
+            continue
+        print(f"\n| {title} | " + " | ".join(f"k={k}" for k in KS) + " |")
+        print("|---|" + "---:|" * len(KS))
+        for name in names:
+            cells = [statistics.mean(r[key] for r in rows[(name, k)]) for k in KS]
+            print(f"| {name} | " + " | ".join(f"{c:.3f}" if key in ("de", "flip") else
+                                             f"{c:.2f}" for c in cells) + " |")
+
+
+DEFAULT_METHODS = {
+    "colorquant none": (ColorSpace.RGB, Dither.NONE, {}),
+    "colorquant --space oklab": (ColorSpace.OKLAB, Dither.NONE, {}),
+    "colorquant fs": (ColorSpace.RGB, Dither.FS, {}),
+    "colorquant ordered": (ColorSpace.RGB, Dither.ORDERED, {}),
+    "colorquant blue-noise": (ColorSpace.RGB, Dither.BLUE_NOISE, {}),
+}
+
+
+def speed(rounds: int, folder: str) -> None:
+    """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import images
+
+    jpg, png = images.make(Path(folder), ROOT / "sample_images" / "china.jpg",
+                           ["24MP"])["24MP"]
+    out = Path(tempfile.mkdtemp(prefix="dither-bench-"))
+    runs = {}
+    for k in (16, 256):
+        runs[f"pngquant k={k}"] = ["pngquant", str(k), "--force", "--output",
+                                   str(out / "pq.png"), str(png)]
+        for method in ("none", "fs", "ordered", "blue-noise"):
+            runs[f"colorquant --dither {method} k={k}"] = [
+                "colorquant", str(jpg), "-k", str(k), "--dither", method, "-o",
+                str(out / "cq.png")]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):  # interleaved rounds
+        for name, cmd in runs.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    print("| run | median s | ratio |\n|---|---:|---|")
+    for name, values in times.items():
+        k = name.rsplit("k=", 1)[1]
+        med = statistics.median(values)
+        base = statistics.median(times[f"pngquant k={k}"])
+        none = statistics.median(times[f"colorquant --dither none k={k}"])
+        print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
+
+
+#: The sky of china.jpg: a smooth gradient, where 16 undithered colors show bands.
+SKY = (400, 0, 600, 150)
+
+
+def figure(path: Path) -> None:
+    """A 2×2 mosaic of the sky at 16 colors (none, fs, blue-noise, pngquant), 2× enlarged."""
+    from PIL import ImageDraw
+
+    source = ROOT / "sample_images" / "china.jpg"
+    original = np.asarray(Image.open(source).convert("RGB"))
+    panels = []
+    for label, method in (("colorquant (none)", Dither.NONE), ("colorquant --dither fs",
+                                                               Dither.FS),
+                          ("colorquant --dither blue-noise", Dither.BLUE_NOISE)):
+        result = pipeline.quantize(original, QuantizeOptions(colors=16, dither=method))
+        panels.append((label, np.asarray(result.image.convert("RGB"))))
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "in.png"
+        Image.fromarray(original).save(png)
+        panels.append(("pngquant 16 (dithered)", pngquant(png, 16, [])))
+    x0, y0, x1, y1 = SKY
+    w, h, strip = (x1 - x0) * 2, (y1 - y0) * 2, 18
+    mosaic = Image.new("RGB", (2 * w, 2 * (h + strip)), "white")
+    draw = ImageDraw.Draw(mosaic)
+    for i, (label, pixels) in enumerate(panels):
+        crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((w, h), Image.Resampling.NEAREST)
+        left, top = (i % 2) * w, (i // 2) * (h + strip)
+        mosaic.paste(crop, (left, top + strip))
+        draw.text((left + 4, top + 3), label, fill="black")
+    mosaic = mosaic.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    mosaic.save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--folder", default="/tmp/colorquant-bench",
+                        help="where the 24 MP test photo is made once (shared with bench.py)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also try edge-limited fs and threshold scales")
+    parser.add_argument("--figure", type=Path, help="write the README picture to this path")
+    args = parser.parse_args()
+    if args.figure:
+        figure(args.figure)
+        return
+    methods = dict(DEFAULT_METHODS)
+    if args.variants:
+        for edge in (0.1, 0.2, 0.35):
+            methods[f"fs edge {edge}"] = (ColorSpace.RGB, Dither.FS, {"FS_EDGE": edge})
+        for scale in (0.5, 0.75, 1.5):
+            methods[f"blue-noise scale {scale}"] = (ColorSpace.RGB, Dither.BLUE_NOISE,
+                                                    {"THRESHOLD_SCALE": scale})
+        methods["fs oklab"] = (ColorSpace.OKLAB, Dither.FS, {})
+    if args.quality or not args.speed:
+        quality(methods)
+    if args.speed:
+        speed(args.rounds, args.folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Pixels + palette → indices: the one mapping contract, with or without dithering.
+
+:func:`map_pixels` is what the pipeline calls; a registry keyed by
+:class:`~colorquant.options.Dither` picks the mapper. ``none`` maps each distinct color
+through its exactly nearest palette index (a lookup, no per-pixel search); the dithering
+mappers work on bands of rows, per pixel, in the color space's search coordinates:
+
+- ``fs``: Floyd–Steinberg error diffusion, serpentine (see
+  :func:`colorquant.ditherkernel.map_band` for the exact arithmetic);
+- ``ordered`` / ``blue-noise``: each pixel becomes the exactly nearest palette color of
+  ``clip(pixel + t × strength × spread, 0, 255)`` (``t`` in [-0.5, 0.5) from the threshold
+  matrix at the pixel's position, added to R, G and B; ``spread`` the median distance from a
+  palette color to its nearest other palette color, in sRGB 0–255 units).
+
+Exact nearest means: float64 squared distance summed channel by channel, ties to the palette
+color that sorts first by (R, G, B[, A]). Fully transparent pixels take the palette's
+transparent entry and no part in the diffusion; visible pixels only visible entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import pixels
+from .colorspace import get_space
+from .options import Dither, QuantizeOptions
+from .palette import Palette
+
+if TYPE_CHECKING:
+    from .pipeline import Prepared
+
+#: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
+BAND_PIXELS = 1 << 20
+#: Grid cells per channel of the candidate lists (3 and 4 channels; fewer for small palettes,
+#: whose lists are short anyway).
+GRID_CELLS = {3: 32, 4: 14}
+SMALL_PALETTE, SMALL_GRID_CELLS = 32, {3: 16, 4: 8}
+#: ``fs`` limits diffusion at edges when this is positive: no error crosses to a neighbour
+#: farther than this (in the space's search coordinates, as a share of the palette's span).
+FS_EDGE = 0.0
+#: Threshold offsets of ``ordered``/``blue-noise`` span this many times the palette spread.
+THRESHOLD_SCALE = 1.0
+
+BAYER8 = np.array([[0, 32, 8, 40, 2, 34, 10, 42], [48, 16, 56, 24, 50, 18, 58, 26],
+                   [12, 44, 4, 36, 14, 46, 6, 38], [60, 28, 52, 20, 62, 30, 54, 22],
+                   [3, 35, 11, 43, 1, 33, 9, 41], [51, 19, 59, 27, 49, 17, 57, 25],
+                   [15, 47, 7, 39, 13, 45, 5, 37], [63, 31, 55, 23, 61, 29, 53, 21]])
+
+
+@dataclass(frozen=True, eq=False)
+class Mapping:
+    """Where every pixel went, and the distinct (input color, palette index) pairs with their
+    pixel counts (what the error measures need).
+
+    Attributes
+    ----------
+    indices : ndarray of uint8, shape (n,)
+        Palette index of every pixel, row by row.
+    colors : ndarray of uint8, shape (m, C)
+    labels : ndarray of uint8, shape (m,)
+    counts : ndarray of int64, shape (m,)
+    """
+
+    indices: np.ndarray
+    colors: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray
+
+
+Mapper = Callable[["Prepared", Palette, QuantizeOptions, np.ndarray], Mapping]
+
+
+def map_pixels(prepared: Prepared, palette: Palette, options: QuantizeOptions,
+               labels: np.ndarray) -> Mapping:
+    """Map every pixel of a prepared image to the palette by ``options.dither``.
+
+    ``labels`` is the exactly nearest palette index of each distinct color of the image's
+    histogram (the ``none`` mapping; the others take only the transparent pixels' from it).
+    """
+    return _MAPPERS[options.dither](prepared, palette, options, labels)
+
+
+def _nearest_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
+                    labels: np.ndarray) -> Mapping:
+    """Every pixel through its distinct color's label (today's exact nearest mapping)."""
+    hist = prepared.histogram
+    indices = pixels.lookup(prepared.key_strips(), hist, labels, n_pixels=prepared.n_pixels)
+    return Mapping(indices, hist.colors, np.asarray(labels, dtype=np.uint8), hist.counts)
+
+
+@dataclass(frozen=True, eq=False)
+class _Target:
+    """The palette as the per-pixel loop sees it: the entries visible pixels may take (in
+    (R, G, B[, A]) order, for the tie rule), their search coordinates, and the candidate grid
+    over a box holding the palette and every color of the sRGB cube."""
+
+    index: np.ndarray
+    coords: np.ndarray
+    lo: np.ndarray
+    inv_step: np.ndarray
+    cells: int
+    start: np.ndarray
+    members: np.ndarray
+
+
+def _cube(channels: int) -> np.ndarray:
+    """A lattice of the sRGB(A) cube (18 steps a channel), float 0–255, for the grid's box."""
+    axis = np.linspace(0.0, 255.0, 18)
+    grids = np.meshgrid(*([axis] * 3 + ([np.array([0.0, 255.0])] if channels == 4 else [])),
+                        indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1)
+
+
+def _target(palette: Palette, options: QuantizeOptions) -> _Target:
+    from . import ditherkernel
+
+    colors = palette.colors
+    allowed = np.arange(len(colors))
+    if palette.has_alpha and (colors[:, 3] > 0).any():
+        allowed = np.flatnonzero(colors[:, 3] > 0)
+    allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
+    space = get_space(options.space)
+    coords = np.ascontiguousarray(space.metric(colors[allowed]), dtype=np.float64)
+    cube = space.dither_coords(_cube(colors.shape[1]))
+    lo = np.minimum(coords.min(axis=0), cube.min(axis=0))
+    hi = np.maximum(coords.max(axis=0), cube.max(axis=0))
+    pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
+    lo, hi = lo - pad, hi + pad
+    cells = (SMALL_GRID_CELLS if len(coords) <= SMALL_PALETTE else GRID_CELLS)[coords.shape[1]]
+    step = (hi - lo) / cells
+    start, members = ditherkernel.candidate_grid(coords, lo, step, cells)
+    return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)
+
+
+def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, rows, uint8 pixels (rows + up to ``extra``, W, C)) band by band."""
+    image = prepared.image
+    width, height = image.size
+    channels = prepared.histogram.channels
+    step = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        band = image.crop((0, top, width, min(height, bottom + extra)))
+        keys = pixels.pixel_keys(band.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
+        yield top, bottom - top, pixels.unpack(keys, channels).reshape(-1, width, channels)
+
+
+def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels: np.ndarray,
+         points: Callable[[int, np.ndarray], np.ndarray], *, diffuse: bool) -> Mapping:
+    """Run the per-pixel loop band by band over ``points(first_row, band)`` (the search
+    coordinates of a band, float64 (h, W, C)), then collect indices and distinct pairs."""
+    from . import ditherkernel
+
+    target = _target(palette, options)
+    clear = _transparent(prepared, labels)
+    width = prepared.image.size[0]
+    channels = prepared.histogram.channels
+    carry = np.zeros((width, channels))
+    if diffuse:  # FS keeps the wanted color inside the palette's box
+        box_lo, box_hi = target.coords.min(axis=0), target.coords.max(axis=0)
+    else:
+        box_lo, box_hi = np.full(channels, -np.inf), np.full(channels, np.inf)
+    edge = FS_EDGE * float(np.linalg.norm(box_hi - box_lo)) if diffuse else 0.0
+    strength = float(options.dither_strength)
+    n = prepared.n_pixels
+    indices = np.empty(n, dtype=np.uint8)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    at = 0
+    for top, rows, band in _bands(prepared, extra=1 if diffuse else 0):
+        skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
+        found = np.zeros((rows, width), dtype=np.int64)
+        ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
+                              target.coords, target.lo, target.inv_step, target.cells,
+                              target.start, target.members, box_lo, box_hi, strength, edge,
+                              diffuse, carry, found)
+        out = target.index[found].astype(np.uint8)
+        if clear is not None:
+            out[skip[:rows]] = clear
+        flat = out.reshape(-1)
+        indices[at : at + len(flat)] = flat
+        at += len(flat)
+        keys = pixels.canonical(pixels.pack(band[:rows].reshape(-1, channels)), channels)
+        pairs.append(np.unique(keys.astype(np.uint64) << np.uint64(8) | flat,
+                               return_counts=True))
+    distinct, inverse = np.unique(np.concatenate([p[0] for p in pairs]), return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=np.concatenate([p[1] for p in pairs]),
+                         minlength=len(distinct))
+    colors = pixels.unpack((distinct >> np.uint64(8)).astype(np.uint32), channels)
+    return Mapping(indices, colors, (distinct & np.uint64(255)).astype(np.uint8),
+                   summed.astype(np.int64))
+
+
+def _transparent(prepared: Prepared, labels: np.ndarray) -> int | None:
+    """The index fully transparent pixels take (their label), or None if there are none."""
+    hist = prepared.histogram
+    if hist.channels == 4 and len(hist) and hist.keys[0] == 0:
+        return int(labels[0])
+    return None
+
+
+def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
+               labels: np.ndarray) -> Mapping:
+    """Floyd–Steinberg, serpentine, error diffused in the space's search coordinates."""
+    space = get_space(options.space)
+
+    def points(top: int, band: np.ndarray) -> np.ndarray:
+        flat = band.reshape(-1, band.shape[2])
+        return np.asarray(space.metric(flat), dtype=np.float64).reshape(band.shape)
+
+    return _map(prepared, palette, options, labels, points, diffuse=True)
+
+
+def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:
+    """An ordered mapper over a tiled threshold matrix of values t in [-0.5, 0.5)."""
+
+    def mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
+               labels: np.ndarray) -> Mapping:
+        space = get_space(options.space)
+        offsets = matrix() * (THRESHOLD_SCALE * float(options.dither_strength)
+                              * spread(palette))
+        size = offsets.shape[0]
+        width = prepared.image.size[0]
+        columns = np.arange(width) % size
+
+        def points(top: int, band: np.ndarray) -> np.ndarray:
+            rows = np.arange(top, top + band.shape[0]) % size
+            wanted = band.astype(np.float64)
+            wanted[:, :, :3] += offsets[rows][:, columns][:, :, None]
+            np.clip(wanted, 0.0, 255.0, out=wanted)
+            flat = wanted.reshape(-1, band.shape[2])
+            return space.dither_coords(flat).reshape(band.shape)
+
+        return _map(prepared, palette, options, labels, points, diffuse=False)
+
+    return mapper
+
+
+def spread(palette: Palette) -> float:
+    """Median sRGB distance (0–255 units) from a visible palette color to its nearest other."""
+    colors = palette.colors[:, :3].astype(np.float64)
+    if palette.has_alpha and (palette.colors[:, 3] > 0).any():
+        colors = colors[palette.colors[:, 3] > 0]
+    if len(colors) < 2:
+        return 0.0
+    dist = np.sqrt(((colors[:, None, :] - colors[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(dist, np.inf)
+    return float(np.median(dist.min(axis=1)))
+
+
+def bayer8() -> np.ndarray:
+    """The 8×8 Bayer matrix as thresholds (rank + 0.5) / 64 - 0.5."""
+    return (BAYER8 + 0.5) / 64.0 - 0.5
+
+
+@lru_cache(maxsize=1)
+def blue_noise() -> np.ndarray:
+    """The 64×64 void-and-cluster mask (``bluenoise64.npy``, made by
+    ``tools/make_bluenoise.py``) as thresholds (rank + 0.5) / 4096 - 0.5."""
+    ranks = np.load(Path(__file__).with_name("bluenoise64.npy"))
+    return (ranks.astype(np.float64) + 0.5) / ranks.size - 0.5
+
+
+_MAPPERS: dict[Dither, Mapper] = {
+    Dither.NONE: _nearest_mapper,
+    Dither.FS: _fs_mapper,
+    Dither.ORDERED: _threshold_mapper(bayer8),
+    Dither.BLUE_NOISE: _threshold_mapper(blue_noise),
+}

@@ -1,0 +1,154 @@
+"""The per-pixel loops of dithering, compiled with numba (imported only when dithering).
+
+Both loops pick the exactly nearest palette color (float64 sum of squared channel differences
+in channel order, the first of equals in palette order) through candidate lists on a coarse
+grid: a palette color is listed for a cell when its smallest possible distance to a point of
+the cell is at most the smallest largest distance of any palette color to the cell, so the
+nearest color of any point in the cell is always among the cell's candidates. A point outside
+the grid is compared with every palette color.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: Floyd–Steinberg weights (exact binary fractions): ahead, behind-below, below, ahead-below.
+W_AHEAD, W_BEHIND_BELOW, W_BELOW, W_AHEAD_BELOW = 7 / 16, 3 / 16, 5 / 16, 1 / 16
+
+
+@njit(cache=True)
+def candidate_grid(palette, lo, step, cells):
+    """Candidate lists of a grid of ``cells`` per channel over ``lo + [0, cells * step]``.
+
+    Returns (start, members): cell ``i``'s candidates are ``members[start[i]:start[i + 1]]``,
+    ascending. The squared distance bounds are sums of per-channel terms, tabulated once per
+    (channel, cell row, palette color); the boxes are padded by 1e-9 steps and the bound by
+    1e-9 of itself, so rounding can only add candidates, never drop one.
+    """
+    k, channels = palette.shape
+    n_cells = cells**channels
+    near = np.zeros((channels, cells, k))
+    far = np.zeros((channels, cells, k))
+    for c in range(channels):
+        pad = 1e-9 * step[c]
+        for i in range(cells):
+            low = lo[c] + i * step[c] - pad
+            high = lo[c] + (i + 1) * step[c] + pad
+            for j in range(k):
+                p = palette[j, c]
+                if p < low:
+                    near[c, i, j] = (low - p) ** 2
+                elif p > high:
+                    near[c, i, j] = (p - high) ** 2
+                far[c, i, j] = max(p - low, high - p) ** 2
+    start = np.zeros(n_cells + 1, dtype=np.int64)
+    members = np.empty(n_cells * k, dtype=np.int16)
+    index = np.zeros(channels, dtype=np.int64)
+    d_near = np.empty(k)
+    count = 0
+    for cell in range(n_cells):
+        rest = cell
+        for c in range(channels - 1, -1, -1):
+            index[c] = rest % cells
+            rest //= cells
+        bound = np.inf
+        for j in range(k):
+            d = 0.0
+            f = 0.0
+            for c in range(channels):
+                d += near[c, index[c], j]
+                f += far[c, index[c], j]
+            d_near[j] = d
+            bound = min(bound, f)
+        bound = bound * (1 + 1e-9)
+        start[cell] = count
+        for j in range(k):
+            if d_near[j] <= bound:
+                members[count] = j
+                count += 1
+    start[n_cells] = count
+    return start, members[:count].copy()
+
+
+@njit(cache=True)
+def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start, members,
+             box_lo, box_hi, strength, edge, diffuse, carry, out):
+    """Nearest palette index of every visible pixel of the first ``rows`` rows of a band,
+    with Floyd–Steinberg error diffusion when ``diffuse`` (serpentine: even image rows left to
+    right, odd rows right to left).
+
+    ``coords`` (h, w, C) float64 are the pixels in the search space and ``skip`` (h, w) marks
+    pixels that take no part (fully transparent); a row past ``rows`` (the next band's first)
+    is only looked at. ``first_row`` is the band's row in the image; ``carry`` (w, C) holds
+    the error diffused into the band's first row and is updated in place to the error for row
+    ``rows``. For each visible pixel in scan order: ``want = clip(pixel + error, box_lo,
+    box_hi)``; ``out`` = the nearest palette index of ``want``; when diffusing, ``e = (want -
+    chosen) * strength`` goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below,
+    added in that order, and only to visible pixels inside the image. With ``edge > 0`` no
+    error goes to a neighbour whose pixel is farther than ``edge`` (Euclidean) from this one.
+
+    The search is written out here (not called) because a numba call with array arguments
+    costs more than the search itself.
+    """
+    h, w, channels = coords.shape
+    k = palette.shape[0]
+    cur = carry
+    nxt = np.zeros_like(carry)
+    want = np.empty(channels)
+    err = np.empty(channels)
+    edge2 = edge * edge
+    weights = np.array([W_AHEAD, W_BEHIND_BELOW, W_BELOW, W_AHEAD_BELOW])
+    for y in range(rows):
+        forward = (first_row + y) % 2 == 0 or not diffuse
+        d = 1 if forward else -1
+        for step_x in range(w):
+            x = step_x if forward else w - 1 - step_x
+            if skip[y, x]:
+                continue
+            cell = 0
+            inside = True
+            for c in range(channels):
+                v = min(max(coords[y, x, c] + cur[x, c], box_lo[c]), box_hi[c])
+                want[c] = v
+                t = (v - lo[c]) * inv_step[c]
+                if 0.0 <= t < cells:
+                    cell = cell * cells + int(t)
+                else:
+                    inside = False
+            first, last = (start[cell], start[cell + 1]) if inside else (0, k)
+            best = -1
+            best_d = np.inf
+            for m in range(first, last):
+                j = members[m] if inside else m
+                dist = 0.0
+                for c in range(channels):
+                    diff = want[c] - palette[j, c]
+                    dist += diff * diff
+                if dist < best_d:
+                    best_d = dist
+                    best = j
+            out[y, x] = best
+            if not diffuse:
+                continue
+            for c in range(channels):
+                err[c] = (want[c] - palette[best, c]) * strength
+            for target in range(4):
+                ty = y if target == 0 else y + 1
+                tx = x + d if target == 0 else x + (target - 2) * d
+                if ty >= h or tx < 0 or tx >= w or skip[ty, tx]:
+                    continue
+                if edge2 > 0.0:
+                    dist = 0.0
+                    for c in range(channels):
+                        diff = coords[y, x, c] - coords[ty, tx, c]
+                        dist += diff * diff
+                    if dist > edge2:
+                        continue
+                row = cur if target == 0 else nxt
+                for c in range(channels):
+                    row[tx, c] += err[c] * weights[target]
+        if diffuse:
+            cur, nxt = nxt, cur
+            nxt[:] = 0.0
+    carry[:] = cur

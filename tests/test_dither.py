@@ -1,0 +1,354 @@
+"""Dithering and color spaces: each exactness promise checked against a plain Python loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_image, run
+from PIL import Image
+
+from colorquant import dither, metrics, pipeline
+from colorquant.colorspace import get_space, srgb_to_cielab
+from colorquant.options import ColorSpace, Dither, QuantizeOptions
+from colorquant.palette import Palette
+
+
+def _gradient(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A smooth two-way gradient with mild noise: the case dithering is for."""
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 / max(w - 1, 1), y * 255 / max(h - 1, 1),
+                    (x + y) * 127 / max(h + w - 2, 1)], axis=2)
+    rgb += np.random.default_rng(seed).normal(0, 4, rgb.shape)
+    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    if channels == 4:
+        alpha = np.full((h, w, 1), 255, np.uint8)
+        out = np.concatenate([out, alpha], axis=2)
+    return out
+
+
+def _allowed(palette: np.ndarray) -> list[int]:
+    """Palette entries a visible pixel may take, in the tie order (sorted by value)."""
+    idx = list(range(len(palette)))
+    if palette.shape[1] == 4 and (palette[:, 3] > 0).any():
+        idx = [i for i in idx if palette[i, 3] > 0]
+    return sorted(idx, key=lambda i: tuple(int(v) for v in palette[i]))
+
+
+def _brute_nearest(point: list[float], centers: list[list[float]]) -> int:
+    """First minimum of the float64 squared distance, channels summed in order."""
+    best, best_d = -1, float("inf")
+    for j, center in enumerate(centers):
+        d = 0.0
+        for p, c in zip(point, center, strict=True):
+            d += (p - c) * (p - c)
+        if d < best_d:
+            best, best_d = j, d
+    return best
+
+
+def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
+                 space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
+    """Floyd–Steinberg as README and dither.py document it, one pixel at a time."""
+    strategy = get_space(space)
+    h, w, channels = image.shape
+    allowed = _allowed(palette)
+    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    lo = [min(c[i] for c in centers) for i in range(channels)]
+    hi = [max(c[i] for c in centers) for i in range(channels)]
+    coords = strategy.metric(image.reshape(-1, channels)).astype(np.float64)
+    coords = coords.reshape(h, w, channels).tolist()
+    skip = [[channels == 4 and int(image[y, x, 3]) == 0 for x in range(w)] for y in range(h)]
+    clear = [i for i in range(len(palette)) if palette.shape[1] == 4 and palette[i, 3] == 0]
+    out = np.zeros((h, w), dtype=np.uint8)
+    error = [[[0.0] * channels for _ in range(w)] for _ in range(h + 1)]
+    for y in range(h):
+        xs = range(w) if y % 2 == 0 else range(w - 1, -1, -1)
+        d = 1 if y % 2 == 0 else -1
+        for x in xs:
+            if skip[y][x]:
+                out[y, x] = clear[0]
+                continue
+            want = [min(max(coords[y][x][c] + error[y][x][c], lo[c]), hi[c])
+                    for c in range(channels)]
+            j = _brute_nearest(want, centers)
+            out[y, x] = allowed[j]
+            err = [(want[c] - centers[j][c]) * strength for c in range(channels)]
+            for yy, xx, weight in ((y, x + d, 7), (y + 1, x - d, 3), (y + 1, x, 5),
+                                   (y + 1, x + d, 1)):
+                if yy < h and 0 <= xx < w and not skip[yy][xx]:
+                    for c in range(channels):
+                        error[yy][xx][c] += err[c] * weight / 16
+    return out
+
+
+def _indices(result: pipeline.QuantizeResult) -> np.ndarray:
+    return np.asarray(result.image)
+
+
+def _fixed_palette(k: int, channels: int, seed: int) -> Palette:
+    colors = random_image(1, k, seed, channels)[0]
+    if channels == 4:
+        colors[:, 3] = np.maximum(colors[:, 3], 1)
+        colors[0] = (0, 0, 0, 0)
+    return Palette(np.unique(colors, axis=0)[::-1].copy(), np.ones(len(np.unique(colors, axis=0)),
+                                                                   dtype=np.int64))
+
+
+@pytest.mark.parametrize(("space", "strength", "k"), [
+    (ColorSpace.RGB, 1.0, 6), (ColorSpace.RGB, 0.6, 16), (ColorSpace.OKLAB, 1.0, 8)])
+def test_fs_is_the_reference_loop(space, strength, k):
+    image = _gradient(23, 37, seed=k)
+    opts = QuantizeOptions(colors=k, dither=Dither.FS, dither_strength=strength, space=space)
+    result = pipeline.quantize(image, opts)
+    np.testing.assert_array_equal(
+        _indices(result), reference_fs(image, result.palette.colors, strength, space))
+
+
+def test_fs_across_bands_and_with_a_given_palette(monkeypatch):
+    """Bands of 3 rows (the error row carried between them) change nothing."""
+    monkeypatch.setattr(dither, "BAND_PIXELS", 3 * 29)
+    image = random_image(17, 29, seed=5)
+    palette = _fixed_palette(12, 3, seed=9)
+    result = pipeline.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette)
+    np.testing.assert_array_equal(_indices(result), reference_fs(image, palette.colors, 1.0))
+    np.testing.assert_array_equal(result.palette.colors, palette.colors)  # kept as given
+
+
+def test_fs_transparency():
+    """Fully transparent pixels stay transparent and take no part; no visible pixel is lost."""
+    image = _gradient(19, 21, channels=4, seed=3)
+    rng = np.random.default_rng(0)
+    image[rng.random((19, 21)) < 0.3, 3] = 0
+    image[rng.random((19, 21)) < 0.2, 3] = 128
+    opts = QuantizeOptions(colors=8, dither=Dither.FS)
+    result = pipeline.quantize(image, opts)
+    palette = result.palette.colors
+    out = _indices(result)
+    np.testing.assert_array_equal(out, reference_fs(image, palette, 1.0))
+    np.testing.assert_array_equal(palette[out][:, :, 3] == 0, image[:, :, 3] == 0)
+
+
+def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndarray,
+                         strength: float, space: ColorSpace) -> np.ndarray:
+    """Each pixel: the exactly nearest palette color of clip(pixel + t × strength × spread)."""
+    strategy = get_space(space)
+    h, w, channels = image.shape
+    allowed = _allowed(palette)
+    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    amount = strength * dither.spread(Palette(palette, np.ones(len(palette), np.int64)))
+    out = np.zeros((h, w), dtype=np.uint8)
+    for y in range(h):
+        for x in range(w):
+            if channels == 4 and image[y, x, 3] == 0:
+                out[y, x] = int(np.flatnonzero(palette[:, 3] == 0)[0])
+                continue
+            t = matrix[y % len(matrix), x % len(matrix)]
+            want = [min(max(float(v) + (t * amount if c < 3 else 0.0), 0.0), 255.0)
+                    for c, v in enumerate(image[y, x])]
+            point = strategy.dither_coords(np.array([want]))[0].tolist()
+            out[y, x] = allowed[_brute_nearest(point, centers)]
+    return out
+
+
+@pytest.mark.parametrize(("method", "matrix"), [(Dither.ORDERED, dither.bayer8),
+                                                 (Dither.BLUE_NOISE, dither.blue_noise)])
+@pytest.mark.parametrize(("space", "channels"), [(ColorSpace.RGB, 3), (ColorSpace.RGB, 4),
+                                                  (ColorSpace.OKLAB, 3)])
+def test_threshold_methods_are_the_exact_nearest(method, matrix, space, channels):
+    image = _gradient(20, 70, channels=channels, seed=2)  # wider than the 64-pixel mask
+    if channels == 4:
+        image[::3, ::4, 3] = 0
+    opts = QuantizeOptions(colors=10, dither=method, dither_strength=0.8, space=space)
+    result = pipeline.quantize(image, opts)
+    np.testing.assert_array_equal(
+        _indices(result),
+        _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
+
+
+def test_ties_go_to_the_color_that_sorts_first():
+    """Gray 100 is exactly between 90 and 110: the darker (first by value) wins, whatever
+    the palette order, for every method at strength 0."""
+    image = np.full((4, 5, 3), 100, dtype=np.uint8)
+    for order in ([[110] * 3, [90] * 3], [[90] * 3, [110] * 3]):
+        palette = Palette(np.array(order, dtype=np.uint8), np.ones(2, np.int64))
+        want = order.index([90] * 3)
+        for method in Dither:
+            opts = QuantizeOptions(dither=method, dither_strength=0.0)
+            out = _indices(pipeline.quantize(image, opts, palette=palette))
+            assert (out == want).all(), method
+
+
+def test_blue_noise_mask_holds_every_rank_once():
+    ranks = np.load(Path(dither.__file__).with_name("bluenoise64.npy"))
+    assert ranks.shape == (64, 64)
+    assert sorted(ranks.ravel().tolist()) == list(range(4096))
+    # blue noise: a 50% threshold of it has far less low-frequency power than white noise
+    half = (ranks < 2048).astype(float) - 0.5
+    power = np.abs(np.fft.fft2(half)) ** 2
+    assert power[:4, :4].sum() - power[0, 0] < 0.1 * power.mean() * 15
+
+
+def test_threshold_methods_are_stable_across_frames():
+    """An unchanged region maps to the same indices in every frame of an animation."""
+    first = _gradient(24, 32, seed=1)
+    second = first.copy()
+    second[:8, :8] = (255, 0, 0)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    for method in (Dither.ORDERED, Dither.BLUE_NOISE):
+        results, _, _ = pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=method))
+        a, b = (_indices(r) for r in results)
+        same = (first == second).all(axis=2)
+        np.testing.assert_array_equal(a[same], b[same])
+
+
+def test_none_imports_no_numba(tmp_path):
+    code = ("import sys, numpy as np; from colorquant import pipeline; "
+            "pipeline.quantize_image(np.random.default_rng(0).integers(0, 256, (16, 16, 3), "
+            "dtype=np.uint8), 4); print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_ciede2000_matches_sharma_table():
+    """The 34 test pairs of Sharma, Wu and Dalal (2005), Table 1."""
+    pairs = [
+        ((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425),
+        ((50, 3.1571, -77.2803), (50, 0, -82.7485), 2.8615),
+        ((50, 2.8361, -74.0200), (50, 0, -82.7485), 3.4412),
+        ((50, -1.3802, -84.2814), (50, 0, -82.7485), 1.0000),
+        ((50, -1.1848, -84.8006), (50, 0, -82.7485), 1.0000),
+        ((50, -0.9009, -85.5211), (50, 0, -82.7485), 1.0000),
+        ((50, 0, 0), (50, -1, 2), 2.3669),
+        ((50, -1, 2), (50, 0, 0), 2.3669),
+        ((50, 2.4900, -0.0010), (50, -2.4900, 0.0009), 7.1792),
+        ((50, 2.4900, -0.0010), (50, -2.4900, 0.0010), 7.1792),
+        ((50, 2.4900, -0.0010), (50, -2.4900, 0.0011), 7.2195),
+        ((50, 2.4900, -0.0010), (50, -2.4900, 0.0012), 7.2195),
+        ((50, -0.0010, 2.4900), (50, 0.0009, -2.4900), 4.8045),
+        ((50, -0.0010, 2.4900), (50, 0.0010, -2.4900), 4.8045),
+        ((50, -0.0010, 2.4900), (50, 0.0011, -2.4900), 4.7461),
+        ((50, -0.0010, 2.4900), (50, 0.0012, -2.4900), 4.7461),
+        ((50, 2.5, 0), (50, 0, -2.5), 4.3065),
+        ((50, 2.5, 0), (73, 25, -18), 27.1492),
+        ((50, 2.5, 0), (61, -5, 29), 22.8977),
+        ((50, 2.5, 0), (56, -27, -3), 31.9030),
+        ((50, 2.5, 0), (58, 24, 15), 19.4535),
+        ((50, 2.5, 0), (50, 3.1736, 0.5854), 1.0000),
+        ((50, 2.5, 0), (50, 3.2972, 0), 1.0000),
+        ((50, 2.5, 0), (50, 1.8634, 0.5757), 1.0000),
+        ((50, 2.5, 0), (50, 3.2592, 0.3350), 1.0000),
+        ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+        ((63.0109, -31.0961, -5.8663), (62.8187, -29.7946, -4.0864), 1.2630),
+        ((61.2901, 3.7196, -5.3901), (61.4292, 2.2480, -4.9620), 1.8731),
+        ((35.0831, -44.1164, 3.7933), (35.0232, -40.0716, 1.5901), 1.8645),
+        ((22.7233, 20.0904, -46.6940), (23.0331, 14.9730, -42.5619), 2.0373),
+        ((36.4612, 47.8580, 18.3852), (36.2715, 50.5065, 21.2231), 1.4146),
+        ((90.8027, -2.0831, 1.4410), (91.1528, -1.6435, 0.0447), 1.4441),
+        ((90.9257, -0.5406, -0.9208), (88.6381, -0.8985, -0.7239), 1.5381),
+        ((6.7747, -0.2908, -2.4247), (5.8714, -0.0985, -2.2286), 0.6377),
+        ((2.0776, 0.0795, -1.1350), (0.9033, -0.0636, -0.5514), 0.9082),
+    ]
+    lab1 = np.array([p[0] for p in pairs], dtype=float)
+    lab2 = np.array([p[1] for p in pairs], dtype=float)
+    want = np.array([p[2] for p in pairs])
+    np.testing.assert_allclose(metrics.delta_e2000(lab1, lab2), want, atol=5e-5)
+    np.testing.assert_allclose(metrics.delta_e2000(lab2, lab1), want, atol=5e-5)
+
+
+def test_cielab_of_the_primaries():
+    lab = srgb_to_cielab(np.array([[255, 255, 255], [255, 0, 0], [0, 0, 255]], np.uint8))
+    np.testing.assert_allclose(lab, [[100, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]],
+                               atol=0.02)
+
+
+def test_delta_e_of_a_dithered_result_is_over_its_pixels():
+    image = _gradient(12, 15, seed=4)
+    result = pipeline.quantize(image, QuantizeOptions(colors=4, dither=Dither.FS))
+    became = result.palette.colors[_indices(result)].reshape(-1, 3)
+    per_pixel = metrics.delta_e2000(srgb_to_cielab(image.reshape(-1, 3)), srgb_to_cielab(became))
+    assert result.delta_e == pytest.approx(per_pixel.mean(), rel=1e-9)
+    mse = ((image.reshape(-1, 3).astype(float) - became) ** 2).mean()
+    assert result.mse == pytest.approx(mse, rel=1e-12)
+
+
+def test_oklab_round_trip_and_exact_search():
+    space = get_space(ColorSpace.OKLAB)
+    colors = random_image(1, 500, seed=3)[0]
+    np.testing.assert_array_equal(space.decode(space.encode(colors)), colors)
+    centers = space.metric(random_image(1, 40, seed=4)[0])
+    points = space.metric(colors)
+    want = [_brute_nearest(p, centers.tolist()) for p in points.tolist()]
+    np.testing.assert_array_equal(space.nearest(points, centers), want)
+
+
+def test_oklab_fit_maps_every_color_to_its_oklab_nearest():
+    image = _gradient(30, 40, seed=6)
+    result = pipeline.quantize(image, QuantizeOptions(colors=12, space=ColorSpace.OKLAB))
+    space = get_space(ColorSpace.OKLAB)
+    centers = space.metric(result.palette.colors[_allowed(result.palette.colors)]).tolist()
+    allowed = _allowed(result.palette.colors)
+    for pixel, index in zip(image.reshape(-1, 3)[::7], _indices(result).ravel()[::7],
+                            strict=True):
+        assert index == allowed[_brute_nearest(space.metric(pixel[None])[0].tolist(), centers)]
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("--dither-strength", "1.5"), ("--dither", "wobble"),
+                                  ("--space", "xyz"), ("--dither-strength", "-0.1")])
+def test_bad_values_are_usage_errors(small_png, tmp_path, args):
+    proc = run(small_png, *args, "-o", tmp_path / "out.png")
+    assert proc.returncode == 2
+    assert args[1].encode() in proc.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_dither_to_jpeg_warns_and_works(small_png, tmp_path):
+    proc = run(small_png, "--dither", "fs", "-o", tmp_path / "out.jpg")
+    assert proc.returncode == 0, proc.stderr
+    assert b"cannot store a palette" in proc.stderr
+    assert Image.open(tmp_path / "out.jpg").size == (32, 24)
+
+
+def test_dithered_batch_is_reproducible_and_keeps_the_shared_palette(tmp_path):
+    """Same bytes on every run and any -j; with --shared-palette the palette is the one
+    fitted without dithering (dithering changes only the mapping)."""
+    inputs = []
+    for i in range(3):
+        path = tmp_path / f"in{i}.png"
+        Image.fromarray(_gradient(40, 50 + i, seed=i)).save(path)
+        inputs.append(path)
+    outputs = {}
+    for name, extra in (("a", ["-j", "1"]), ("b", ["-j", "2"]), ("plain", ["-j", "2"])):
+        dither_args = [] if name == "plain" else ["--dither", "fs"]
+        proc = run(*inputs, "-k", "8", "--shared-palette", "--out-dir", tmp_path / name,
+                   "--json", *dither_args, *extra)
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert all(r["delta_e"] > 0 for r in records)
+        outputs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+    assert outputs["a"] == outputs["b"]
+    for name, data in outputs["a"].items():
+        dithered = Image.open(tmp_path / "a" / name)
+        plain = Image.open(tmp_path / "plain" / name)
+        assert dithered.getpalette() == plain.getpalette()
+        assert data != outputs["plain"][name]
+
+
+def test_palette_file_with_blue_noise(tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(_gradient(20, 30)).save(src)
+    gpl = tmp_path / "p.gpl"
+    gpl.write_text("GIMP Palette\n#\n0 0 0\n255 255 255\n128 64 32\n20 200 90\n")
+    proc = run(src, "--palette", gpl, "--dither", "blue-noise", "-o", tmp_path / "out.png")
+    assert proc.returncode == 0, proc.stderr
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).reshape(-1, 3)
+    palette = {(0, 0, 0), (255, 255, 255), (128, 64, 32), (20, 200, 90)}
+    assert {tuple(c) for c in out.tolist()} <= palette
