@@ -29,6 +29,8 @@ from . import __version__
 PROTOCOL = 1
 #: Seconds to connect and get the worker's "ready" before running in-process instead.
 TIMEOUT = 0.5
+#: Seconds to get the "ready" of a worker that has accepted the connection.
+HANDSHAKE = 5.0
 #: ``0`` runs every call in-process and starts no worker.
 SWITCH = "COLORQUANT_WORKER"
 #: A file the client appends one line to per call: ``worker`` or ``local <reason>``.
@@ -268,7 +270,9 @@ def serve(argv: Sequence[str], ident: str) -> int:
                    "mask": sorted(map(int, signal.pthread_sigmask(signal.SIG_BLOCK, [])))}
         try:
             send_message(sock, request, [0, 1, 2, cwd])
-            answer = sock.recv(2)
+            accepted = sock.recv(2)  # within TIMEOUT: the worker's loop is alive
+            sock.settimeout(HANDSHAKE)  # then a busy machine may take longer to answer
+            answer = sock.recv(2) if accepted == b"A\n" else accepted
         except OSError as exc:
             raise Refused(f"worker: {exc.strerror or exc}") from None
         finally:
@@ -352,6 +356,8 @@ def _request(path: str, op: str) -> dict[str, Any]:
     sock = _connect(path, 2.0)
     try:
         send_message(sock, {"op": op})
+        if sock.recv(2) != b"A\n":
+            raise Refused(f"{path}: not a colorquant worker")
         return _read_reply(sock)
     except OSError as exc:
         raise Refused(f"{path}: {exc.strerror or exc}") from None

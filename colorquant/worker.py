@@ -30,8 +30,8 @@ from . import launch
 PRELOAD = ("numpy", "PIL.Image", "threadpoolctl", "sklearn.cluster", "colorquant.cli",
            "colorquant.pipeline", "colorquant.batch", "colorquant.fit", "colorquant.io",
            "colorquant.palettefile", "colorquant.frames")
-#: Seconds a client has to send its request and its "go".
-HANDSHAKE = 2.0
+#: Seconds a client has to send its request and its "go" (more than it waits for "ready").
+HANDSHAKE = 10.0
 DEFAULT_IDLE = 600.0
 #: Environment variables the preloaded imports set (see :func:`main`).
 _ADDED: dict[str, str] = {}
@@ -70,6 +70,7 @@ class Worker:
         self.started = time.time()
         self.calls = 0
         self.children: dict[int, socket.socket] = {}
+        self.pending: set[_Pending] = set()
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -102,6 +103,9 @@ class Worker:
             elif self.stopping or time.monotonic() - last >= self.idle:
                 break
             timeout = None if self.children else max(0.0, last + self.idle - time.monotonic())
+            handshake = self._expire()
+            if handshake is not None:
+                timeout = handshake if timeout is None else min(timeout, handshake)
             for key, _ in self.selector.select(timeout):
                 if key.fileobj is self.listener:
                     self._accept()
@@ -109,6 +113,8 @@ class Worker:
                 elif key.fileobj == self.wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
+                elif isinstance(key.data, _Pending):
+                    self._advance(key.data)
                 else:
                     self._client_event(key.fileobj, key.data)
         self._unlink()
@@ -129,64 +135,107 @@ class Worker:
             pass
 
     def _accept(self) -> None:
+        """Take every waiting connection; its handshake goes on in the loop (never blocks)."""
         while not self.stopping:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             try:
-                self._handle(conn)
-            except (OSError, ValueError, KeyError):
+                if launch.peer_uid(conn) != os.getuid():
+                    raise ValueError("another user")
+                conn.setblocking(False)
+                conn.send(b"A\n")  # accepted: this worker is alive, the client may wait longer
+            except (OSError, ValueError):
                 conn.close()
+                continue
+            pending = _Pending(conn, time.monotonic() + HANDSHAKE)
+            self.pending.add(pending)
+            self.selector.register(conn, selectors.EVENT_READ, pending)
 
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(HANDSHAKE)
-        if launch.peer_uid(conn) != os.getuid():
-            conn.close()
-            return
-        request, fds = _receive(conn)
+    def _drop(self, pending: _Pending) -> None:
+        self.pending.discard(pending)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(pending.conn)
+        pending.close()
+
+    def _expire(self) -> float | None:
+        """Drop handshakes past their deadline; seconds until the next deadline."""
+        now = time.monotonic()
+        for pending in [p for p in self.pending if p.deadline <= now]:
+            self._drop(pending)
+        return min((p.deadline - now for p in self.pending), default=None)
+
+    def _advance(self, pending: _Pending) -> None:
+        """Read what the client sent in its handshake and act on it once it is complete."""
         try:
-            op = request.get("op")
-            if op == "status":
-                self._reply(conn, {"pid": os.getpid(), "uptime": time.time() - self.started,
-                                   "calls": self.calls, "running": len(self.children),
-                                   "rss_kb": _rss_kb(), "digest": self.name,
-                                   "idle": self.idle})
-            elif op == "stop":
-                self._reply(conn, {"pid": os.getpid()})
-                self.stop()
-            elif op == "run" and request.get("identity") == self.ident and len(fds) == 4:
-                self._run(conn, request, fds)
-                return
-            conn.close()
-        finally:
-            for fd in fds:
-                os.close(fd)
+            if pending.request is None:
+                if not pending.read():
+                    return
+                if self._answer(pending):
+                    return
+            else:
+                go = pending.conn.recv(2)
+                if go == b"G\n":
+                    self._drop_keep(pending)
+                    self._run(pending.conn, pending.request, pending.fds)
+                    pending.fds = []
+                    return
+                # else the client gave up (timed out) and runs in-process
+        except BlockingIOError:
+            return
+        except (OSError, ValueError, KeyError):
+            pass
+        self._drop(pending)
 
-    def _reply(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        launch.send_message(conn, message)
+    def _drop_keep(self, pending: _Pending) -> None:
+        """End the handshake but keep its connection and descriptors (the call starts)."""
+        self.pending.discard(pending)
+        self.selector.unregister(pending.conn)
+
+    def _answer(self, pending: _Pending) -> bool:
+        """Reply to a complete request; whether the connection stays (a call waits for go)."""
+        request, conn = pending.request or {}, pending.conn
+        op = request.get("op")
+        conn.setblocking(True)
+        conn.settimeout(HANDSHAKE)
+        if op == "status":
+            launch.send_message(conn, {"pid": os.getpid(), "uptime": time.time() - self.started,
+                                       "calls": self.calls, "running": len(self.children),
+                                       "rss_kb": _rss_kb(), "digest": self.name,
+                                       "idle": self.idle})
+        elif op == "stop":
+            launch.send_message(conn, {"pid": os.getpid()})
+            self.stop()
+        elif op == "run" and request.get("identity") == self.ident and len(pending.fds) == 4:
+            conn.sendall(b"R\n")
+            conn.setblocking(False)
+            return True
+        return False
 
     def _run(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        conn.sendall(b"R\n")
-        if conn.recv(2) != b"G\n":  # the client gave up (timed out) and runs in-process
-            conn.close()
-            return
+        pid = -1
         try:
-            pid = os.fork()
-        except OSError:
-            conn.sendall(b"F\n")
-            conn.close()
-            return
-        if pid == 0:
-            code = 1
             try:
-                self._close_in_child(conn)
-                code = _child(conn, request, fds)
-            finally:
-                os._exit(code)
+                pid = os.fork()
+            except OSError:
+                conn.setblocking(True)
+                conn.sendall(b"F\n")
+                conn.close()
+                return
+            if pid == 0:
+                code = 1
+                try:
+                    self._close_in_child(conn)
+                    code = _child(conn, request, fds)
+                finally:
+                    os._exit(code)
+        finally:
+            if pid != 0:
+                for fd in fds:
+                    os.close(fd)
         self.calls += 1
         self.children[pid] = conn
-        conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, pid)
 
     def _close_in_child(self, conn: socket.socket) -> None:
@@ -198,6 +247,8 @@ class Worker:
             self.listener.close()
         for other in self.children.values():
             other.close()
+        for pending in self.pending:
+            pending.close()
 
     def _client_event(self, conn: Any, pid: int) -> None:
         """Readable while a call runs: the client closed (killed?): stop its child."""
@@ -238,20 +289,35 @@ class Worker:
             conn.close()
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """A length-prefixed JSON request and the descriptors sent with it."""
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
-    try:
-        while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
-            chunk = conn.recv(1 << 16)
-            if not chunk:
-                raise ValueError("truncated request")
-            data += chunk
-        return json.loads(data[4:]), fds
-    except BaseException:
-        for fd in fds:
+class _Pending:
+    """A connection in its handshake: the request (with descriptors) as it arrives."""
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn, self.deadline = conn, deadline
+        self.data = b""
+        self.fds: list[int] = []
+        self.request: dict[str, Any] | None = None
+
+    def read(self) -> bool:
+        """Read what has arrived; whether the request is complete (ValueError: truncated)."""
+        if not self.fds and not self.data:
+            chunk, fds, _, _ = socket.recv_fds(self.conn, 1 << 16, 4)
+            self.fds = list(fds)
+        else:
+            chunk = self.conn.recv(1 << 16)
+        if not chunk:
+            raise ValueError("truncated request")
+        self.data += chunk
+        if len(self.data) < 4 or len(self.data) < 4 + struct.unpack("!I", self.data[:4])[0]:
+            return False
+        self.request = json.loads(self.data[4:])
+        return True
+
+    def close(self) -> None:
+        for fd in self.fds:
             os.close(fd)
-        raise
+        self.fds = []
+        self.conn.close()
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -284,7 +350,9 @@ def _streams() -> None:
 
 
 def _signals(request: dict[str, Any]) -> None:
-    """The caller's signal dispositions and mask (what a fresh process would start with)."""
+    """The caller's signal dispositions (what a fresh process would start with); the
+    forwarded signals stay blocked until the call starts (:func:`_child`)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, n) for n in launch.FORWARDED])
     wanted = request.get("signals", {})
     for num in signal.valid_signals():
         if num in (signal.SIGKILL, signal.SIGSTOP):
@@ -294,13 +362,13 @@ def _signals(request: dict[str, Any]) -> None:
             how, signal.SIG_DFL)
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(num, handler)
-    signal.pthread_sigmask(signal.SIG_SETMASK, request.get("mask", []))
 
 
 def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     """Become the caller's process and run its call; sends ``P<pid>``, then ``X<code>``."""
+    _signals(request)
     conn.setblocking(True)
-    conn.sendall(b"P%d\n" % os.getpid())
+    conn.sendall(b"P%d\n" % os.getpid())  # the client forwards signals from now on
     stdin, stdout, stderr, cwd = fds
     os.fchdir(cwd)
     os.umask(request["umask"])
@@ -316,8 +384,10 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     sys.argv = [request["argv0"], *request["argv"]]
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()  # a fresh process has fresh global numpy state
-    _signals(request)
     from . import cli
+
+    # a signal that came during the set-up acts now, as on a fresh process at this point
+    signal.pthread_sigmask(signal.SIG_SETMASK, request.get("mask", []))
 
     def report(code: int) -> None:
         with contextlib.suppress(OSError):
