@@ -12,6 +12,7 @@ tools rotates each round), it times over the same files:
   ``pngquant --nofs``, ``colorquant`` with the worker off (``COLORQUANT_WORKER=0``, what every
   call cost before the worker) and ``colorquant`` with a warm worker (started before the
   timing, in a private ``XDG_RUNTIME_DIR``), at every ``--colors``;
+- (``--off-files N`` times the worker-off calls on the first N photos only: they are slow);
 - the first call with no worker running (the call runs in-process and starts a worker just
   before it exits) against today's in-process entry point (``colorquant.cli:main``), on one
   photo, the worker stopped between trials (goal 2: at most 5% slower);
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--first-rounds", type=int, default=7,
                         help="trials of the first-call comparison (goal 2)")
     parser.add_argument("--forms", nargs="+", default=["for loop", "make -j2"])
+    parser.add_argument("--off-files", type=int, default=None, metavar="N",
+                        help="time the worker-off calls on the first N photos only (slow)")
     args = parser.parse_args()
     if shutil.which("pngquant") is None:
         raise SystemExit("pngquant is not installed")
@@ -135,7 +138,12 @@ def main() -> None:
     runtime.mkdir(mode=0o700)
     try:
         src = work / "src"
-        make_photos(src, args.files)
+        photos = make_photos(src, args.files)
+        off_files = min(args.off_files or args.files, args.files)
+        src_off = work / "src-off"
+        src_off.mkdir()
+        for photo in photos[:off_files]:
+            shutil.copy(photo, src_off / photo.name)
         (work / "bench.mk").write_text(MAKEFILE)
         base = {k: v for k, v in os.environ.items() if not k.startswith("COLORQUANT_WORKER")}
         envs = {"pngquant": base, "worker off": {**base, "COLORQUANT_WORKER": "0"},
@@ -153,10 +161,12 @@ def main() -> None:
                 for form in args.forms:
                     order = names[r % len(names):] + names[: r % len(names)]
                     for name in order:
-                        sec = run_form(form, scripts[name], src, work / "out", envs[name])
-                        times.setdefault((k, form, name), []).append(sec / args.files)
-                        print(f"round {r + 1} k={k} {form} {name}: {sec / args.files:.3f} s "
-                              f"a file", flush=True)
+                        files = off_files if name == "worker off" else args.files
+                        sec = run_form(form, scripts[name], src_off if name == "worker off"
+                                       else src, work / "out", envs[name]) / files
+                        times.setdefault((k, form, name), []).append(sec)
+                        print(f"round {r + 1} k={k} {form} {name}: {sec:.3f} s a file "
+                              f"({files} files)", flush=True)
         rss = worker_rss_mb(envs["warm worker"])
         subprocess.run([str(COMMAND), "--worker-stop"], env=envs["warm worker"], check=True)
         first = first_call(work, src / "photo00.png", base, args.first_rounds)

@@ -115,7 +115,7 @@ def stop_workers(runtime: Path) -> list[int]:
     """Stop every worker under ``runtime`` and wait until each is gone; returns those that
     had to be killed (a clean stop returns [])."""
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-    if (runtime / "colorquant").is_dir():
+    if (runtime / "colorquant").is_dir() and COMMAND.exists():
         subprocess.run([str(COMMAND), "--worker-stop"], env=env, capture_output=True,
                        timeout=120, check=False)
     killed = []

@@ -333,3 +333,16 @@ def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
     wait_for(lambda: gone(child), "the child to stop")
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file
     assert warm.run("--worker-status").returncode == 0  # the worker itself goes on
+
+
+def test_readme_documents_the_switches_commands_and_identity():
+    from colorquant import launch
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index("## Warm worker"):]
+    for needle in ("COLORQUANT_WORKER=0", launch.IDLE, launch.TRACE, "--worker-stop",
+                   *launch.COMMANDS):
+        assert needle in section
+    for prefix in (*launch.ENV_PREFIXES, *launch.ENV_NAMES):
+        assert f"`{prefix}" in section, prefix
