@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -412,13 +412,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     return int(code or 0)
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Entry point of the ``colorquant`` script and ``python -m colorquant``: run, then exit.
+def main(argv: Sequence[str] | None = None, *,
+         before_exit: Callable[[int], None] | None = None) -> NoReturn:
+    """Run the command, then exit: the one function an in-process call and a warm worker's
+    child both run (``launch.py``, ``worker.py``; also ``python -m colorquant``).
 
     The exit skips the interpreter's teardown of numpy, SciPy and scikit-learn, which costs
     about 0.1 s on every run (as much as quantizing a small image) and does nothing for us:
     outputs are already renamed into place and worker processes joined. Standard streams are
-    flushed and ``atexit`` handlers run first. Call :func:`run` to embed the command.
+    flushed and ``atexit`` handlers run first; then ``before_exit(code)`` (the launcher starts
+    a worker there, a worker's child reports its status). Call :func:`run` to embed the command.
     """
     code = run(argv)
     for stream in (sys.stdout, sys.stderr):
@@ -429,4 +432,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         except (OSError, ValueError):  # a broken or closed pipe: the data did not all go
             code = code or int(ExitCode.FAILURE)
     atexit._run_exitfuncs()
+    if before_exit is not None:
+        before_exit(code)
     os._exit(code)

@@ -1,10 +1,23 @@
-"""Shared fixtures: sample images, the corpus, small generated images and the real command."""
+"""Shared fixtures: sample images, the corpus, small generated images and the real command.
+
+Every test that runs the command (``run`` or ``COMMAND``) runs twice: with the warm worker off
+(``COLORQUANT_WORKER=0``, in-process) and through a warm worker (every call must be served by
+it), so outputs, stdout, stderr and exit codes are proven the same in both modes. The whole
+session uses a private ``XDG_RUNTIME_DIR``: no test touches the user's worker, and every
+worker started by any test is stopped when the session ends.
+"""
 
 from __future__ import annotations
 
+import dis
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +92,127 @@ def run_peak(*args: str | os.PathLike[str]) -> tuple[subprocess.CompletedProcess
     proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *map(str, args)],
                           capture_output=True, text=True, timeout=150, check=False)
     return proc, int(proc.stdout or 0) / 1024
+
+
+# --- the two modes of the command ---------------------------------------------------------
+
+def _session_runtime() -> Path:
+    """The session's private runtime folder (short, for socket paths), made once per process
+    (this file is imported twice: as pytest's ``conftest`` and as ``tests.conftest``)."""
+    owner, _, path = os.environ.get("COLORQUANT_TEST_RUNTIME", "").partition(":")
+    if owner != str(os.getpid()):
+        path = tempfile.mkdtemp(prefix="cqrt", dir="/tmp")
+        os.environ["COLORQUANT_TEST_RUNTIME"] = f"{os.getpid()}:{path}"
+    os.environ["XDG_RUNTIME_DIR"] = path
+    return Path(path)
+
+
+RUNTIME = _session_runtime()
+for _var in ("COLORQUANT_WORKER", "COLORQUANT_WORKER_TRACE", "COLORQUANT_WORKER_IDLE"):
+    os.environ.pop(_var, None)
+
+
+def worker_pids(runtime: Path) -> list[int]:
+    """Processes of workers whose socket folder is under ``runtime`` (also still starting)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"colorquant.worker" in args and state != b"Z" and any(
+                a.startswith(os.fsencode(runtime)) for a in args):
+            found.append(int(entry))
+    return found
+
+
+def stop_workers(runtime: Path) -> list[int]:
+    """Stop every worker under ``runtime`` and wait until each is gone; returns those that
+    had to be killed (a clean stop returns [])."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    if (runtime / "colorquant").is_dir() and COMMAND.exists():
+        subprocess.run([str(COMMAND), "--worker-stop"], env=env, capture_output=True,
+                       timeout=120, check=False)
+    killed = []
+    deadline = time.monotonic() + 30
+    while (pids := worker_pids(runtime)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a worker still importing has no socket yet: it ends on SIGTERM
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+    for pid in worker_pids(runtime):
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    return killed
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    killed = stop_workers(RUNTIME)
+    shutil.rmtree(RUNTIME, ignore_errors=True)
+    if killed:
+        print(f"\nworkers that did not stop and were killed: {killed}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+def _uses_command(function: types.FunctionType) -> bool:
+    """Whether a test (or a helper of its module that it calls) runs the command."""
+    seen = {function}
+    stack = [function.__code__]
+    while stack:
+        code = stack.pop()
+        module = ""
+        for ins in dis.get_instructions(code):
+            if ins.opname == "IMPORT_NAME":
+                module = ins.argval
+            elif ins.opname == "IMPORT_FROM" and module.endswith("conftest") \
+                    and ins.argval in ("run", "COMMAND"):
+                return True  # a local ``from tests.conftest import run``
+            if ins.opname not in ("LOAD_GLOBAL", "LOAD_NAME"):
+                continue
+            obj = function.__globals__.get(ins.argval)
+            if (isinstance(obj, Path) and obj == COMMAND) or (
+                    getattr(obj, "__code__", None) is not None
+                    and obj.__code__.co_filename == run.__code__.co_filename
+                    and obj.__name__ == "run"):
+                return True
+            if isinstance(obj, types.FunctionType) and obj not in seen \
+                    and obj.__module__ == function.__module__:
+                seen.add(obj)
+                stack.append(obj.__code__)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cli_mode" not in metafunc.fixturenames and _uses_command(metafunc.function) \
+            and not getattr(metafunc.module, "OWN_WORKER_MODES", False):
+        metafunc.fixturenames.append("cli_mode")
+        metafunc.parametrize("cli_mode", ["off", "worker"], indirect=True)
+
+
+_warm: set[frozenset[tuple[str, str]]] = set()
+
+
+@pytest.fixture
+def cli_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+             tmp_path_factory: pytest.TempPathFactory) -> object:
+    """``off``: every call in-process, no worker; ``worker``: every call served by a warm
+    worker (checked through the launcher's trace file, which stdout and stderr never see)."""
+    mode = request.param
+    trace = tmp_path_factory.mktemp("trace") / "calls"
+    monkeypatch.setenv("COLORQUANT_WORKER_TRACE", str(trace))
+    monkeypatch.setenv("COLORQUANT_WORKER", "0" if mode == "off" else "1")
+    key = frozenset(os.environ.items() - {("COLORQUANT_WORKER_TRACE", str(trace))})
+    if mode == "worker" and key not in _warm:
+        subprocess.run([str(COMMAND), "--worker-start"], check=True, timeout=300,
+                       capture_output=True)
+        trace.unlink(missing_ok=True)
+    yield mode
+    calls = trace.read_text().splitlines() if trace.exists() else []
+    expected = "local off" if mode == "off" else "worker"
+    assert calls, "the test ran no colorquant call"
+    assert [c for c in calls if c != expected] == [], f"calls not run in mode {mode}"
+    if mode == "worker":
+        _warm.add(key)

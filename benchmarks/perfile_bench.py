@@ -1,0 +1,229 @@
+"""Per-file benchmark: one ``colorquant`` call per photo, as in a for loop or a Makefile.
+
+    python benchmarks/perfile_bench.py [--files 40] [--rounds 3] [--colors 16 256]
+
+Makes ``--files`` photos of about 0.4 MP (PNG) from the four Kodak photos of the shared
+corpus (``$COLORQUANT_CORPUS``) and ``sample_images/*.jpg``: each is a crop of 70–100% of
+its source, resized to about 0.4 MP (768×512 or 512×768 for a quarter turn), flipped or
+turned by the image's number, so no two are alike. Then, round after round (the order of the
+tools rotates each round), it times over the same files:
+
+- a bash ``for`` loop and a ``make -j2`` pattern-rule Makefile, each running
+  ``pngquant --nofs``, ``colorquant`` with the worker off (``COLORQUANT_WORKER=0``, what every
+  call cost before the worker) and ``colorquant`` with a warm worker (started before the
+  timing, in a private ``XDG_RUNTIME_DIR``), at every ``--colors``;
+- (``--off-files N`` times the worker-off calls on the first N photos only: they are slow);
+- the first call with no worker running (the call runs in-process and starts a worker just
+  before it exits) against today's in-process entry point (``colorquant.cli:main``), on one
+  photo, the worker stopped between trials (goal 2: at most 5% slower);
+
+and prints the median seconds per file, the ratios to pngquant in the same form and round,
+and the idle worker's resident memory. On a shared machine only the ratios mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = Path(sys.executable).parent / "colorquant"
+CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
+MAKEFILE = """\
+SOURCES := $(sort $(wildcard $(SRC)/*.png))
+all: $(patsubst $(SRC)/%,$(OUT)/%,$(SOURCES))
+$(OUT)/%.png: $(SRC)/%.png
+\t@$(TOOL) $< $@
+"""
+# the same command for both forms: ``TOOL SRC DST``
+TOOLS = {
+    "pngquant": 'exec pngquant --nofs --force --output "$2" {k} -- "$1"',
+    "colorquant": 'exec "{cq}" "$1" -k {k} -q -o "$2"',
+}
+
+
+def sources() -> list[Image.Image]:
+    paths = sorted((CORPUS / "photos").glob("kodak-*.png")) if (CORPUS / "photos").is_dir() \
+        else sorted(CORPUS.rglob("kodak-*.png"))
+    paths += sorted((ROOT / "sample_images").glob("*.jpg"))
+    if not paths:
+        raise SystemExit("no source photos found")
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` PNG photos of about 0.4 MP: crops of the sources, resized, flipped, turned."""
+    rng = np.random.default_rng(seed)
+    photos = sources()
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        share = rng.uniform(0.7, 1.0)
+        w, h = int(photo.width * share), int(photo.height * share)
+        x = int(rng.integers(0, photo.width - w + 1))
+        y = int(rng.integers(0, photo.height - h + 1))
+        image = photo.crop((x, y, x + w, y + h)).resize((768, 512), Image.Resampling.LANCZOS)
+        turn = (i // len(photos)) % 4
+        if turn == 1:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        elif turn == 2:
+            image = image.transpose(Image.Transpose.ROTATE_90)
+        elif turn == 3:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        path = folder / f"photo{i:02d}.png"
+        image.save(path, compress_level=1)
+        made.append(path)
+    return made
+
+
+def tool_script(folder: Path, name: str, tool: str, k: int) -> Path:
+    script = folder / f"{name}-{k}.sh"
+    script.write_text("#!/bin/sh\n" + TOOLS[tool].format(k=k, cq=COMMAND) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def timed(args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(args[:6])}\n"
+                         f"{proc.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def run_form(form: str, script: Path, src: Path, out: Path, env: dict[str, str]) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    if form == "for loop":
+        loop = f'for f in "{src}"/*.png; do "{script}" "$f" "{out}/${{f##*/}}" || exit 1; done'
+        return timed(["bash", "-c", loop], env)
+    return timed(["make", "-s", "-j2", "-f", str(src.parent / "bench.mk"), f"SRC={src}",
+                  f"OUT={out}", f"TOOL={script}"], env)
+
+
+def worker_rss_mb(env: dict[str, str]) -> float:
+    status = subprocess.run([str(COMMAND), "--worker-status"], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    return float(status.split("RSS ")[1].split(" MB")[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--colors", type=int, nargs="+", default=[16, 256])
+    parser.add_argument("--first-rounds", type=int, default=7,
+                        help="trials of the first-call comparison (goal 2)")
+    parser.add_argument("--forms", nargs="+", default=["for loop", "make -j2"])
+    parser.add_argument("--off-files", type=int, default=None, metavar="N",
+                        help="time the worker-off calls on the first N photos only (slow)")
+    args = parser.parse_args()
+    if shutil.which("pngquant") is None:
+        raise SystemExit("pngquant is not installed")
+    work = Path(tempfile.mkdtemp(prefix="cqpf", dir="/tmp"))
+    runtime = work / "rt"
+    runtime.mkdir(mode=0o700)
+    try:
+        src = work / "src"
+        photos = make_photos(src, args.files)
+        off_files = min(args.off_files or args.files, args.files)
+        src_off = work / "src-off"
+        src_off.mkdir()
+        for photo in photos[:off_files]:
+            shutil.copy(photo, src_off / photo.name)
+        (work / "bench.mk").write_text(MAKEFILE)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("COLORQUANT_WORKER")}
+        envs = {"pngquant": base, "worker off": {**base, "COLORQUANT_WORKER": "0"},
+                "warm worker": {**base, "XDG_RUNTIME_DIR": str(runtime)}}
+        subprocess.run([str(COMMAND), "--worker-start"], env=envs["warm worker"], check=True)
+        print(f"{args.files} photos of 768x512 in {src}; {os.cpu_count()} CPUs; load "
+              f"{os.getloadavg()[0]:.1f}; colorquant={COMMAND}", flush=True)
+        names = list(envs)
+        times: dict[tuple[int, str, str], list[float]] = {}
+        for r in range(args.rounds):
+            for k in args.colors:
+                scripts = {n: tool_script(work, n.replace(" ", "-"),
+                                          "pngquant" if n == "pngquant" else "colorquant", k)
+                           for n in names}
+                for form in args.forms:
+                    order = names[r % len(names):] + names[: r % len(names)]
+                    for name in order:
+                        files = off_files if name == "worker off" else args.files
+                        sec = run_form(form, scripts[name], src_off if name == "worker off"
+                                       else src, work / "out", envs[name]) / files
+                        times.setdefault((k, form, name), []).append(sec)
+                        print(f"round {r + 1} k={k} {form} {name}: {sec:.3f} s a file "
+                              f"({files} files)", flush=True)
+        rss = worker_rss_mb(envs["warm worker"])
+        subprocess.run([str(COMMAND), "--worker-stop"], env=envs["warm worker"], check=True)
+        first = first_call(work, src / "photo00.png", base, args.first_rounds)
+        print()
+        print("| k | form | pngquant --nofs s/file | colorquant, worker off s/file "
+              "| × pngquant | colorquant, warm worker s/file | × pngquant |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for k in args.colors:
+            for form in args.forms:
+                med = {n: statistics.median(times[(k, form, n)]) for n in names}
+                pq = med["pngquant"]
+                print(f"| {k} | {form} | {pq:.3f} | {med['worker off']:.3f} | "
+                      f"{med['worker off'] / pq:.2f} | {med['warm worker']:.3f} | "
+                      f"{med['warm worker'] / pq:.2f} |")
+        today, start = first
+        print()
+        print(f"first call, no worker (in-process, starts one): {start:.3f} s; today's "
+              f"in-process call: {today:.3f} s; ratio {start / today:.3f} (goal <= 1.05), "
+              f"medians of {args.first_rounds}")
+        print(f"idle worker resident memory: {rss:.0f} MB")
+    finally:
+        subprocess.run([str(COMMAND), "--worker-stop"], env={**os.environ,
+                       "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def first_call(work: Path, photo: Path, base: dict[str, str], rounds: int) -> tuple[float, float]:
+    """Median seconds of today's entry point and of a first call that starts a worker."""
+    today = work / "colorquant-today"
+    today.write_text(f"#!{sys.executable}\nimport sys\nfrom colorquant.cli import main\n"
+                     "sys.exit(main())\n")
+    today.chmod(0o755)
+    runtime = work / "first"
+    env = {**base, "XDG_RUNTIME_DIR": str(runtime)}
+    old, new = [], []
+    for r in range(rounds):
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        for which in (("today", "first") if r % 2 == 0 else ("first", "today")):
+            if which == "today":
+                old.append(timed([str(today), str(photo), "-k", "16", "-o",
+                                  str(work / "t.png")], base))
+            else:
+                new.append(timed([str(COMMAND), str(photo), "-k", "16", "-o",
+                                  str(work / "f.png")], env))
+                # stop the worker it started (it must not run during the next trial)
+                time.sleep(0.05)
+                subprocess.run([str(COMMAND), "--worker-stop"], env=env, check=True)
+                for pid in _workers(runtime):
+                    os.kill(pid, 9)
+    return statistics.median(old), statistics.median(new)
+
+
+def _workers(runtime: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"colorquant.worker {runtime}"], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+if __name__ == "__main__":
+    main()

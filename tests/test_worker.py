@@ -1,0 +1,348 @@
+"""The warm worker with real processes: concurrency, pipes, kills, stale sockets, folder
+permissions and signals. Each test that kills or breaks a worker has its own runtime folder;
+every worker a test starts is stopped (and waited for) when it ends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import COMMAND, random_image, stop_workers, worker_pids
+
+TIMEOUT = 300
+#: These tests choose how each call runs (conftest runs the others in both modes).
+OWN_WORKER_MODES = True
+
+
+class Runtime:
+    """A private XDG_RUNTIME_DIR with its environment for the command and its trace."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cqw", dir="/tmp"))  # short socket paths
+        self.folder = self.root / "colorquant"
+        self.trace = self.root / "trace"
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(self.root),
+                    "COLORQUANT_WORKER_TRACE": str(self.trace), "COLORQUANT_WORKER_IDLE": "300"}
+        self.env.pop("COLORQUANT_WORKER", None)
+
+    def run(self, *args: object, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([str(COMMAND), *map(str, args)], env=kwargs.pop("env", self.env),
+                              capture_output=True, timeout=TIMEOUT, check=False, **kwargs)
+
+    def popen(self, *args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(COMMAND), *map(str, args)], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+    def start(self) -> int:
+        """A warm worker for this environment; its pid."""
+        proc = self.run("--worker-start")
+        assert proc.returncode == 0, proc.stderr
+        (pid,) = worker_pids(self.root)
+        return pid
+
+    def calls(self) -> list[str]:
+        """How each call ran since the last look (``worker`` or ``local <reason>``)."""
+        lines = self.trace.read_text().splitlines() if self.trace.exists() else []
+        self.trace.unlink(missing_ok=True)
+        return lines
+
+    def close(self) -> None:
+        killed = stop_workers(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+        assert killed == [], "a worker did not stop when asked"
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    runtime = Runtime()
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="module")
+def warm() -> Iterator[Runtime]:
+    """One warm worker shared by the tests that do not break it."""
+    runtime = Runtime()
+    runtime.start()
+    yield runtime
+    runtime.close()
+
+
+def images(folder: Path, count: int, size: int = 48) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.fromarray(random_image(size, size + 8, seed=100 + i)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def slow_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image whose k=256 Lloyd fit takes a while: time to act mid-call."""
+    path = tmp_path_factory.mktemp("slow") / "noise.png"
+    Image.fromarray(random_image(900, 1200, seed=7)).save(path)
+    return path
+
+
+def slow_args(src: Path, dst: Path) -> list[object]:
+    return [src, "-k", "256", "--fit", "lloyd", "-o", dst]
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == b"Z"
+
+
+def off(rt: Runtime) -> dict[str, str]:
+    return {**rt.env, "COLORQUANT_WORKER": "0"}
+
+
+# --- the client path ----------------------------------------------------------------------
+
+
+def test_client_imports_only_the_standard_library(warm, tmp_path):
+    """A call served by the worker loads no numpy, Pillow, scikit-learn, SciPy or Click, and
+    of colorquant only the package and its launcher."""
+    (src,) = images(tmp_path / "src", 1)
+    report = tmp_path / "modules"
+    # the console script's sys.path (its folder first), so the worker's identity matches
+    code = f"""
+import sys
+sys.path[0] = {str(COMMAND.parent)!r}
+sys.argv = [{str(COMMAND)!r}, {str(src)!r}, "-k", "8", "-o", {str(tmp_path / "o.png")!r}]
+from colorquant import launch
+try:
+    launch.main()
+finally:
+    with open({str(report)!r}, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+"""
+    python = COMMAND.read_text().splitlines()[0].removeprefix("#!")  # the script's own
+    proc = subprocess.run([python, "-c", code], env=warm.env, capture_output=True,
+                          timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert warm.calls() == ["worker"]
+    modules = report.read_text().split()
+    top = {m.split(".")[0] for m in modules}
+    foreign = top - set(sys.stdlib_module_names) - {"colorquant", "__main__"}
+    assert {m for m in foreign if not m.startswith(("__editable__", "_distutils_hack"))} == set()
+    assert {m for m in modules if m.startswith("colorquant")} == {"colorquant",
+                                                                  "colorquant.launch"}
+    assert (tmp_path / "o.png").exists()
+
+
+def test_switch_off_starts_no_worker(rt, tmp_path):
+    (src,) = images(tmp_path / "src", 1)
+    proc = rt.run(src, "-k", "8", "-o", tmp_path / "o.png", env=off(rt))
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert rt.calls() == ["local off"]
+    assert worker_pids(rt.root) == [] and not rt.folder.exists()
+
+
+# --- concurrency and descriptors ----------------------------------------------------------
+
+
+def test_eight_simultaneous_calls_equal_sequential_ones(warm, tmp_path):
+    srcs = images(tmp_path / "src", 8)
+    sequential = []
+    for i, src in enumerate(srcs):
+        proc = warm.run(src, "-k", "8", "-o", tmp_path / f"seq{i}.png", "--json",
+                        env=off(warm))
+        sequential.append((proc.returncode, proc.stderr, (tmp_path / f"seq{i}.png").read_bytes()))
+    assert warm.calls() == ["local off"] * 8
+    procs = [warm.popen(src, "-k", "8", "-o", tmp_path / f"par{i}.png", "--json")
+             for i, src in enumerate(srcs)]
+    results = [(p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
+    assert warm.calls() == ["worker"] * 8
+    for i, (((out, err), code), (code0, err0, image0)) in enumerate(
+            zip(results, sequential, strict=True)):
+        assert (code, err) == (code0, err0)
+        assert (tmp_path / f"par{i}.png").read_bytes() == image0
+        assert b'"status": "ok"' in out
+
+
+def test_stdin_and_stdout_pipes_go_through_the_worker(warm, tmp_path):
+    (src,) = images(tmp_path / "src", 1)
+    data = src.read_bytes()
+    local = warm.run("-", "-k", "8", "-o", "-", input=data, env=off(warm))
+    served = warm.run("-", "-k", "8", "-o", "-", input=data)
+    assert warm.calls() == ["local off", "worker"]
+    assert served.returncode == local.returncode == 0
+    assert served.stdout == local.stdout and served.stdout.startswith(b"\x89PNG")
+    assert served.stderr == local.stderr == b""
+
+
+def test_a_started_worker_holds_no_descriptor_of_the_caller(rt, tmp_path):
+    """``out=$(colorquant x.png -o -)``: the first call starts a worker, and its pipe still
+    closes when the call ends (communicate would wait for the worker's idle exit else)."""
+    (src,) = images(tmp_path / "src", 1)
+    proc = rt.popen(src, "-k", "8", "-o", "-")
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0 and out.startswith(b"\x89PNG")
+    assert rt.calls()[0].startswith("local ")
+    wait_for(lambda: rt.run("--worker-status").returncode == 0, "the worker started")
+    assert rt.run(src, "-k", "8", "-o", "-").stdout == out
+    assert rt.calls()[-1] == "worker"
+
+
+def test_many_first_calls_start_one_worker(rt, tmp_path):
+    """Eight calls with no worker (``make -j8``) run in-process and start one worker."""
+    srcs = images(tmp_path / "src", 8)
+    procs = [rt.popen(src, "-k", "8", "-o", tmp_path / f"o{i}.png")
+             for i, src in enumerate(srcs)]
+    for p in procs:
+        p.communicate(timeout=TIMEOUT)
+        assert p.returncode == 0
+    assert all(c.startswith("local ") for c in rt.calls())
+    assert len(worker_pids(rt.root)) == 1
+    wait_for(lambda: rt.run("--worker-status").returncode == 0, "the worker started")
+    assert len(worker_pids(rt.root)) == 1
+
+
+# --- dead, stale and refused workers ------------------------------------------------------
+
+
+def test_worker_killed_between_calls_and_stale_socket(rt, tmp_path):
+    (src,) = images(tmp_path / "src", 1)
+    expected = rt.run(src, "-k", "8", "-o", "-", env=off(rt)).stdout
+    pid = rt.start()
+    (sock,) = rt.folder.glob("*.sock")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), "the worker to die")
+    assert sock.exists()  # stale: nobody listens
+    rt.calls()
+    proc = rt.run(src, "-k", "8", "-o", "-")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+    assert rt.calls()[0].startswith("local ")
+    stop_workers(rt.root)
+    sock.write_bytes(b"not a socket")  # a stale file of the wrong kind
+    proc = rt.run(src, "-k", "8", "-o", "-")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+    rt.start()  # a new worker replaces the stale file
+    proc = rt.run(src, "-k", "8", "-o", "-")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+    assert rt.calls()[-1] == "worker"
+
+
+def test_worker_killed_during_a_call_loses_nothing(rt, tmp_path, slow_image):
+    out = tmp_path / "out.png"
+    expected = rt.run(*slow_args(slow_image, tmp_path / "ref.png"), env=off(rt))
+    assert expected.returncode == 0
+    pid = rt.start()
+    rt.calls()
+    proc = rt.popen(*slow_args(slow_image, out))
+    wait_for(lambda: children(pid), "the call's child")
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, err) == (0, expected.stderr)
+    assert out.read_bytes() == (tmp_path / "ref.png").read_bytes()
+    assert rt.calls() == ["worker"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "ref.png"]
+
+
+@pytest.mark.parametrize("problem", ["mode", "owner", "symlink"])
+def test_unsafe_socket_folder_is_refused(rt, tmp_path, problem):
+    (src,) = images(tmp_path / "src", 1)
+    expected = rt.run(src, "-k", "8", "-o", "-", env=off(rt)).stdout
+    rt.calls()
+    if problem == "symlink":
+        target = rt.root / "elsewhere"
+        target.mkdir(mode=0o700)
+        rt.folder.symlink_to(target)
+    else:
+        rt.folder.mkdir(mode=0o700)
+        if problem == "mode":
+            rt.folder.chmod(0o755)
+        elif os.getuid() == 0:
+            os.chown(rt.folder, 65534, 65534)
+        else:
+            pytest.skip("changing a folder's owner needs root")
+    proc = rt.run(src, "-k", "8", "-o", "-")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+    (call,) = rt.calls()
+    assert call.startswith("local ") and str(rt.folder) in call
+    assert worker_pids(rt.root) == []  # and none was started
+    assert list(rt.root.rglob("*.sock")) == []
+    status = rt.run("--worker-status")
+    assert status.returncode == 1 and b"no worker can be used" in status.stderr
+
+
+# --- signals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_on_the_client_reaches_the_child(warm, tmp_path, slow_image, signum):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    (pid,) = worker_pids(warm.root)
+    before = set(children(pid))
+    warm.calls()
+    # SIGINT as from a terminal's Ctrl-C (a shell's background job would ignore it)
+    proc = warm.popen(*slow_args(slow_image, out),
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: set(children(pid)) - before, "the call's child")
+    (child,) = set(children(pid)) - before
+    time.sleep(0.3)  # into the fit
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    assert err.strip() == b"Error: interrupted"  # as in-process (Click starts a new line)
+    assert out.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    wait_for(lambda: gone(child), "the child to end")
+    assert warm.calls() == ["worker"]
+
+
+def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
+    out = tmp_path / "out.png"
+    (pid,) = worker_pids(warm.root)
+    before = set(children(pid))
+    proc = warm.popen(*slow_args(slow_image, out))
+    wait_for(lambda: set(children(pid)) - before, "the call's child")
+    (child,) = set(children(pid)) - before
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate(timeout=TIMEOUT)
+    wait_for(lambda: gone(child), "the child to stop")
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file
+    assert warm.run("--worker-status").returncode == 0  # the worker itself goes on
+
+
+def test_readme_documents_the_switches_commands_and_identity():
+    from colorquant import launch
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index("## Warm worker"):]
+    for needle in ("COLORQUANT_WORKER=0", launch.IDLE, launch.TRACE, "--worker-stop",
+                   *launch.COMMANDS):
+        assert needle in section
+    for prefix in (*launch.ENV_PREFIXES, *launch.ENV_NAMES):
+        assert f"`{prefix}" in section, prefix
