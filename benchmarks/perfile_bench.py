@@ -114,10 +114,15 @@ def run_form(form: str, script: Path, src: Path, out: Path, env: dict[str, str])
                   f"OUT={out}", f"TOOL={script}"], env)
 
 
-def worker_rss_mb(env: dict[str, str]) -> float:
-    status = subprocess.run([str(COMMAND), "--worker-status"], env=env, capture_output=True,
-                            text=True, check=True).stdout
-    return float(status.split("RSS ")[1].split(" MB")[0])
+def worker_rss_mb(runtime: Path) -> float | None:
+    """The resident memory of the (idle) worker under ``runtime``, from /proc."""
+    out = subprocess.run(["pgrep", "-f", f"colorquant.worker {runtime}"], capture_output=True,
+                         text=True, check=False).stdout.split()
+    for pid in out:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def main() -> None:
@@ -167,7 +172,8 @@ def main() -> None:
                         times.setdefault((k, form, name), []).append(sec)
                         print(f"round {r + 1} k={k} {form} {name}: {sec:.3f} s a file "
                               f"({files} files)", flush=True)
-        rss = worker_rss_mb(envs["warm worker"])
+        time.sleep(1.0)  # idle
+        rss = worker_rss_mb(runtime)
         subprocess.run([str(COMMAND), "--worker-stop"], env=envs["warm worker"], check=True)
         first = first_call(work, src / "photo00.png", base, args.first_rounds)
         print()
@@ -186,7 +192,7 @@ def main() -> None:
         print(f"first call, no worker (in-process, starts one): {start:.3f} s; today's "
               f"in-process call: {today:.3f} s; ratio {start / today:.3f} (goal <= 1.05), "
               f"medians of {args.first_rounds}")
-        print(f"idle worker resident memory: {rss:.0f} MB")
+        print(f"idle worker resident memory: {rss or 0:.0f} MB")
     finally:
         subprocess.run([str(COMMAND), "--worker-stop"], env={**os.environ,
                        "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True, check=False)
