@@ -34,12 +34,19 @@ class ClusterError(ColorquantError):
     """The Dask scheduler cannot be reached, or its workers cannot run colorquant."""
 
 
-def _one_thread(function: Callable[[Any], Any], item: Any) -> Any:
-    """Run one task on a worker under one BLAS/OpenMP thread (as the local workers do)."""
-    from threadpoolctl import threadpool_limits
+_limits: Any = None
 
-    with threadpool_limits(limits=1):
-        return function(item)
+
+def _one_thread(function: Callable[[Any], Any], item: Any) -> Any:
+    """Run one task on a worker under one BLAS/OpenMP thread, as the local workers do: the
+    limit is set once per worker process (setting it costs tens of milliseconds, as much as
+    a small file's task)."""
+    global _limits
+    if _limits is None:
+        from threadpoolctl import threadpool_limits
+
+        _limits = threadpool_limits(limits=1)
+    return function(item)
 
 
 def _merge(merge: Callable[[list[Any]], Any], a: Any, b: Any) -> Any:
@@ -70,6 +77,7 @@ class DaskExecutor:
         self.window = window or WINDOW_PER_THREAD * threads
         self.ahead = max(ahead or AHEAD_PER_THREAD * threads, self.window)
         self._live: dict[str, Any] = {}
+        self._pending: Any = None  # the as_completed of the running map
 
     def share(self, value: Any) -> Any:
         """The value scattered to the cluster once (tasks then get it by reference)."""
