@@ -63,7 +63,7 @@ def make_images(folder: Path, count: int, low: int, high: int, seed: int = 0) ->
 
 
 def timed(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and the command's own peak RSS in MB."""
+    """Wall seconds and the command's own peak RSS in MB (printed as they are measured)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True,
                           cwd=cwd, check=False)
@@ -72,7 +72,9 @@ def timed(args: list[str], cwd: Path) -> tuple[float, float]:
     if proc.returncode != 0 or not lines or not lines[-1].startswith("maxrss"):
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(args[:4])} …\n"
                          f"{proc.stderr.decode()[-2000:]}")
-    return elapsed, int(lines[-1].split()[1]) / 1024
+    rss = int(lines[-1].split()[1]) / 1024
+    print(f"  {elapsed:8.2f} s {rss:6.0f} MB  {' '.join(args)}", flush=True)
+    return elapsed, rss
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -111,8 +113,7 @@ def main() -> None:
                     times.setdefault(f"shared {label}", []).append(timed(
                         ["-r", "tiny", "-k", "32", "--shared-palette", "--out-dir", str(out),
                          "-q", *extra], work))
-                print(f"round {round_ + 1}: " + ", ".join(
-                    f"{k} {v[-1][0]:.1f}s" for k, v in times.items()), flush=True)
+                print(f"round {round_ + 1} done", flush=True)
         identical = (same_tree(work / "out-local", work / "out---dask")
                      and same_tree(work / "shared-local", work / "shared---dask"))
     medians = {k: (statistics.median(t for t, _ in v), max(m for _, m in v))

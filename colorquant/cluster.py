@@ -34,12 +34,19 @@ class ClusterError(ColorquantError):
     """The Dask scheduler cannot be reached, or its workers cannot run colorquant."""
 
 
-def _one_thread(function: Callable[[Any], Any], item: Any) -> Any:
-    """Run one task on a worker under one BLAS/OpenMP thread (as the local workers do)."""
-    from threadpoolctl import threadpool_limits
+_limits: Any = None
 
-    with threadpool_limits(limits=1):
-        return function(item)
+
+def _one_thread(function: Callable[[Any], Any], item: Any) -> Any:
+    """Run one task on a worker under one BLAS/OpenMP thread, as the local workers do: the
+    limit is set once per worker process (setting it costs tens of milliseconds, as much as
+    a small file's task)."""
+    global _limits
+    if _limits is None:
+        from threadpoolctl import threadpool_limits
+
+        _limits = threadpool_limits(limits=1)
+    return function(item)
 
 
 def _merge(merge: Callable[[list[Any]], Any], a: Any, b: Any) -> Any:
@@ -70,6 +77,7 @@ class DaskExecutor:
         self.window = window or WINDOW_PER_THREAD * threads
         self.ahead = max(ahead or AHEAD_PER_THREAD * threads, self.window)
         self._live: dict[str, Any] = {}
+        self._pending: Any = None  # the as_completed of the running map
 
     def share(self, value: Any) -> Any:
         """The value scattered to the cluster once (tasks then get it by reference)."""
@@ -152,16 +160,21 @@ class DaskExecutor:
         """Results of type ``returned`` come back; the others are merged pairwise where they
         are, as they finish (a worker holds at most a few at once), and only the last merge
         travels to the client."""
-        whole: list[Any] = []  # finished values waiting for a partner (at most one)
+        # A binary counter of finished values: at most one waits per level (a level-n value
+        # stands for 2**n files), so merges pair equals and form a balanced tree, never a
+        # chain that would re-merge the growing total with each file.
+        waiting: dict[int, Any] = {}
+        level_of: dict[str, int] = {}
 
         def fold(future: Any) -> None:
             self._live.pop(future.key, None)
-            if whole:
-                partner = whole.pop()
-                merged = self._submit(_merge, merge, partner, future)
+            level = level_of.pop(future.key, 0)
+            if level in waiting:  # the merged value is folded again when it finishes
+                merged = self._submit(_merge, merge, waiting.pop(level), future)
+                level_of[merged.key] = level + 1
                 self._pending.add(merged)
             else:
-                whole.append(future)
+                waiting[level] = future
 
         def finished(_: int, future: Any) -> Any:
             if future.type is not None and issubclass(future.type, returned):
@@ -176,10 +189,13 @@ class DaskExecutor:
         def value() -> Any:
             for _ in notes:  # the merges still running once every note was taken
                 pass
-            if not whole:
+            if not waiting:
                 return None
-            (future,) = whole
-            return self._done(future)
+            rest = [waiting[level] for level in sorted(waiting)]  # at most log2(files)
+            total = rest[0]
+            for future in rest[1:]:
+                total = self._submit(_merge, merge, total, future)
+            return self._done(total)
 
         return notes, value
 

@@ -374,15 +374,13 @@ def test_shared_histograms_merge_in_bounded_batches(monkeypatch):
     assert merged.n_pixels == 7 * 50
 
 
-def test_progress_bar_only_on_a_terminal(tmp_path):
+def on_a_terminal(*args: object) -> tuple[int, str]:
+    """Run the command with stderr on a pseudo-terminal: its exit code and what it showed."""
     import pty
 
-    srcs = make_set(tmp_path / "src", n=3)
-    piped = run(*srcs, "--out-dir", tmp_path / "a")
-    assert piped.returncode == 0 and "colorquant" not in piped.stderr.decode().lower()
     master, slave = pty.openpty()
-    proc = subprocess.Popen([str(COMMAND), *map(str, srcs), "--out-dir", str(tmp_path / "b")],
-                            stderr=slave, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([str(COMMAND), *map(str, args)], stderr=slave,
+                            stdout=subprocess.PIPE)
     os.close(slave)
     proc.wait(timeout=120)
     chunks = []
@@ -395,8 +393,15 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
             break
         chunks.append(data)
     os.close(master)
-    text = b"".join(chunks).decode()
-    assert proc.returncode == 0
+    return proc.returncode, b"".join(chunks).decode()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    srcs = make_set(tmp_path / "src", n=3)
+    piped = run(*srcs, "--out-dir", tmp_path / "a")
+    assert piped.returncode == 0 and "colorquant" not in piped.stderr.decode().lower()
+    code, text = on_a_terminal(*srcs, "--out-dir", tmp_path / "b")
+    assert code == 0
     assert "colorquant" in text and "3/3" in text and "3 written" in text
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from colorquant import batch, pixels
 from colorquant.options import QuantizeOptions
 from tests.conftest import COMMAND, run
-from tests.test_batch import json_lines, make_set, tree
+from tests.test_batch import json_lines, make_set, on_a_terminal, tree
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,27 +175,10 @@ def _histogram_of(i: int) -> pixels.Histogram | str:
 def test_local_cluster_with_a_progress_bar_on_a_terminal(tmp_path):
     """``--dask local -j 2``: the bar counts tasks as they finish; no Dask log reaches the
     terminal."""
-    import pty
-
     srcs = make_set(tmp_path / "src", n=3)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([str(COMMAND), *map(str, srcs), "--out-dir", str(tmp_path / "b"),
-                             "--dask", "local", "-j", "2", "--shared-palette"],
-                            stderr=slave, stdout=subprocess.PIPE)
-    os.close(slave)
-    proc.wait(timeout=120)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    text = b"".join(chunks).decode()
-    assert proc.returncode == 0
+    code, text = on_a_terminal(*srcs, "--out-dir", tmp_path / "b", "--dask", "local", "-j", "2",
+                               "--shared-palette")
+    assert code == 0
     assert "colorquant" in text and "6/6" in text and "3 written" in text
     assert "distributed" not in text and "INFO" not in text and "WARNING" not in text
     assert len(tree(tmp_path / "b")) == 3
