@@ -240,9 +240,10 @@ def main() -> None:
         return
     methods = dict(DEFAULT_METHODS)
     if args.variants:
-        for edge in (0.1, 0.2, 0.35):
+        methods["fs without edge limit"] = (ColorSpace.RGB, Dither.FS, {"FS_EDGE": 0.0})
+        for edge in (0.05, 0.2):
             methods[f"fs edge {edge}"] = (ColorSpace.RGB, Dither.FS, {"FS_EDGE": edge})
-        for scale in (0.5, 0.75, 1.5):
+        for scale in (0.35, 1.0):
             methods[f"blue-noise scale {scale}"] = (ColorSpace.RGB, Dither.BLUE_NOISE,
                                                     {"THRESHOLD_SCALE": scale})
         methods["fs oklab"] = (ColorSpace.OKLAB, Dither.FS, {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,17 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
     hi = [max(c[i] for c in centers) for i in range(channels)]
     coords = strategy.metric(image.reshape(-1, channels)).astype(np.float64)
     coords = coords.reshape(h, w, channels).tolist()
+    span = 0.0
+    for a, b in zip(lo, hi, strict=True):
+        span += (b - a) * (b - a)
+    edge = dither.FS_EDGE * math.sqrt(span)
+
+    def near(y0: int, x0: int, y1: int, x1: int) -> bool:
+        d = 0.0
+        for a, b in zip(coords[y0][x0], coords[y1][x1], strict=True):
+            d += (a - b) * (a - b)
+        return edge <= 0 or d <= edge * edge
+
     skip = [[channels == 4 and int(image[y, x, 3]) == 0 for x in range(w)] for y in range(h)]
     clear = [i for i in range(len(palette)) if palette.shape[1] == 4 and palette[i, 3] == 0]
     out = np.zeros((h, w), dtype=np.uint8)
@@ -80,7 +92,7 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
             err = [(want[c] - centers[j][c]) * strength for c in range(channels)]
             for yy, xx, weight in ((y, x + d, 7), (y + 1, x - d, 3), (y + 1, x, 5),
                                    (y + 1, x + d, 1)):
-                if yy < h and 0 <= xx < w and not skip[yy][xx]:
+                if yy < h and 0 <= xx < w and not skip[yy][xx] and near(y, x, yy, xx):
                     for c in range(channels):
                         error[yy][xx][c] += err[c] * weight / 16
     return out
@@ -107,6 +119,17 @@ def test_fs_is_the_reference_loop(space, strength, k):
     result = pipeline.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), reference_fs(image, result.palette.colors, strength, space))
+
+
+@pytest.mark.parametrize("edge", [0.0, 0.3])
+def test_fs_edge_limit_is_the_reference_loop(monkeypatch, edge):
+    """Without the edge limit, and with a strong one (a sharp-edged image)."""
+    monkeypatch.setattr(dither, "FS_EDGE", edge)
+    image = _gradient(21, 25, seed=8)
+    image[:, 12:] = 255 - image[:, 12:]
+    result = pipeline.quantize(image, QuantizeOptions(colors=6, dither=Dither.FS))
+    np.testing.assert_array_equal(_indices(result),
+                                  reference_fs(image, result.palette.colors, 1.0))
 
 
 def test_fs_across_bands_and_with_a_given_palette(monkeypatch):
@@ -140,7 +163,8 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
     h, w, channels = image.shape
     allowed = _allowed(palette)
     centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
-    amount = strength * dither.spread(Palette(palette, np.ones(len(palette), np.int64)))
+    amount = dither.THRESHOLD_SCALE * strength * dither.spread(
+        Palette(palette, np.ones(len(palette), np.int64)))
     out = np.zeros((h, w), dtype=np.uint8)
     for y in range(h):
         for x in range(w):
