@@ -64,7 +64,7 @@ RSS_LIMIT_MB = {"image": 2048, "palette": 2048, "name": 512}
 #: libFuzzer dictionaries: tokens the mutations splice in (format syntax is hard to guess).
 DICTIONARIES = {
     "palette": ["GIMP Palette", "Name:", "Columns:", "{", "}", "[", "]", '"colors"',
-                '"counts"', "#", "//", ";", "paint.net", "\\u00", "1e999", "-0", "ff"],
+                '"counts"', "#", "//", ";", "paint.net", "\\\\", "1e999", "-0", "ff"],
     "name": ["{stem}", "{suffix}", "{ext}", "{k}", "{", "}", ":", "!r", "!s", "!a", ">",
              "<", "^", "=", ",", "_", ".", "..", "/", "\\x00", "999999999", "%", "d", "c",
              "x", "s", "[0]", ".real"],
@@ -258,6 +258,10 @@ def fuzz(target: str, seconds: float, out: Path, *, timeout: int, max_len: int,
         with open(log, "a") as handle:
             handle.write(proc.stderr)
         stats = _STATS.findall(proc.stderr)
+        if not stats and proc.returncode != 0 and "Test unit written" not in proc.stderr:
+            print(f"  [{target}] libFuzzer did not run:", *proc.stderr.splitlines()[-3:],
+                  sep="\n    ", flush=True)
+            break
         if stats:
             totals["executions"] += int(stats[-1][0])
             totals["cov"] = max(totals["cov"], int(stats[-1][1]))
