@@ -286,3 +286,26 @@ def test_output_folder_deleted_mid_batch(tmp_path):
         f"Error: {out / name}: output folder {str(out)!r} does not exist"
         for name in ("b-16c.png", "c-16c.png")]
     assert not out.exists()
+
+
+def test_input_replaced_while_it_is_read(tmp_path):
+    """An input rewritten while it is read: the reader gets the start of the old file and
+    the rest of the new one (given here through a named pipe, so the tear is exact). One
+    Error line for it, the next input is written, exit 1, nothing partial."""
+    old, new, later = (tmp_path / n for n in ("old.png", "new.png", "c.png"))
+    for i, path in enumerate((old, new, later)):
+        Image.fromarray(random_image(32, 32, seed=10 + i)).save(path)
+    old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
+    pipe = tmp_path / "b.png"
+    os.mkfifo(pipe)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(COMMAND), pipe, later, "--out-dir", out, "-j", "1", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(pipe, "wb") as writer:
+        half = len(old_bytes) // 2
+        writer.write(old_bytes[:half] + new_bytes[half:])
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {pipe}: corrupt"), lines
+    assert sorted(p.name for p in out.iterdir()) == ["c-16c.png"]
