@@ -109,7 +109,8 @@ def test_exact_assignment_matches_brute_force():
     weights = rng.integers(1, 9, len(points)).astype(np.float64)
     centers = rng.uniform(0, 255, (200, 3))
     for scale in (1, fit.FAST_SCALE):
-        labels, error = fit._assign_exact(points, weights, centers, scale)
+        labels, error = fit._assign_exact(fit._exact_rows(points, scale), weights, centers,
+                                          scale)
         q = np.rint(centers * scale).astype(np.int64)
         x = np.rint(points * scale).astype(np.int64)
         d = ((x[:, None, :] - q[None]) ** 2).sum(2)
