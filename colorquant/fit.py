@@ -316,6 +316,9 @@ def _fast_start(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> n
         chosen, counts = np.unique(np.minimum(draws, len(points) - 1), return_counts=True)
         if len(chosen) > 4 * k:
             sample, sample_w = points[chosen], counts.astype(np.float64)
+        else:  # a few colors carry nearly all pixels: distinct colors, uniformly instead
+            chosen = np.sort(random.choice(len(points), FAST_SAMPLE, replace=False))
+            sample, sample_w = points[chosen], weights[chosen]
     mini = MiniBatchKMeans(n_clusters=k, random_state=random, n_init=1, init_size=len(sample),
                            batch_size=min(4096, len(sample)), max_iter=3,
                            reassignment_ratio=0.0).fit(sample, sample_weight=sample_w)
