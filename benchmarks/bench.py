@@ -3,11 +3,13 @@
 Run from the repository root (after ``pip install -e .``)::
 
     python benchmarks/bench.py                 # 24 MP and 96 MP photos, k=16 and 256, 3 rounds
+    python benchmarks/bench.py --sizes 24MP -k 16 --kodak 4   # + four Kodak photos at 24 MP
     python benchmarks/bench.py --small         # start-up floor on small images and --help
     python benchmarks/bench.py --quality       # PSNR vs pngquant and an exact Lloyd fit
 
 The large photos are made once into ``--folder`` (default ``/tmp/colorquant-bench``) by
-upscaling ``sample_images/china.jpg`` and adding mild noise; nothing large is committed.
+upscaling ``sample_images/china.jpg`` (and, with ``--kodak N``, the first N Kodak photos of the
+corpus, real camera photos, to 24 MP) and adding mild noise; nothing large is committed.
 Tools run one after another, alternating round by round, so that every ratio compares runs
 made under the same machine load. pngquant and ImageMagick are used when installed
 (``apt-get install pngquant imagemagick``); the table says when they are missing.
@@ -154,15 +156,19 @@ OUTPUTS = {"colorquant": "cq.png", "pngquant --nofs": "pq.png", "ImageMagick": "
 
 def bench_large(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
-    made = images.make(folder, SAMPLES / "china.jpg", args.sizes)
+    photos = [(size, *images.make(folder, SAMPLES / "china.jpg", [size])[size])
+              for size in args.sizes]
+    # Real camera photos beside the upscaled sample: the corpus's Kodak photos, upscaled to
+    # 24 MP with the same mild noise (--kodak 0 leaves them out).
+    for src in sorted((CORPUS / "photos").glob("kodak-*.png"))[: args.kodak]:
+        photos.append((f"{src.stem} 24MP", *images.make(folder, src, ["24MP"], src.stem)["24MP"]))
     missing = [name for name in ("pngquant",) if not shutil.which(name)]
     if imagemagick() is None:
         missing.append("ImageMagick")
     if missing:
         print(f"not installed, left out: {', '.join(missing)} "
               "(apt-get install pngquant imagemagick)")
-    for size in args.sizes:
-        jpg, png = made[size]
+    for size, jpg, png in photos:
         with Image.open(png) as im:
             reference = np.asarray(im.convert("RGB"))
         for k in args.k:
@@ -317,6 +323,8 @@ def main() -> None:
                         choices=list(images.SIZES))
     parser.add_argument("-k", nargs="+", type=int, default=[16, 256])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kodak", type=int, default=4,
+                        help="how many corpus Kodak photos to add, upscaled to 24 MP")
     parser.add_argument("--cap", type=float, default=60.0, help="seconds per run, at most")
     parser.add_argument("--folder", default="/tmp/colorquant-bench")
     parser.add_argument("--small", action="store_true", help="only the small-image table")

@@ -14,6 +14,8 @@ def photo_like(source: Path, size: tuple[int, int], seed: int = 0) -> Image.Imag
     """Upscale a sample photo and add mild sensor-like noise (camera-like color counts)."""
     Image.MAX_IMAGE_PIXELS = None
     with Image.open(source) as im:
+        if im.height > im.width:  # portrait photos stay portrait
+            size = (size[1], size[0])
         big = im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
     array = np.asarray(big)
     out = np.empty_like(array)
@@ -27,12 +29,13 @@ def photo_like(source: Path, size: tuple[int, int], seed: int = 0) -> Image.Imag
     return Image.fromarray(out, "RGB")
 
 
-def make(folder: Path, source: Path, names: list[str]) -> dict[str, tuple[Path, Path]]:
+def make(folder: Path, source: Path, names: list[str], prefix: str = "photo",
+         ) -> dict[str, tuple[Path, Path]]:
     """JPEG (colorquant's input) and PNG (pngquant's input) of each size, made once and cached."""
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for name in names:
-        jpg, png = folder / f"photo-{name}.jpg", folder / f"photo-{name}.png"
+        jpg, png = folder / f"{prefix}-{name}.jpg", folder / f"{prefix}-{name}.png"
         if not (jpg.exists() and png.exists()):
             image = photo_like(source, SIZES[name])
             image.save(jpg, quality=92)

@@ -101,3 +101,51 @@ def test_fit_option_reaches_the_command(tmp_path, small_png):
     assert outs[0] != outs[1]
     bad = run(small_png, "--fit", "magic", "-o", tmp_path / "x.png")
     assert bad.returncode == 2
+
+
+def test_exact_assignment_matches_brute_force():
+    rng = np.random.default_rng(11)
+    points = rng.integers(0, 256, (3000, 3)).astype(np.float32)
+    weights = rng.integers(1, 9, len(points)).astype(np.float64)
+    centers = rng.uniform(0, 255, (200, 3))
+    for scale in (1, fit.FAST_SCALE):
+        labels, error = fit._assign_exact(fit._exact_rows(points, scale), weights, centers,
+                                          scale)
+        q = np.rint(centers * scale).astype(np.int64)
+        x = np.rint(points * scale).astype(np.int64)
+        d = ((x[:, None, :] - q[None]) ** 2).sum(2)
+        assert np.array_equal(labels, d.argmin(1))  # ties to the lowest index, like argmin
+        assert error == float((d.min(1) * weights).sum())
+
+
+def test_fast_lloyd_reaches_the_plain_lloyd_fixed_point_or_better():
+    rng = np.random.default_rng(12)
+    colors = np.unique(rng.integers(0, 256, (6000, 3), dtype=np.uint8), axis=0)
+    weights = rng.integers(1, 30, len(colors)).astype(np.float64)
+    points = RGB.metric(colors)
+    start = points[rng.choice(len(points), 100, replace=False)].astype(np.float64)
+
+    def error(centers):
+        d = ((points[:, None, :].astype(np.int64) - centers[None].astype(np.int64)) ** 2).sum(2)
+        return float((d.min(1) * weights).sum())
+
+    plain = start.copy()  # 60 plain weighted Lloyd steps, a loop-level reference
+    for _ in range(60):
+        d = ((points[:, None, :] - plain[None]) ** 2).sum(2)
+        lab = d.argmin(1)
+        for j in range(len(plain)):
+            if weights[lab == j].sum() > 0:
+                plain[j] = np.average(points[lab == j], axis=0, weights=weights[lab == j])
+    fast = fit.fast_lloyd(points, weights, start)
+    assert fast.dtype == np.uint8 and fast.shape == (100, 3)
+    assert error(fast) <= error(np.rint(plain)) * 1.002
+    assert np.array_equal(fast, fit.fast_lloyd(points, weights, start))  # deterministic
+
+
+def test_large_palettes_take_the_fast_route_and_stay_reproducible():
+    rng = np.random.default_rng(13)
+    colors = np.unique(rng.integers(0, 256, (20000, 3), dtype=np.uint8), axis=0)
+    counts = rng.integers(1, 40, len(colors))
+    a = fit.fit_centers(colors, counts, 200, seed=3, space=RGB)
+    b = fit.fit_centers(colors, counts, 200, seed=3, space=RGB)
+    assert np.array_equal(a, b) and 150 < len(a) <= 200
