@@ -454,7 +454,11 @@ class LocalProcesses(_Local):
             # fork: workers start in milliseconds with the modules already imported (before
             # any k-means ran here, so no OpenMP state is copied); spawn where fork is unsafe.
             method = "fork" if sys.platform.startswith("linux") else "spawn"
+            from . import memory
+
             for module in self._preload:
+                if module == "sklearn.cluster":
+                    memory.load_fit_backend()  # under ulimit -v: refuse rather than hang
                 importlib.import_module(module)
             self._executor = ProcessPoolExecutor(
                 self.count, mp_context=multiprocessing.get_context(method),

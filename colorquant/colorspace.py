@@ -22,6 +22,8 @@ class Space(Protocol):
     """What every color space strategy offers."""
 
     name: str
+    #: Whether :meth:`metric` gives whole numbers 0–255 (exact integer float32 arithmetic).
+    integer_metric: bool
 
     def encode(self, colors: np.ndarray) -> np.ndarray: ...
     def decode(self, coords: np.ndarray) -> np.ndarray: ...
@@ -34,6 +36,7 @@ class RGBSpace:
     """The 0–1 RGB(A) cube; Euclidean distance on the stored sRGB values."""
 
     name: str = "rgb"
+    integer_metric: bool = True
 
     def encode(self, colors: np.ndarray) -> np.ndarray:
         """uint8 (m, C) to float64 (m, C) in [0, 1], the cloud k-means fits."""
@@ -108,6 +111,7 @@ class OKLabSpace:
     alpha/255. Distances are float64 Euclidean in these coordinates."""
 
     name: str = "oklab"
+    integer_metric: bool = False
 
     def encode(self, colors: np.ndarray) -> np.ndarray:
         """uint8 or float sRGB(A) values (m, C) on the 0–255 scale to float64 OKLab(A)."""

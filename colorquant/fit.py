@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .colorspace import RGBSpace
+from .colorspace import Space
 from .options import FitMethod
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def reduce_points(
 
 
 def _refine_points(
-    colors: np.ndarray, weights: np.ndarray, coords: np.ndarray, space: RGBSpace
+    colors: np.ndarray, weights: np.ndarray, coords: np.ndarray, space: Space
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points for the refinement: every distinct color, or fine grid cells when too many.
 
@@ -149,7 +149,7 @@ def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: 
 
 def lloyd_refine(
     colors: np.ndarray, weights: np.ndarray, coords: np.ndarray, centers: np.ndarray, *,
-    space: RGBSpace, steps: int
+    space: Space, steps: int
 ) -> np.ndarray:
     """Weighted Lloyd steps on the exact objective: each color to its nearest rounded center.
 
@@ -200,7 +200,7 @@ def one_thread() -> threadpool_limits:
 
 
 def fit_centers(
-    colors: np.ndarray, weights: np.ndarray, k: int, *, seed: int, space: RGBSpace,
+    colors: np.ndarray, weights: np.ndarray, k: int, *, seed: int, space: Space,
     method: FitMethod = FitMethod.MINIBATCH,
 ) -> np.ndarray:
     """Fit k cluster centers to weighted colors; returns them as uint8 colors.
@@ -229,7 +229,7 @@ def fit_centers(
         Number of clusters.
     seed : int
         Seeds k-means++ and the mini-batches.
-    space : RGBSpace
+    space : Space
         The color space strategy (encode/decode).
     method : FitMethod
         The k-means algorithm.
@@ -245,7 +245,7 @@ def fit_centers(
     k = min(k, len(points))
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if method is FitMethod.MINIBATCH and k > FAST_COLORS:
+        if method is FitMethod.MINIBATCH and k > FAST_COLORS and space.integer_metric:
             fine = _refine_points(colors, w, coords, space)
             start = _fast_start(space.metric(fine[0]), fine[1], k, seed)
             # fast_lloyd ends on the exact objective: lloyd_refine after it gained 0.000 dB

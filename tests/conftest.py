@@ -187,7 +187,8 @@ def _uses_command(function: types.FunctionType) -> bool:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cli_mode" not in metafunc.fixturenames and _uses_command(metafunc.function) \
-            and not getattr(metafunc.module, "OWN_WORKER_MODES", False):
+            and not getattr(metafunc.module, "OWN_WORKER_MODES", False) \
+            and metafunc.definition.get_closest_marker("in_process") is None:
         metafunc.fixturenames.append("cli_mode")
         metafunc.parametrize("cli_mode", ["off", "worker"], indirect=True)
 

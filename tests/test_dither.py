@@ -311,9 +311,11 @@ def test_oklab_round_trip_and_exact_search():
     np.testing.assert_array_equal(space.nearest(points, centers), want)
 
 
-def test_oklab_fit_maps_every_color_to_its_oklab_nearest():
+@pytest.mark.parametrize("k", [12, 100])  # 100: above fit.FAST_COLORS (the k > 64 route)
+def test_oklab_fit_maps_every_color_to_its_oklab_nearest(k):
     image = _gradient(30, 40, seed=6)
-    result = pipeline.quantize(image, QuantizeOptions(colors=12, space=ColorSpace.OKLAB))
+    result = pipeline.quantize(image, QuantizeOptions(colors=k, space=ColorSpace.OKLAB))
+    assert len(result.palette) == min(k, len(np.unique(image.reshape(-1, 3), axis=0)))
     space = get_space(ColorSpace.OKLAB)
     centers = space.metric(result.palette.colors[_allowed(result.palette.colors)]).tolist()
     allowed = _allowed(result.palette.colors)

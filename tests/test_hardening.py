@@ -131,10 +131,12 @@ def test_a_limit_too_small_for_the_libraries_fails_at_once(tmp_path):
 def _traced_calls(tmp_path: Path, *args: object) -> list[str]:
     """The file-system calls of the main colorquant process (run under strace)."""
     log = tmp_path / "strace.log"
-    proc = subprocess.run(["strace", "-o", str(log), "-e",
+    # -s: whole paths (strace cuts strings at 32 bytes); COLORQUANT_WORKER=0: the call runs in
+    # this traced process, not in a warm worker's child, which strace cannot follow.
+    proc = subprocess.run(["strace", "-s", "4096", "-o", str(log), "-e",
                            "trace=openat,fsync,fdatasync,rename,renameat,renameat2,link,linkat",
                            str(COMMAND), *map(str, args)], capture_output=True, timeout=300,
-                          check=False)
+                          check=False, env={**os.environ, "COLORQUANT_WORKER": "0"})
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     log.unlink()
@@ -143,6 +145,7 @@ def _traced_calls(tmp_path: Path, *args: object) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("strace") is None,
                     reason="needs strace (.ci/run installs it)")
+@pytest.mark.in_process
 @pytest.mark.parametrize("extra", [(), ("--no-clobber",)])
 def test_output_is_flushed_before_its_name_and_folder_after(tmp_path, small_png, extra):
     """The temporary file is fsynced before it is renamed (or linked) into place, and the
