@@ -428,6 +428,10 @@ class InProcess(_Local):
         return _counted(map(function, items), done)
 
 
+#: Seconds a stopped worker process has to remove its temporary file before it is killed.
+STOP_GRACE = 10.0
+
+
 class LocalProcesses(_Local):
     """Worker processes on this machine (none for one worker), used as a context manager.
 
@@ -478,7 +482,10 @@ class LocalProcesses(_Local):
             if process.is_alive():
                 process.terminate()
         for process in processes:
-            process.join()
+            process.join(STOP_GRACE)
+            if process.is_alive():  # a SIGTERM that came while it was still starting up
+                process.kill()
+                process.join()
         executor.shutdown(wait=True)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:

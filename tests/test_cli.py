@@ -253,7 +253,10 @@ def test_output_through_a_symlink_replaces_its_target(tmp_path, small_png):
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, china):
-    """SIGTERM mid-run: exit 130, no output, no temporary file."""
+    """SIGTERM mid-run: exit 130, the existing output untouched, no temporary file.
+
+    The input is a named pipe fed half a file, so the signal comes while the command is
+    certainly still reading (a timed sleep raced a fast machine to the finish)."""
     import signal
     import time
 
@@ -261,14 +264,19 @@ def test_interrupted_run_leaves_nothing(tmp_path, china):
 
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
-    proc = subprocess.Popen([str(COMMAND), str(china), "-k", "64", "-o", str(out), "--plot",
-                             str(tmp_path / "plot.png")], stderr=subprocess.PIPE)
-    time.sleep(0.8)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
+    data = china.read_bytes()
+    fifo = tmp_path / "in.jpg"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(COMMAND), str(fifo), "-k", "64", "-o", str(out)],
+                            stderr=subprocess.PIPE)
+    with open(fifo, "wb") as writer:  # returns once the command has opened the pipe
+        writer.write(data[: len(data) // 2])
+        writer.flush()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert err.decode().strip() == "Error: interrupted"
     assert out.read_bytes() == b"keep me"
     assert [p for p in listing(tmp_path) if p.endswith(".tmp")] == []
 
