@@ -52,6 +52,9 @@ class Job:
     #: Never replace an existing output (``--no-clobber``): decided when it is put in place,
     #: and checked first for a name rendered by the task.
     no_clobber: bool = False
+    #: Report the mean ΔE2000 (``--json``, ``-v``): it costs more than the mapping, so runs
+    #: that print nothing of it skip it.
+    delta_e: bool = False
 
     def final_dst(self, k: int) -> str:
         """The output path once the palette size ``k`` is known."""
@@ -562,7 +565,8 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     k = len(result.palette) if options.target_psnr is not None else options.colors
     return FileResult(job.src, job.dst, "ok", k, colors=result.palette.hex(),
                       counts=result.palette.counts.tolist(), mse=float(result.mse),
-                      psnr=float(result.psnr), delta_e=float(result.delta_e),
+                      psnr=float(result.psnr),
+                      delta_e=float(result.delta_e) if job.delta_e else None,
                       seconds=time.perf_counter() - start,
                       warnings=notes, timings=dict(result.timings),
                       target=options.target_psnr)

@@ -255,6 +255,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("--save-palette with several inputs needs --shared-palette")
     if plot or compare:
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
+    if as_json or verbose:  # the only outputs that show the mean ΔE2000
+        plan = [dataclasses.replace(job, delta_e=True) for job in plan]
     if save_palette is not None and palette is None and plan[0].src != io.STDIO:
         # One input: fit its palette first (the same palette), so a palette file that cannot
         # be written fails before the image is written.
