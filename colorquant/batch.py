@@ -522,6 +522,7 @@ def _failure(job: Job, k: int, exc: BaseException, start: float) -> FileResult:
 
 
 def _skipped(job: Job, k: int) -> FileResult:
+    """The result of an output left alone because it exists (``--no-clobber``)."""
     return FileResult(job.src, job.dst, "skipped", k, error=f"{job.dst}: exists (--no-clobber)")
 
 
@@ -546,8 +547,7 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
                     src = pipeline.named_bytes(data, "<stdin>")
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
-                return FileResult(job.src, job.dst, "skipped", len(palette),
-                                  error=f"{job.dst}: exists (--no-clobber)")
+                return _skipped(job, len(palette))
         result = pipeline.quantize_file(src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
