@@ -80,10 +80,14 @@ class DaskExecutor:
         self._pending: Any = None  # the as_completed of the running map
 
     def share(self, value: Any) -> Any:
-        """The value scattered to the cluster once (tasks then get it by reference)."""
-        if value is None:
-            return None
-        return self.client.scatter(value, hash=False)
+        """The value itself: it travels inside each task.
+
+        The shared values (options, a palette) are a few kilobytes. Scattering them would
+        send them once, but a scattered value lives only on the workers that hold it, and
+        Dask cannot recompute it: a killed worker then fails every task not yet run. Inside
+        the task, the value is part of the task and survives any worker.
+        """
+        return value
 
     def _submit(self, function: Callable[..., Any], *args: Any) -> Any:
         future = self.client.submit(function, *args, pure=False)
