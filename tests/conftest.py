@@ -186,22 +186,30 @@ def _uses_command(function: types.FunctionType) -> bool:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cli_mode" not in metafunc.fixturenames and _uses_command(metafunc.function) \
+    if _uses_command(metafunc.function) \
             and not getattr(metafunc.module, "OWN_WORKER_MODES", False) \
             and metafunc.definition.get_closest_marker("in_process") is None:
-        metafunc.fixturenames.append("cli_mode")
         metafunc.parametrize("cli_mode", ["off", "worker"], indirect=True)
 
 
 _warm: set[frozenset[tuple[str, str]]] = set()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cli_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
              tmp_path_factory: pytest.TempPathFactory) -> object:
     """``off``: every call in-process, no worker; ``worker``: every call served by a warm
-    worker (checked through the launcher's trace file, which stdout and stderr never see)."""
-    mode = request.param
+    worker (checked through the launcher's trace file, which stdout and stderr never see).
+
+    Autouse, so that it is part of every test's fixture closure: a fixture name that
+    :func:`pytest_generate_tests` only appends to ``metafunc.fixturenames`` is parametrized
+    but never set up (pytest 9). Tests that do not run the command get no parameter.
+    """
+    mode = getattr(request, "param", None)
+    if mode is None:  # in-process, unless the test sets up workers of its own
+        monkeypatch.setenv("COLORQUANT_WORKER", "0")
+        yield None
+        return
     trace = tmp_path_factory.mktemp("trace") / "calls"
     monkeypatch.setenv("COLORQUANT_WORKER_TRACE", str(trace))
     monkeypatch.setenv("COLORQUANT_WORKER", "0" if mode == "off" else "1")

@@ -1,5 +1,6 @@
 """Batch mode end to end: the installed command on real files, serial and in parallel."""
 
+import contextlib
 import json
 import os
 import signal
@@ -443,6 +444,23 @@ def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how):
     assert leftover.stdout == b"", "worker processes outlived the batch"
 
 
+def pool_processes(pid: int) -> list[int]:
+    """The batch's worker processes: children of the command run in-process, or of the warm
+    worker's child that serves the call (grandchildren of the warm worker)."""
+    import psutil
+
+    from tests.conftest import RUNTIME, worker_pids
+
+    found = []
+    with contextlib.suppress(psutil.Error):
+        found += [p.pid for p in psutil.Process(pid).children()]
+    for worker in worker_pids(RUNTIME):
+        with contextlib.suppress(psutil.Error):
+            found += [p.pid for child in psutil.Process(worker).children()
+                      for p in child.children()]
+    return found
+
+
 def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
     src = tmp_path / "src"
     src.mkdir()
@@ -452,15 +470,13 @@ def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
     proc = subprocess.Popen([str(COMMAND), "-r", str(src), "-k", "64", "-j", "2",
                              "--out-dir", str(out)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    workers: list[str] = []
-    while time.monotonic() < deadline and not workers:
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                  text=True, check=False)
-        workers = children.stdout.split()
+    workers: list[int] = []
+    while time.monotonic() < deadline and not workers and proc.poll() is None:
+        workers = pool_processes(proc.pid)
         time.sleep(0.05)
     if not workers:
         pytest.skip("no worker process seen")
-    os.kill(int(workers[0]), signal.SIGKILL)
+    os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the batch finished before the kill")

@@ -97,6 +97,9 @@ def _assert_out_of_memory(proc: subprocess.CompletedProcess[str], src: Path, fol
     assert [p.name for p in folder.iterdir()] == []  # no output, no temp file
 
 
+# A call under a memory limit of its own never reaches a worker started without it (the
+# limits are part of the worker's identity): it runs in-process in both modes.
+@pytest.mark.in_process
 def test_a_photo_that_does_not_fit_the_memory_limit_says_so(tmp_path, big_photo):
     """Under an address-space limit that holds the interpreter and its libraries but not a
     24 MP photo's pixels (measured: it needs a few hundred MiB more), the run says "not
@@ -111,6 +114,9 @@ def test_a_photo_that_does_not_fit_the_memory_limit_says_so(tmp_path, big_photo)
     assert _run_limited(limit + 1024, big_photo, "-o", out).returncode == 0
 
 
+# A call under a memory limit of its own never reaches a worker started without it (the
+# limits are part of the worker's identity): it runs in-process in both modes.
+@pytest.mark.in_process
 def test_a_limit_too_small_for_the_libraries_fails_at_once(tmp_path):
     """Below what scikit-learn and its OpenBLAS need to load, OpenBLAS would retry its
     allocation forever (a hang that ignores SIGTERM); the run refuses instead."""
