@@ -161,7 +161,10 @@ def test_help_and_version_import_no_heavy_module():
         assert not heavy, flag
 
 
-def test_same_bytes_whatever_the_thread_count(tmp_path):
+@pytest.mark.parametrize("options", [["-k", "64"], ["-k", "200"],
+                                     ["-k", "48", "--space", "oklab", "--dither", "fs"]],
+                         ids=["k64", "k200", "oklab-fs"])
+def test_same_bytes_whatever_the_thread_count(tmp_path, options):
     src = tmp_path / "in.png"
     Image.fromarray(photo_like(700, 1500, seed=7)).save(src)  # over 1 MP
     digests = []
@@ -169,10 +172,37 @@ def test_same_bytes_whatever_the_thread_count(tmp_path):
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads}
         dst = tmp_path / f"out-{threads}.png"
-        subprocess.run([sys.executable, "-m", "colorquant", str(src), "-k", "64", "-o", str(dst)],
+        subprocess.run([sys.executable, "-m", "colorquant", str(src), *options, "-o", str(dst)],
                        check=True, env=env)
         digests.append(dst.read_bytes())
     assert digests[0] == digests[1] == digests[2]
+
+
+BLAS_THREADS = """
+import atexit, os, sys
+from threadpoolctl import threadpool_info
+atexit.register(lambda: print(sorted({p["num_threads"] for p in threadpool_info()
+                                      if p["internal_api"] == "openblas"}), file=sys.stderr))
+from colorquant import launch
+sys.argv = ["colorquant", sys.argv[1], "-k", "8", "-o", sys.argv[2]]
+launch.main()
+"""
+
+
+@pytest.mark.parametrize("given", [None, "2"])
+def test_the_command_runs_openblas_on_one_thread_unless_told(tmp_path, given):
+    """The command's own process (the in-process path; a worker is started the same way)
+    loads OpenBLAS with one thread, unless the caller set ``OPENBLAS_NUM_THREADS``."""
+    src = tmp_path / "in.png"
+    Image.fromarray(photo_like(60, 80, seed=1)).save(src)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["COLORQUANT_WORKER"] = "0"
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    proc = subprocess.run([sys.executable, "-c", BLAS_THREADS, str(src), str(tmp_path / "o.png")],
+                          env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"[{given or 1}]"
 
 
 @pytest.mark.parametrize("k", [4, 16, 17, 256])
