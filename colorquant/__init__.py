@@ -6,7 +6,9 @@ does not pay for numpy, Pillow or scikit-learn until they are used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms of every call)
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 
