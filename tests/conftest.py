@@ -203,7 +203,8 @@ def cli_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
 
     Autouse, so that it is part of every test's fixture closure: a fixture name that
     :func:`pytest_generate_tests` only appends to ``metafunc.fixturenames`` is parametrized
-    but never set up (pytest 9). Tests that do not run the command get no parameter.
+    but never set up (pytest 9). A test without the parameter (it runs no command, runs
+    workers of its own, or is marked ``in_process``) runs its calls in-process.
     """
     mode = getattr(request, "param", None)
     if mode is None:  # in-process, unless the test sets up workers of its own
