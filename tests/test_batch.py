@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from colorquant.palettefile import read_palette
-from tests.conftest import COMMAND, palette_image, random_image, run
+from tests.conftest import COMMAND, RUNTIME, palette_image, random_image, run, worker_pids
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -407,7 +407,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["sigterm-to-parent", "ctrl-c-to-group"])
-def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how):
+def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how, cli_mode):
     """SIGTERM, or Ctrl-C (SIGINT to the whole process group), to a parallel batch: exit 130,
     every output complete, no temporary files, no worker left running."""
     src = tmp_path / "src"
@@ -415,6 +415,7 @@ def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how):
     for i in range(12):
         (src / f"c{i:02d}.jpg").write_bytes(china.read_bytes())
     out = tmp_path / "out"
+    idle = set(worker_pids(RUNTIME))  # the warm workers, before the call
     proc = subprocess.Popen([str(COMMAND), "-r", str(src), "-k", "64", "-j", "2",
                              "--out-dir", str(out)], stderr=subprocess.PIPE,
                             start_new_session=True,
@@ -442,14 +443,17 @@ def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how):
     # the workers share the parent's command line, which names the unique output folder
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, check=False)
     assert leftover.stdout == b"", "worker processes outlived the batch"
+    if cli_mode == "worker":  # there, they share the warm worker's: only the workers remain
+        deadline = time.monotonic() + 10
+        while set(worker_pids(RUNTIME)) - idle and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert set(worker_pids(RUNTIME)) <= idle, "the call's processes outlived the batch"
 
 
 def pool_processes(pid: int) -> list[int]:
     """The batch's worker processes: children of the command run in-process, or of the warm
     worker's child that serves the call (grandchildren of the warm worker)."""
     import psutil
-
-    from tests.conftest import RUNTIME, worker_pids
 
     found = []
     with contextlib.suppress(psutil.Error):
