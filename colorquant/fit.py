@@ -241,16 +241,18 @@ def fit_centers(
     """
     coords = space.encode(colors)
     w = np.asarray(weights, dtype=np.float64)
-    points, point_w = reduce_points(colors, w, coords, fit_points_limit(k))
-    k = min(k, len(points))
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if method is FitMethod.MINIBATCH and k > FAST_COLORS and space.integer_metric:
-            fine = _refine_points(colors, w, coords, space)
-            start = _fast_start(space.metric(fine[0]), fine[1], k, seed)
+            # (no grid reduction: this route starts from pixel draws of the refinement points)
+            fine_colors, fine_w, _ = _refine_points(colors, w, coords, space)
+            metric = space.metric(fine_colors)
+            start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
             # fast_lloyd ends on the exact objective: lloyd_refine after it gained 0.000 dB
             # on every image measured, for 10% of the time.
-            return np.unique(fast_lloyd(space.metric(fine[0]), fine[1], start), axis=0)
+            return np.unique(fast_lloyd(metric, fine_w, start), axis=0)
+        points, point_w = reduce_points(colors, w, coords, fit_points_limit(k))
+        k = min(k, len(points))
         centers = _fit_points(points, point_w, k, seed, method)
         fine = _refine_points(colors, w, coords, space)
         if len(fine[0]) > len(points):
