@@ -187,7 +187,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
             centers[:, 3] = np.maximum(centers[:, 3], 1)
         return centers
 
-    limits = None
+    limits, values = None, 0  # with a PSNR target: the error limits, the channel values
     if options.target_psnr is not None:
         values = (histogram.n_pixels + outside[0]) * histogram.channels
         limits = (palettecontrol.sse_limit(options.target_psnr[0], values) - outside[1],
@@ -196,7 +196,6 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
         palettecontrol.Histogram(colors, histogram.counts), k, fitter=fitter,
         nearest=lambda c, p: _nearest(c, p, options), space=space, pins=pins, limits=limits)
     if found is not None and not found.reached:
-        values = (histogram.n_pixels + outside[0]) * histogram.channels
         best = metrics.psnr((found.evaluated[0][1] + outside[1]) / values)
         raise QualityTooLowError(f"quality too low: {best:.2f} dB with {k + (outside[0] > 0)} "
                                  f"colors, below the target {options.target_psnr[0]:g} dB")
