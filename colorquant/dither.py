@@ -142,8 +142,10 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)
 
 
-def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(first row, rows, uint8 pixels (rows + up to ``extra``, W, C)) band by band."""
+def _bands(prepared: Prepared, extra: int = 0,
+           ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(first row, rows, raw uint32 keys, uint8 pixels (rows + up to ``extra``, W, C)) band
+    by band (the keys of the same rows as the pixels)."""
     image = prepared.image
     width, height = image.size
     channels = prepared.histogram.channels
@@ -152,7 +154,8 @@ def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.nd
         bottom = min(height, top + step)
         band = image.crop((0, top, width, min(height, bottom + extra)))
         keys = pixels.pixel_keys(band.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-        yield top, bottom - top, pixels.unpack(keys, channels).reshape(-1, width, channels)
+        yield top, bottom - top, keys, pixels.unpack(keys, channels).reshape(-1, width,
+                                                                             channels)
 
 
 def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels: np.ndarray,
@@ -176,7 +179,7 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
     indices = np.empty(n, dtype=np.uint8)
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     at = 0
-    for top, rows, band in _bands(prepared, extra=1 if diffuse else 0):
+    for top, rows, raw, band in _bands(prepared, extra=1 if diffuse else 0):
         skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
         found = np.zeros((rows, width), dtype=np.int64)
         ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
@@ -189,7 +192,7 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
         flat = out.reshape(-1)
         indices[at : at + len(flat)] = flat
         at += len(flat)
-        keys = pixels.canonical(pixels.pack(band[:rows].reshape(-1, channels)), channels)
+        keys = pixels.canonical(raw[: rows * width], channels)
         pairs.append(np.unique(keys.astype(np.uint64) << np.uint64(8) | flat,
                                return_counts=True))
     distinct, inverse = np.unique(np.concatenate([p[0] for p in pairs]), return_inverse=True)
@@ -222,8 +225,7 @@ def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
     space = get_space(options.space)
 
     def points(top: int, band: np.ndarray) -> np.ndarray:
-        flat = band.reshape(-1, band.shape[2])
-        return np.asarray(space.metric(flat), dtype=np.float64).reshape(band.shape)
+        return space.dither_coords(band.reshape(-1, band.shape[2])).reshape(band.shape)
 
     return _map(prepared, palette, options, labels, points, diffuse=True)
 
