@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 
-def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> float:
-    """Mean squared error per channel, 0–255 scale, with each row weighted by a pixel count.
+def weighted_sse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> int:
+    """Sum of squared 0–255 channel differences, each row weighted by a pixel count (exact
+    int64 arithmetic).
 
     Parameters
     ----------
@@ -19,9 +20,13 @@ def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) 
     """
     diff = original.astype(np.int64) - approx.astype(np.int64)
     per_color = np.einsum("ij,ij->i", diff, diff)
-    total = int(np.dot(per_color, np.asarray(weights, dtype=np.int64)))
+    return int(np.dot(per_color, np.asarray(weights, dtype=np.int64)))
+
+
+def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> float:
+    """Mean squared error per channel, 0–255 scale (:func:`weighted_sse` per channel value)."""
     n = int(np.sum(weights)) * original.shape[1]
-    return total / n if n else 0.0
+    return weighted_sse(original, approx, weights) / n if n else 0.0
 
 
 def psnr(mse_value: float) -> float:

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import fit
-from .colorspace import RGBSpace
+from . import fit, metrics, pixels
+
+if TYPE_CHECKING:
+    from .colorspace import Space
 
 #: (distinct colors uint8 (m, C), centers uint8 (k, C)) -> index of each color's nearest center.
 Nearest = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -47,16 +50,7 @@ class Histogram:
 def sse(colors: np.ndarray, weights: np.ndarray, centers: np.ndarray,
         labels: np.ndarray) -> int:
     """Weighted sum of squared 0–255 distances from each color to its labelled center."""
-    diff = colors.astype(np.int64) - centers[labels].astype(np.int64)
-    return int(np.dot(np.einsum("ij,ij->i", diff, diff), np.asarray(weights, dtype=np.int64)))
-
-
-def _keys(colors: np.ndarray) -> np.ndarray:
-    """One int64 per uint8 color row, equal exactly when the rows are equal."""
-    keys = np.zeros(len(colors), dtype=np.int64)
-    for c in range(colors.shape[1]):
-        keys = (keys << 8) | colors[:, c].astype(np.int64)
-    return keys
+    return metrics.weighted_sse(colors, centers[labels], weights)
 
 
 def sse_limit(psnr: float, values: int) -> float:
@@ -116,7 +110,7 @@ def _split(hist: Histogram, centers: np.ndarray, labels: np.ndarray, missing: in
     return np.vstack([centers, hist.colors[np.array(picked, dtype=np.int64)]])
 
 
-def refine(hist: Histogram, centers: np.ndarray, fixed: int, *, space: RGBSpace,
+def refine(hist: Histogram, centers: np.ndarray, fixed: int, *, space: Space,
            steps: int) -> np.ndarray:
     """Exact weighted Lloyd steps (:func:`fit.lloyd_refine`) in which the first ``fixed``
     centers never move; returns uint8 centers (possibly with repeats)."""
@@ -141,7 +135,7 @@ def refine(hist: Histogram, centers: np.ndarray, fixed: int, *, space: RGBSpace,
 
 
 def exact(hist: Histogram, centers: np.ndarray, k: int, *, nearest: Nearest,
-          space: RGBSpace, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+          space: Space, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exactly ``k`` distinct centers, each used by at least one color (the first ``fixed``,
     pinned, are kept even if unused), with each color's label.
 
@@ -154,7 +148,7 @@ def exact(hist: Histogram, centers: np.ndarray, k: int, *, nearest: Nearest,
     centers, labels = _assign(hist, centers, fixed, nearest)
     if len(centers) >= k:
         return centers, labels
-    absent = int(np.count_nonzero(~np.isin(_keys(hist.colors), _keys(centers))))
+    absent = int(np.count_nonzero(~np.isin(pixels.pack(hist.colors), pixels.pack(centers))))
     k = min(k, len(centers) + absent)
     if len(centers) >= k:
         return centers, labels
@@ -178,7 +172,7 @@ def exact(hist: Histogram, centers: np.ndarray, k: int, *, nearest: Nearest,
 
 
 def pinned(hist: Histogram, pins: np.ndarray, k: int, *, fitter: Fitter, nearest: Nearest,
-           space: RGBSpace) -> tuple[np.ndarray, np.ndarray]:
+           space: Space) -> tuple[np.ndarray, np.ndarray]:
     """``k`` centers, the first ``len(pins)`` being the pins exactly, the others fitted around
     them, with each color's label.
 
@@ -190,7 +184,7 @@ def pinned(hist: Histogram, pins: np.ndarray, k: int, *, fitter: Fitter, nearest
     m = len(pins)
     if m > k:
         raise ValueError(f"{m} pinned colors do not fit in {k} palette entries")
-    others = ~np.isin(_keys(hist.colors), _keys(pins))
+    others = ~np.isin(pixels.pack(hist.colors), pixels.pack(pins))
     if int(others.sum()) <= k - m:  # room for every color: no fit
         return exact(hist, np.vstack([pins, hist.colors[others]]), k, nearest=nearest,
                      space=space, fixed=m)
@@ -204,7 +198,7 @@ def pinned(hist: Histogram, pins: np.ndarray, k: int, *, fitter: Fitter, nearest
     return start, start_labels
 
 
-def swap(centers: np.ndarray, pins: np.ndarray, space: RGBSpace) -> np.ndarray:
+def swap(centers: np.ndarray, pins: np.ndarray, space: Space) -> np.ndarray:
     """The pins first, then the centers left after removing, for each pin in turn, the
     remaining center nearest to it (the "fit, then swap in the pins" palette)."""
     points = space.metric(centers).astype(np.float64)
@@ -221,7 +215,7 @@ def swap(centers: np.ndarray, pins: np.ndarray, space: RGBSpace) -> np.ndarray:
 
 
 def ward_sequence(hist: Histogram, centers: np.ndarray, labels: np.ndarray, fixed: int,
-                  space: RGBSpace, smallest: int) -> dict[int, np.ndarray]:
+                  space: Space, smallest: int) -> dict[int, np.ndarray]:
     """Palettes of every size from ``len(centers)`` down to ``smallest``, each made from the
     next larger by merging the two clusters whose merge raises the weighted error least
     (Ward: w_a w_b / (w_a + w_b) |c_a − c_b|²); a merge into a pinned cluster keeps the pin
@@ -289,7 +283,7 @@ class TargetResult:
 
 
 def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_min: float,
-           limit_max: float, nearest: Nearest, space: RGBSpace, fixed: int = 0,
+           limit_max: float, nearest: Nearest, space: Space, fixed: int = 0,
            smallest: int = 1) -> TargetResult:
     """The fewest colors, from a full palette down, whose error is at most ``limit_max``
     (the target's MAX); the full palette if none, marked not ``reached`` when even its error
@@ -334,7 +328,7 @@ def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_mi
 
 
 def _polish(hist: Histogram, centers: np.ndarray, n: int, fixed: int, nearest: Nearest,
-            space: RGBSpace) -> tuple[np.ndarray, np.ndarray, int]:
+            space: Space) -> tuple[np.ndarray, np.ndarray, int]:
     """Exactly ``n`` used colors from ``centers``, then exact Lloyd steps kept only if they do
     not raise the error; the centers, labels and error."""
     centers, labels = exact(hist, centers, n, nearest=nearest, space=space, fixed=fixed)
@@ -348,7 +342,7 @@ def _polish(hist: Histogram, centers: np.ndarray, n: int, fixed: int, nearest: N
     return centers, labels, error
 
 
-def control(hist: Histogram, k: int, *, fitter: Fitter, nearest: Nearest, space: RGBSpace,
+def control(hist: Histogram, k: int, *, fitter: Fitter, nearest: Nearest, space: Space,
             pins: np.ndarray | None = None, limits: tuple[float, float] | None = None,
             ) -> tuple[np.ndarray, np.ndarray, TargetResult | None]:
     """The palette of ``k`` entries for a histogram: exactly ``k`` used colors (or every
