@@ -359,8 +359,8 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
     if result.status == "ok":
         report.done(result.output)
     elif result.status == "skipped":
-        report.skip(result.input, result.error or "",
-                    *(() if result.code is None else (ExitCode(result.code),)))
+        report.skip(result.input, result.error or "", ExitCode.NOT_OVERWRITTEN
+                    if result.code is None else ExitCode(result.code))
     else:
         report.failure(result.input, result.error or "")
         _message(f"Error: {result.error}")
