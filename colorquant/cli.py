@@ -336,7 +336,8 @@ def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *
                 executor = stack.enter_context(cluster.connect(dask, workers=jobs))
             else:
                 executor = stack.enter_context(batch.local_executor(
-                    jobs, plan, fitting=not (shared_palette or palette)))
+                    jobs, plan, fitting=not (shared_palette or palette),
+                    colors=options.colors))
             run = batch.run_batch(plan, options, executor=executor, palette=palette,
                                   shared_palette=shared_palette, save_palette=save_palette,
                                   fail_fast=fail_fast, no_clobber=no_clobber,

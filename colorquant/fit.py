@@ -10,7 +10,7 @@ remove the grid's error. The exact nearest-color mapping afterwards uses every d
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,27 @@ FAST_BETA_STEP = 1.0
 FAST_SCALE = 4
 #: Rows per block of the accelerated assignment (a 512 x k block stays in cache).
 FAST_CHUNK = 512
+#: Centers the compiled assignment tries beside each point's previous one (the nearest of
+#: that center): at k=256 fewer than 2% of points then need a search over every center.
+FAST_NEIGHBORS = 16
+
+#: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
+_KERNEL: Any = None
+
+
+def load_kernel() -> None:
+    """Use the compiled assignment for the k>64 fits of this process and of its forks.
+
+    Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
+    loading numba costs about half a second, so only processes that fit many palettes (the
+    warm worker, a batch of files) load it.
+    """
+    global _KERNEL
+    if _KERNEL is None:
+        from . import fitkernel
+
+        fitkernel.warm()
+        _KERNEL = fitkernel
 
 
 def fit_points_limit(k: int) -> int:
@@ -137,11 +158,13 @@ def _coarsen(cells: np.ndarray, bits: int, coarser: int, channels: int) -> np.nd
 
 
 def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: np.ndarray,
-                ) -> tuple[np.ndarray, np.ndarray]:
+                weighted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean coordinates of each cell (``inverse`` gives each point's cell) and the
-    cell's total weight."""
+    cell's total weight; ``weighted`` is ``weights[:, None] * coords`` if already formed."""
+    if weighted is None:
+        weighted = weights[:, None] * coords
     total = np.bincount(inverse, weights=weights, minlength=n_cells)
-    means = np.stack([np.bincount(inverse, weights=weights * coords[:, c], minlength=n_cells)
+    means = np.stack([np.bincount(inverse, weights=weighted[:, c], minlength=n_cells)
                       for c in range(coords.shape[1])], 1)
     means /= total[:, None]
     return means, total
@@ -351,13 +374,14 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
     """
     coords = np.asarray(points, dtype=np.float64)
     centers = np.array(centers, dtype=np.float64)
-    fine_rows, whole_rows = _exact_rows(coords, FAST_SCALE), _exact_rows(coords, 1)
+    assign = _Assignment(coords, weights)
+    weighted = weights[:, None] * coords  # the means' sums, formed once
     top = float(coords.max(initial=0.0))
     previous = None  # (error, centers, plain step) of the last accepted pass
     beta = np.ones(len(centers))
     last_step = np.zeros_like(centers)
     for _ in range(FAST_PASSES):
-        labels, error = _assign_exact(fine_rows, weights, centers, FAST_SCALE)
+        labels, error = assign(centers, FAST_SCALE)
         if previous is not None and error > previous[0]:
             centers, previous = previous[1] + previous[2], None
             beta[:] = 1.0
@@ -365,7 +389,7 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
             continue
         if previous is not None and previous[0] - error <= FAST_TOL * error:
             break
-        means, total = _cell_means(labels, len(centers), weights, coords)
+        means, total = _cell_means(labels, len(centers), weights, coords, weighted)
         step = np.zeros_like(centers)
         used = total > 0  # an emptied center keeps its place
         step[used] = means[used] - centers[used]
@@ -376,14 +400,50 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
     best, best_error = None, np.inf
     for _ in range(2):
         rounded = np.clip(np.rint(centers), 0.0, top)
-        labels, error = _assign_exact(whole_rows, weights, rounded, 1)
+        labels, error = assign(rounded, 1)
         if error < best_error:
             best, best_error = rounded, error
-        means, total = _cell_means(labels, len(centers), weights, coords)
+        means, total = _cell_means(labels, len(centers), weights, coords, weighted)
         used = total > 0
         centers = rounded.copy()
         centers[used] = means[used]
     return best.astype(np.uint8)
+
+
+class _Assignment:
+    """The exact assignment of :func:`fast_lloyd`, pass after pass: each point's nearest
+    center (ties to the lowest index) and the weighted error, for centers rounded to
+    1/``scale`` units.
+
+    The first pass, and every pass without the compiled kernel, is :func:`_assign_exact`;
+    later passes with :func:`load_kernel` done search each point's previous center and its
+    :data:`FAST_NEIGHBORS` nearest (``fitkernel.assign``). Both give the same labels and the
+    same error bit for bit when the weights are whole numbers (pixel counts), as the error is
+    then a sum of whole numbers below 2**53; other weights keep the BLAS route.
+    """
+
+    def __init__(self, points: np.ndarray, weights: np.ndarray) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
+        self.weights = weights
+        self.labels: np.ndarray | None = None
+        self.compiled = _KERNEL is not None and bool(np.all(weights == np.rint(weights)))
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._grids: dict[int, np.ndarray] = {}
+
+    def __call__(self, centers: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
+        if self.compiled and self.labels is not None:
+            if scale not in self._grids:
+                self._grids[scale] = np.rint(self.points) * scale
+            quant = np.rint(centers * scale)
+            neighbors, radius = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
+            error, _ = _KERNEL.assign(self._grids[scale], self.weights, quant, self.labels,
+                                      neighbors, radius)
+            return self.labels, float(error)
+        if scale not in self._rows:
+            self._rows[scale] = _exact_rows(self.points, scale)
+        labels, error = _assign_exact(self._rows[scale], self.weights, centers, scale)
+        self.labels = labels.astype(np.int64)
+        return labels, error
 
 
 def _exact_rows(points: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,10 @@ def _preload() -> str | None:
             importlib.import_module(name)
         from PIL import Image
 
+        from . import fit
+
         Image.init()  # the plugins, as the first Image.open of a call would load them
+        fit.load_kernel()  # numba and the k>64 fit's compiled loop, for every child
     if caught:
         # a fresh process would print these when a call imports the module: we cannot
         return f"importing printed a warning: {caught[0].message}"

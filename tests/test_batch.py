@@ -491,3 +491,25 @@ def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
         if not name.endswith(".tmp"):
             with Image.open(out / name) as im:
                 im.load()
+
+
+@pytest.mark.parametrize(("files", "jobs", "colors", "loaded"), [
+    (16, 2, 100, True), (15, 2, 100, False), (16, 2, 64, False), (8, 1, 256, True)])
+def test_only_large_batches_above_64_colors_load_the_compiled_fit(monkeypatch, files, jobs,
+                                                                  colors, loaded):
+    from colorquant import batch, fit
+
+    monkeypatch.setattr(fit, "_KERNEL", None)
+    plan = [batch.Job(f"in{i}.png", f"out{i}.png", "png") for i in range(files)]
+    batch.local_executor(jobs, plan, colors=colors)
+    assert (fit._KERNEL is not None) is loaded
+
+
+def test_a_large_batch_above_64_colors_equals_single_calls(tmp_path):
+    srcs = make_set(tmp_path / "src", n=16, size=(60, 80))
+    proc = run(*srcs, "-k", "100", "-j", "2", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    for src in srcs[::5]:
+        one = tmp_path / f"one-{src.stem}.png"
+        assert run(src, "-k", "100", "-o", one).returncode == 0
+        assert one.read_bytes() == (tmp_path / "out" / f"{src.stem}-100c.png").read_bytes()

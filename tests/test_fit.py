@@ -149,3 +149,79 @@ def test_large_palettes_take_the_fast_route_and_stay_reproducible():
     a = fit.fit_centers(colors, counts, 200, seed=3, space=RGB)
     b = fit.fit_centers(colors, counts, 200, seed=3, space=RGB)
     assert np.array_equal(a, b) and 150 < len(a) <= 200
+
+
+# --- the compiled assignment of the k>64 route (loaded by the worker and large batches) ---
+
+
+def _brute_assignment(points, weights, centers, scale):
+    """Nearest rounded center of each point by a plain loop over squared distances (ties to
+    the lowest index), and the weighted error, in scaled units."""
+    grid = np.rint(points).astype(np.int64) * scale
+    quant = np.rint(centers * scale).astype(np.int64)
+    labels = np.empty(len(grid), dtype=np.int64)
+    error = 0
+    for i, x in enumerate(grid):
+        d = ((quant - x) ** 2).sum(axis=1)
+        labels[i] = int(np.argmin(d))  # the first of equals
+        error += int(d[labels[i]]) * int(weights[i])
+    return labels, float(error)
+
+
+@pytest.mark.parametrize(("k", "top"), [(256, 255), (100, 30), (17, 255), (3, 255), (2, 4)])
+def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
+    from colorquant import fitkernel
+
+    rng = np.random.default_rng(k)
+    points = rng.integers(0, 256, (3000, 3)).astype(np.float64)
+    points[:400] = points[400:800]  # repeated points
+    weights = rng.integers(1, 60, len(points)).astype(np.float64)
+    # whole-number centers in a small box: many exact ties; two duplicated centers
+    centers = rng.integers(0, top + 1, (k, 3)).astype(np.float64) + rng.choice([0, 0.25], (k, 3))
+    centers[-1] = centers[0]
+    for scale in (1, fit.FAST_SCALE):
+        truth, truth_error = _brute_assignment(points, weights, centers, scale)
+        blas = fit._assign_exact(fit._exact_rows(points, scale), weights, centers, scale)
+        assert np.array_equal(blas[0], truth) and blas[1] == truth_error
+        quant = np.rint(centers * scale)
+        neighbors, radius = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
+        for start in (rng.integers(0, k, len(points)), truth.copy()):  # any previous centers
+            labels = start.astype(np.int64)
+            error, full = fitkernel.assign(points * scale, weights, quant, labels, neighbors,
+                                           radius)
+            assert np.array_equal(labels, truth) and error == truth_error
+        if k > 4 * fit.FAST_NEIGHBORS and top == 255:
+            assert full < 0.2 * len(points)  # centers spread like the points: few full searches
+
+
+@pytest.mark.parametrize("k", [2, 5, 17, 40])
+def test_center_neighbors_are_the_nearest_and_radius_the_next(k):
+    from colorquant import fitkernel
+
+    rng = np.random.default_rng(40 + k)
+    quant = rng.integers(0, 12, (k, 3)).astype(np.float64)  # small box: tied distances
+    neighbors, radius = fitkernel.center_neighbors(quant, 16)
+    count = min(16, k - 1)
+    assert neighbors.shape == (k, count)
+    for a in range(k):
+        d = ((quant - quant[a]) ** 2).sum(axis=1)
+        others = np.sort(np.delete(d, a))
+        assert a not in neighbors[a] and len(set(neighbors[a].tolist())) == count
+        assert np.array_equal(np.sort(d[neighbors[a]]), others[:count])
+        assert radius[a] == (np.sqrt(others[count]) if count < k - 1 else np.inf)
+
+
+@pytest.mark.parametrize("k", [65, 200, 256])
+def test_fit_is_the_same_with_the_compiled_assignment(monkeypatch, k, flower):
+    from PIL import Image
+
+    with Image.open(flower) as im:
+        array = np.asarray(im.convert("RGB").resize((240, 160)))
+    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    monkeypatch.setattr(fit, "_KERNEL", None)
+    assert not fit._Assignment(RGB.metric(colors), counts.astype(np.float64)).compiled
+    plain = fit.fit_centers(colors, counts, k, seed=5, space=RGB)
+    fit.load_kernel()
+    assert fit._Assignment(RGB.metric(colors), counts.astype(np.float64)).compiled
+    assert not fit._Assignment(RGB.metric(colors), counts + 0.5).compiled  # not whole: BLAS
+    assert np.array_equal(fit.fit_centers(colors, counts, k, seed=5, space=RGB), plain)

@@ -188,6 +188,20 @@ def test_eight_simultaneous_calls_equal_sequential_ones(warm, tmp_path):
         assert b'"status": "ok"' in out
 
 
+def test_large_palettes_are_the_same_through_the_worker(warm, tmp_path, flower):
+    """The worker fits k>64 with the compiled assignment, an in-process call with BLAS blocks:
+    the same bytes."""
+    src = tmp_path / "flower.png"
+    with Image.open(flower) as im:
+        im.convert("RGB").resize((300, 200)).save(src)
+    for k in ("100", "256"):
+        local = warm.run(src, "-k", k, "-o", tmp_path / "local.png", env=off(warm))
+        served = warm.run(src, "-k", k, "-o", tmp_path / "served.png")
+        assert warm.calls() == ["local off", "worker"]
+        assert local.returncode == served.returncode == 0
+        assert (tmp_path / "local.png").read_bytes() == (tmp_path / "served.png").read_bytes()
+
+
 def test_stdin_and_stdout_pipes_go_through_the_worker(warm, tmp_path):
     (src,) = images(tmp_path / "src", 1)
     data = src.read_bytes()
