@@ -435,9 +435,9 @@ class _Assignment:
             if scale not in self._grids:
                 self._grids[scale] = np.rint(self.points) * scale
             quant = np.rint(centers * scale)
-            neighbors, radius = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
+            found = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
             error, _ = _KERNEL.assign(self._grids[scale], self.weights, quant, self.labels,
-                                      neighbors, radius)
+                                      *found)
             return self.labels, float(error)
         if scale not in self._rows:
             self._rows[scale] = _exact_rows(self.points, scale)

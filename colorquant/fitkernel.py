@@ -18,14 +18,16 @@ MARGIN = 1e-6
 
 @njit(cache=True)
 def center_neighbors(quant, count):
-    """The ``count`` nearest other centers of each center (any order among equals) and the
-    distance from each center to the nearest center not among them (inf if none is left).
+    """The ``count`` nearest other centers of each center, nearest first (any order among
+    equals), their distances, and the distance from each center to the nearest center not
+    among them (inf if none is left).
 
     ``quant`` (k, C) float64 holds whole numbers, so the squared distances are exact.
     """
     k, channels = quant.shape
     count = min(count, k - 1)
     neighbors = np.empty((k, max(count, 1)), dtype=np.int64)
+    gaps = np.empty((k, max(count, 1)))
     radius = np.full(k, np.inf)
     near = np.empty(count + 1)
     which = np.empty(count + 1, dtype=np.int64)
@@ -53,21 +55,25 @@ def center_neighbors(quant, count):
             which[pos] = j
         for t in range(count):
             neighbors[a, t] = which[t]
+            gaps[a, t] = np.sqrt(near[t])
         if filled > count:
             radius[a] = np.sqrt(near[count])
-    return neighbors[:, :count], radius
+    return neighbors[:, :count], gaps[:, :count], radius
 
 
 @njit(cache=True)
-def assign(grid, weights, quant, labels, neighbors, radius):
+def assign(grid, weights, quant, labels, neighbors, gaps, radius):
     """Nearest center of every point, starting from its previous center; the weighted error.
 
     ``grid`` (m, C) and ``quant`` (k, C) are whole numbers in float64; ``labels`` (m,) holds
     each point's previous center and is overwritten with its nearest (ties to the lowest
-    index). The nearest among the previous center ``a`` and its neighbors is the nearest of
-    all when ``d(x, best) + d(x, a) < radius[a]``: any other center ``j`` has ``d(x, j) >=
-    d(a, j) - d(x, a) >= radius[a] - d(x, a) > d(x, best)``. Otherwise every center is
-    compared. Returns (sum of weight * squared distance in point order, full searches).
+    index); ``neighbors``, ``gaps`` and ``radius`` come from :func:`center_neighbors`. By the
+    triangle inequality a center ``j`` is farther from the point ``x`` than its previous
+    center ``a`` when ``d(a, j) > 2 d(x, a)``, so the neighbors, nearest first, are compared
+    only up to that distance; and the nearest found is the nearest of all when ``d(x, best) +
+    d(x, a) < radius[a]``, as any other center ``j`` has ``d(x, j) >= d(a, j) - d(x, a) >=
+    radius[a] - d(x, a) > d(x, best)``. Otherwise every center is compared. Returns (sum of
+    weight * squared distance in point order, full searches).
     """
     m, channels = grid.shape
     k = quant.shape[0]
@@ -81,7 +87,10 @@ def assign(grid, weights, quant, labels, neighbors, radius):
             diff = grid[i, c] - quant[a, c]
             d_a += diff * diff
         best, best_d = a, d_a
+        reach = 2.0 * np.sqrt(d_a) + MARGIN
         for t in range(count):
+            if gaps[a, t] > reach:
+                break
             j = neighbors[a, t]
             d = 0.0
             for c in range(channels):
@@ -107,5 +116,6 @@ def assign(grid, weights, quant, labels, neighbors, radius):
 def warm() -> None:
     """Load the compiled loops now (from numba's cache: a few tenths of a second once)."""
     quant = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
-    neighbors, radius = center_neighbors(quant, 1)
-    assign(np.zeros((1, 3)), np.ones(1), quant, np.zeros(1, dtype=np.int64), neighbors, radius)
+    neighbors, gaps, radius = center_neighbors(quant, 1)
+    assign(np.zeros((1, 3)), np.ones(1), quant, np.zeros(1, dtype=np.int64), neighbors, gaps,
+           radius)

@@ -184,11 +184,10 @@ def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
         blas = fit._assign_exact(fit._exact_rows(points, scale), weights, centers, scale)
         assert np.array_equal(blas[0], truth) and blas[1] == truth_error
         quant = np.rint(centers * scale)
-        neighbors, radius = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
+        found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
         for start in (rng.integers(0, k, len(points)), truth.copy()):  # any previous centers
             labels = start.astype(np.int64)
-            error, full = fitkernel.assign(points * scale, weights, quant, labels, neighbors,
-                                           radius)
+            error, full = fitkernel.assign(points * scale, weights, quant, labels, *found)
             assert np.array_equal(labels, truth) and error == truth_error
         if k > 4 * fit.FAST_NEIGHBORS and top == 255:
             assert full < 0.2 * len(points)  # centers spread like the points: few full searches
@@ -200,14 +199,15 @@ def test_center_neighbors_are_the_nearest_and_radius_the_next(k):
 
     rng = np.random.default_rng(40 + k)
     quant = rng.integers(0, 12, (k, 3)).astype(np.float64)  # small box: tied distances
-    neighbors, radius = fitkernel.center_neighbors(quant, 16)
+    neighbors, gaps, radius = fitkernel.center_neighbors(quant, 16)
     count = min(16, k - 1)
-    assert neighbors.shape == (k, count)
+    assert neighbors.shape == gaps.shape == (k, count)
     for a in range(k):
         d = ((quant - quant[a]) ** 2).sum(axis=1)
         others = np.sort(np.delete(d, a))
         assert a not in neighbors[a] and len(set(neighbors[a].tolist())) == count
-        assert np.array_equal(np.sort(d[neighbors[a]]), others[:count])
+        assert np.array_equal(d[neighbors[a]], others[:count])  # nearest first
+        assert np.array_equal(gaps[a], np.sqrt(others[:count]))
         assert radius[a] == (np.sqrt(others[count]) if count < k - 1 else np.inf)
 
 
