@@ -152,3 +152,15 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
             cur, nxt = nxt, cur
             nxt[:] = 0.0
     carry[:] = cur
+
+
+def warm() -> None:
+    """Load the compiled loops now, with the argument types the mappers pass (numba's cache
+    holds one entry per set of types): the warm worker does it once for all its calls."""
+    palette = np.array([[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]])
+    lo, step = np.full(3, -1.0), np.full(3, 300.0)
+    start, members = candidate_grid(palette, lo, step, 1)
+    for diffuse in (True, False):
+        map_band(np.zeros((2, 2, 3)), np.zeros((2, 2), dtype=np.bool_), 1, 0, palette, lo,
+                 1.0 / step, 1, start, members, palette[0], palette[1], 1.0, 0.0, diffuse,
+                 np.zeros((2, 3)), np.zeros((1, 2), dtype=np.int64))

@@ -1,4 +1,4 @@
-"""The warm worker: numpy, Pillow, scikit-learn and colorquant imported once, a child per call.
+"""The warm worker: numpy, Pillow, scikit-learn, numba and colorquant loaded once, a child per call.
 
 Started by the launcher (``launch.py``) in its own session with no inherited descriptors,
 it listens on a Unix socket named after the identity of the installation and environment
@@ -46,10 +46,11 @@ def _preload() -> str | None:
             importlib.import_module(name)
         from PIL import Image
 
-        from . import fit
+        from . import ditherkernel, fit
 
         Image.init()  # the plugins, as the first Image.open of a call would load them
-        fit.load_kernel()  # numba and the k>64 fit's compiled loop, for every child
+        fit.load_kernel()  # numba and the compiled loops, loaded once for every child
+        ditherkernel.warm()
     if caught:
         # a fresh process would print these when a call imports the module: we cannot
         return f"importing printed a warning: {caught[0].message}"
