@@ -3,6 +3,7 @@
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
     python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
     python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
+    python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
 
 Quality: the four Kodak photos of the corpus (``COLORQUANT_CORPUS``) and the two samples, at
 k = 16, 64, 256, mean over images. colorquant fits one palette per image and k (the fit does
@@ -224,6 +225,33 @@ def figure(path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
+def pillow_exactness(seed: int = 0) -> None:
+    """How often Pillow's mapping to a given palette (``quantize(palette=...)``, the lookup its
+    Floyd–Steinberg uses too) misses the nearest palette color, on random pixels and palettes."""
+    import PIL
+
+    rng = np.random.default_rng(seed)
+    print(f"\n### Pillow {PIL.__version__}: quantize(palette=P, dither=NONE) against the "
+          "exact nearest color (512×512 random pixels)\n")
+    print("| k | pixels not mapped to a nearest color | mean excess squared distance | max |")
+    print("|---:|---:|---:|---:|")
+    for k in KS:
+        palette = rng.integers(0, 256, (k, 3), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (512 * 512, 3), dtype=np.uint8)
+        entries = np.vstack([palette, np.repeat(palette[:1], 256 - k, axis=0)])  # 256 entries
+        holder = Image.new("P", (1, 1))
+        holder.putpalette(entries.ravel().tolist())
+        image = Image.fromarray(pixels.reshape(512, 512, 3))
+        got = entries[np.asarray(image.quantize(palette=holder, dither=Image.Dither.NONE))]
+        wide = pixels.astype(np.int64)
+        best = np.full(len(wide), np.iinfo(np.int64).max)
+        for color in palette.astype(np.int64):
+            best = np.minimum(best, ((wide - color) ** 2).sum(axis=1))
+        excess = ((wide - got.reshape(-1, 3).astype(np.int64)) ** 2).sum(axis=1) - best
+        missed = excess > 0
+        print(f"| {k} | {missed.mean():.2%} | {excess[missed].mean():.1f} | {excess.max()} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quality", action="store_true")
@@ -234,7 +262,12 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="also try edge-limited fs and threshold scales")
     parser.add_argument("--figure", type=Path, help="write the README picture to this path")
+    parser.add_argument("--pillow", action="store_true",
+                        help="only check whether Pillow's palette lookup is exact")
     args = parser.parse_args()
+    if args.pillow:
+        pillow_exactness()
+        return
     if args.figure:
         figure(args.figure)
         return
