@@ -24,6 +24,9 @@ class Space(Protocol):
     name: str
     #: Whether :meth:`metric` gives whole numbers 0–255 (exact integer float32 arithmetic).
     integer_metric: bool
+    #: Whether :meth:`dither_coords` are the float sRGB values themselves (the threshold
+    #: mappers then add their offsets inside the compiled loop).
+    srgb_search: bool
 
     def encode(self, colors: np.ndarray) -> np.ndarray: ...
     def decode(self, coords: np.ndarray) -> np.ndarray: ...
@@ -38,6 +41,7 @@ class RGBSpace:
 
     name: str = "rgb"
     integer_metric: bool = True
+    srgb_search: bool = True
 
     def encode(self, colors: np.ndarray) -> np.ndarray:
         """uint8 (m, C) to float64 (m, C) in [0, 1], the cloud k-means fits."""
@@ -113,6 +117,7 @@ class OKLabSpace:
 
     name: str = "oklab"
     integer_metric: bool = False
+    srgb_search: bool = False
 
     def encode(self, colors: np.ndarray) -> np.ndarray:
         """uint8 or float sRGB(A) values (m, C) on the 0–255 scale to float64 OKLab(A)."""

@@ -154,6 +154,54 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
     carry[:] = cur
 
 
+@njit(cache=True)
+def threshold_band(band, skip, rows, first_row, offsets, palette, lo, inv_step, cells, start,
+                   members, out):
+    """:func:`map_band` without diffusion for sRGB search coordinates, taking the uint8
+    pixels and the threshold offsets instead of precomputed coordinates.
+
+    For each visible pixel of the first ``rows`` rows, ``want = min(max(pixel + offsets[(y +
+    first_row) % s, x % s], 0), 255)`` on R, G and B (alpha as it is), float64, exactly the
+    values the mapper would otherwise build with numpy; ``out`` = the nearest palette index of
+    ``want``, searched as :func:`map_band` searches.
+    """
+    w, channels = band.shape[1], band.shape[2]
+    k = palette.shape[0]
+    size_y, size_x = offsets.shape
+    want = np.empty(channels)
+    for y in range(rows):
+        row = offsets[(first_row + y) % size_y]
+        for x in range(w):
+            if skip[y, x]:
+                continue
+            offset = row[x % size_x]
+            cell = 0
+            inside = True
+            for c in range(channels):
+                v = float(band[y, x, c])
+                if c < 3:
+                    v = min(max(v + offset, 0.0), 255.0)
+                want[c] = v
+                t = (v - lo[c]) * inv_step[c]
+                if 0.0 <= t < cells:
+                    cell = cell * cells + int(t)
+                else:
+                    inside = False
+            first, last = (start[cell], start[cell + 1]) if inside else (0, k)
+            best = -1
+            best_d = np.inf
+            for m in range(first, last):
+                j = members[m] if inside else m
+                dist = 0.0
+                for c in range(channels):
+                    diff = want[c] - palette[j, c]
+                    dist += diff * diff
+                if dist < best_d:
+                    best_d = dist
+                    best = j
+            out[y, x] = best
+
+
 def warm() -> None:
     """Load the compiled loops now, with the argument types the mappers pass (numba's cache
     holds one entry per set of types): the warm worker does it once for all its calls."""
@@ -164,3 +212,6 @@ def warm() -> None:
         map_band(np.zeros((2, 2, 3)), np.zeros((2, 2), dtype=np.bool_), 1, 0, palette, lo,
                  1.0 / step, 1, start, members, palette[0], palette[1], 1.0, 0.0, diffuse,
                  np.zeros((2, 3)), np.zeros((1, 2), dtype=np.int64))
+    threshold_band(np.zeros((1, 2, 3), dtype=np.uint8), np.zeros((1, 2), dtype=np.bool_), 1, 0,
+                   np.zeros((2, 2)), palette, lo, 1.0 / step, 1, start, members,
+                   np.zeros((1, 2), dtype=np.int64))

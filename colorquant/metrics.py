@@ -25,8 +25,12 @@ def weighted_sse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) 
 
 def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> float:
     """Mean squared error per channel, 0–255 scale (:func:`weighted_sse` per channel value)."""
-    n = int(np.sum(weights)) * original.shape[1]
-    return weighted_sse(original, approx, weights) / n if n else 0.0
+    return mse(weighted_sse(original, approx, weights), int(np.sum(weights)) * original.shape[1])
+
+
+def mse(sse: int, values: int) -> float:
+    """A sum of squared channel differences over ``values`` channel values, as their mean."""
+    return sse / values if values else 0.0
 
 
 def psnr(mse_value: float) -> float:

@@ -252,18 +252,19 @@ def apply_palette(prepared: Prepared, palette: Palette, options: QuantizeOptions
     if labels is None:
         labels = _labels(colors, palette, options)
     mapping = dither.map_pixels(prepared, palette, options, labels)
-    counts = np.bincount(mapping.labels, weights=mapping.counts,
-                         minlength=len(palette)).astype(np.int64)
     clock.lap("map")
     # The image shares the index array's memory (no copy of the output).
     out = Image.frombuffer("P", prepared.image.size, mapping.indices, "raw", "P", 0, 1)
     out.putpalette(palette.colors.tobytes(), "RGBA" if palette.has_alpha else "RGB")
-    became = palette.colors[mapping.labels]
-    error = metrics.weighted_mse(mapping.colors, became, mapping.counts)
+    error = metrics.mse(mapping.sse, prepared.n_pixels * colors.shape[1])
     clock.lap("metrics")
-    return QuantizeResult(out, Palette(palette.colors, counts), error, metrics.psnr(error),
-                          clock.timings,
-                          lambda: metrics.mean_delta_e(mapping.colors, became, mapping.counts))
+
+    def delta_e() -> float:
+        pair_colors, pair_labels, pair_counts = mapping.pairs()
+        return metrics.mean_delta_e(pair_colors, palette.colors[pair_labels], pair_counts)
+
+    return QuantizeResult(out, Palette(palette.colors, mapping.entry_counts), error,
+                          metrics.psnr(error), clock.timings, delta_e)
 
 
 def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,

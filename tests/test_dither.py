@@ -183,7 +183,11 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
                                                  (Dither.BLUE_NOISE, dither.blue_noise)])
 @pytest.mark.parametrize(("space", "channels"), [(ColorSpace.RGB, 3), (ColorSpace.RGB, 4),
                                                   (ColorSpace.OKLAB, 3)])
-def test_threshold_methods_are_the_exact_nearest(method, matrix, space, channels):
+@pytest.mark.parametrize("band_rows", [None, 3])
+def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, space, channels,
+                                                 band_rows):
+    if band_rows:  # bands that start mid-mask
+        monkeypatch.setattr(dither, "BAND_PIXELS", 70 * band_rows)
     image = _gradient(20, 70, channels=channels, seed=2)  # wider than the 64-pixel mask
     if channels == 4:
         image[::3, ::4, 3] = 0
@@ -291,13 +295,29 @@ def test_cielab_of_the_primaries():
                                atol=0.02)
 
 
-def test_delta_e_of_a_dithered_result_is_over_its_pixels():
-    image = _gradient(12, 15, seed=4)
-    result = pipeline.quantize(image, QuantizeOptions(colors=4, dither=Dither.FS))
-    became = result.palette.colors[_indices(result)].reshape(-1, 3)
-    per_pixel = metrics.delta_e2000(srgb_to_cielab(image.reshape(-1, 3)), srgb_to_cielab(became))
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("method", list(Dither))
+def test_error_measures_and_counts_of_a_result_are_over_its_pixels(monkeypatch, method,
+                                                                   channels):
+    """MSE, mean ΔE2000 and the palette's pixel counts, against a plain per-pixel count; with
+    bands of a few rows (the dithering mappers sum them band by band)."""
+    monkeypatch.setattr(dither, "BAND_PIXELS", 40)
+    image = _gradient(12, 15, channels=channels, seed=4)
+    if channels == 4:
+        image[2:5, 3:9, 3] = 0  # fully transparent: transparent black in the measures
+        image[2:5, 3:9, :3] = 200
+    result = pipeline.quantize(image, QuantizeOptions(colors=5, dither=method))
+    indices = _indices(result).reshape(-1)
+    shown = image.reshape(-1, channels).copy()
+    if channels == 4:
+        shown[shown[:, 3] == 0] = 0
+    became = result.palette.colors[indices]
+    assert np.array_equal(result.palette.counts,
+                          np.bincount(indices, minlength=len(result.palette)))
+    per_pixel = metrics.delta_e2000(srgb_to_cielab(shown[:, :3]),
+                                    srgb_to_cielab(became[:, :3]))
     assert result.delta_e == pytest.approx(per_pixel.mean(), rel=1e-9)
-    mse = ((image.reshape(-1, 3).astype(float) - became) ** 2).mean()
+    mse = ((shown.astype(float) - became) ** 2).mean()
     assert result.mse == pytest.approx(mse, rel=1e-12)
 
 
