@@ -151,10 +151,9 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)
 
 
-def _bands(prepared: Prepared, extra: int = 0,
-           ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(first row, rows, raw uint32 keys, uint8 pixels (rows + up to ``extra``, W, C)) band
-    by band (the keys of the same rows as the pixels)."""
+def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, rows, raw uint32 keys of rows + up to ``extra``) band by band; the keys'
+    bytes are R, G, B, A (or padding) per pixel (:func:`_pixels` unpacks them)."""
     image = prepared.image
     width, height = image.size
     channels = prepared.histogram.channels
@@ -162,9 +161,13 @@ def _bands(prepared: Prepared, extra: int = 0,
     for top in range(0, height, step):
         bottom = min(height, top + step)
         band = image.crop((0, top, width, min(height, bottom + extra)))
-        keys = pixels.pixel_keys(band.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
-        yield top, bottom - top, keys, pixels.unpack(keys, channels).reshape(-1, width,
-                                                                             channels)
+        yield top, bottom - top, pixels.pixel_keys(
+            band.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
+
+
+def _pixels(keys: np.ndarray, width: int, channels: int) -> np.ndarray:
+    """A band's raw keys as uint8 pixels (h, W, C)."""
+    return pixels.unpack(keys, channels).reshape(-1, width, channels)
 
 
 def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels: np.ndarray,
@@ -192,19 +195,25 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
     entries = palette.colors.astype(np.int32)
     sse = 0
     at = 0
-    for top, rows, _, band in _bands(prepared, extra=1 if diffuse else 0):
+    wide_entries = entries.astype(np.int64)
+    for top, rows, raw in _bands(prepared, extra=1 if diffuse else 0):
+        if offsets is not None:
+            sse += int(ditherkernel.threshold_band(
+                raw.view(np.uint8).reshape(rows, width, 4), channels, rows, top, offsets,
+                target.coords, target.lo, target.inv_step, target.cells, target.start,
+                target.members, target.index, wide_entries,
+                -1 if clear is None else clear, entry_counts,
+                indices[at : at + rows * width].reshape(rows, width)))
+            at += rows * width
+            continue
+        assert points is not None
+        band = _pixels(raw, width, channels)
         skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
         found = np.zeros((rows, width), dtype=np.int64)
-        if offsets is not None:
-            ditherkernel.threshold_band(band, skip, rows, top, offsets, target.coords,
-                                        target.lo, target.inv_step, target.cells, target.start,
-                                        target.members, found)
-        else:
-            assert points is not None
-            ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
-                                  target.coords, target.lo, target.inv_step, target.cells,
-                                  target.start, target.members, box_lo, box_hi, strength, edge,
-                                  diffuse, carry, found)
+        ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
+                              target.coords, target.lo, target.inv_step, target.cells,
+                              target.start, target.members, box_lo, box_hi, strength, edge,
+                              diffuse, carry, found)
         out = target.index[found].astype(np.uint8)
         if clear is not None:
             out[skip[:rows]] = clear
@@ -227,7 +236,7 @@ def _pairs(prepared: Prepared, indices: np.ndarray,
     channels = prepared.histogram.channels
     found: list[tuple[np.ndarray, np.ndarray]] = []
     at = 0
-    for _, _, raw, _ in _bands(prepared):
+    for _, _, raw in _bands(prepared):
         keys = pixels.canonical(raw, channels)
         flat = indices[at : at + len(keys)]
         at += len(keys)

@@ -155,24 +155,34 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
 
 
 @njit(cache=True)
-def threshold_band(band, skip, rows, first_row, offsets, palette, lo, inv_step, cells, start,
-                   members, out):
-    """:func:`map_band` without diffusion for sRGB search coordinates, taking the uint8
-    pixels and the threshold offsets instead of precomputed coordinates.
+def threshold_band(band, channels, rows, first_row, offsets, palette, lo, inv_step, cells,
+                   start, members, index, entries, clear, counts, out):
+    """:func:`map_band` without diffusion for sRGB search coordinates, on the uint8 pixels
+    themselves, writing palette indices and summing what the result reports.
 
-    For each visible pixel of the first ``rows`` rows, ``want = min(max(pixel + offsets[(y +
+    ``band`` (h, w, 4) uint8 holds the first ``rows`` rows (R, G, B[, A] in its first
+    ``channels`` bytes). For each visible pixel: ``want = min(max(pixel + offsets[(y +
     first_row) % s, x % s], 0), 255)`` on R, G and B (alpha as it is), float64, exactly the
-    values the mapper would otherwise build with numpy; ``out`` = the nearest palette index of
-    ``want``, searched as :func:`map_band` searches.
+    values the mapper would build with numpy; ``out`` = ``index`` of the nearest of
+    ``palette`` to ``want``, searched as :func:`map_band` searches. A fully transparent pixel
+    (``channels`` 4, alpha 0) takes ``clear``. ``counts`` (pixels per palette entry) is added
+    to in place; returns the exact sum of squared differences between each pixel (a
+    transparent one as transparent black) and ``entries`` (the palette's uint8 colors) of
+    its index.
     """
-    w, channels = band.shape[1], band.shape[2]
+    w = band.shape[1]
     k = palette.shape[0]
     size_y, size_x = offsets.shape
     want = np.empty(channels)
+    sse = 0
     for y in range(rows):
         row = offsets[(first_row + y) % size_y]
         for x in range(w):
-            if skip[y, x]:
+            if channels == 4 and band[y, x, 3] == 0:
+                out[y, x] = clear
+                counts[clear] += 1
+                for c in range(channels):
+                    sse += entries[clear, c] * entries[clear, c]
                 continue
             offset = row[x % size_x]
             cell = 0
@@ -199,7 +209,13 @@ def threshold_band(band, skip, rows, first_row, offsets, palette, lo, inv_step, 
                 if dist < best_d:
                     best_d = dist
                     best = j
-            out[y, x] = best
+            chosen = index[best]
+            out[y, x] = chosen
+            counts[chosen] += 1
+            for c in range(channels):
+                diff_i = np.int64(band[y, x, c]) - entries[chosen, c]
+                sse += diff_i * diff_i
+    return sse
 
 
 def warm() -> None:
@@ -212,6 +228,9 @@ def warm() -> None:
         map_band(np.zeros((2, 2, 3)), np.zeros((2, 2), dtype=np.bool_), 1, 0, palette, lo,
                  1.0 / step, 1, start, members, palette[0], palette[1], 1.0, 0.0, diffuse,
                  np.zeros((2, 3)), np.zeros((1, 2), dtype=np.int64))
-    threshold_band(np.zeros((1, 2, 3), dtype=np.uint8), np.zeros((1, 2), dtype=np.bool_), 1, 0,
-                   np.zeros((2, 2)), palette, lo, 1.0 / step, 1, start, members,
-                   np.zeros((1, 2), dtype=np.int64))
+    for channels in (3, 4):
+        pixels = np.frombuffer(bytes(8), dtype=np.uint8).reshape(1, 2, 4)  # read-only, as
+        threshold_band(pixels, channels, 1, 0, np.zeros((2, 2)),  # the mappers' bands are
+                       palette, lo, 1.0 / step, 1, start, members, np.zeros(2, dtype=np.intp),
+                       np.zeros((2, channels), dtype=np.int64), 0, np.zeros(2, dtype=np.int64),
+                       np.zeros((1, 2), dtype=np.uint8))
