@@ -44,11 +44,12 @@ IDLE = "COLORQUANT_WORKER_IDLE"
 #: Launcher-only variables: not part of the identity (they do not change what a call does).
 OWN_PREFIX = "COLORQUANT_WORKER"
 #: Environment read once at import by Python, the C libraries, numpy, SciPy, scikit-learn,
-#: threadpoolctl, Pillow or colorquant: a worker is used only if these match exactly.
+#: threadpoolctl, Pillow, numba (the worker loads it) or colorquant: a worker is used only
+#: if these match exactly.
 ENV_PREFIXES = ("PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "GOTO", "MKL_", "BLIS_",
                 "VECLIB_", "NUMEXPR_", "NPY_", "NUMPY_", "SCIPY_", "SKLEARN_", "JOBLIB_",
-                "LOKY_", "THREADPOOLCTL", "PIL", "COLORQUANT_", "LC_", "LD_", "MALLOC_",
-                "GLIBC_")
+                "LOKY_", "THREADPOOLCTL", "PIL", "NUMBA_", "COLORQUANT_", "LC_", "LD_",
+                "MALLOC_", "GLIBC_")
 ENV_NAMES = ("LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP")
 #: Resource limits the worker's children inherit from the worker, so they must match.
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",

@@ -360,3 +360,16 @@ def test_readme_documents_the_switches_commands_and_identity():
         assert needle in section
     for prefix in (*launch.ENV_PREFIXES, *launch.ENV_NAMES):
         assert f"`{prefix}" in section, prefix
+
+
+@pytest.mark.parametrize(("name", "counts"), [("NUMBA_DISABLE_JIT", True),
+                                              ("OMP_NUM_THREADS", True),
+                                              ("COLORQUANT_WORKER_TRACE", False),
+                                              ("SOME_OTHER_SETTING", False)])
+def test_variables_read_at_import_are_part_of_the_identity(monkeypatch, name, counts):
+    from colorquant import launch
+
+    monkeypatch.delenv(name, raising=False)
+    before = launch.identity()
+    monkeypatch.setenv(name, "1")
+    assert (launch.identity() != before) is counts
