@@ -60,7 +60,7 @@ FAST_SCALE = 4
 #: Rows per block of the accelerated assignment (a 512 x k block stays in cache).
 FAST_CHUNK = 512
 #: Centers the compiled assignment tries beside each point's previous one (the nearest of
-#: that center): at k=256 fewer than 2% of points then need a search over every center.
+#: that center): at k=256, 1-3% of points a pass then needed a search over every center.
 FAST_NEIGHBORS = 16
 
 #: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
@@ -71,8 +71,8 @@ def load_kernel() -> None:
     """Use the compiled assignment for the k>64 fits of this process and of its forks.
 
     Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
-    loading numba costs about half a second, so only processes that fit many palettes (the
-    warm worker, a batch of files) load it.
+    loading numba costs about 0.4 s, so only processes that fit many palettes (the warm
+    worker, a batch of files) load it.
     """
     global _KERNEL
     if _KERNEL is None:
@@ -352,8 +352,9 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
     """Over-relaxed weighted Lloyd passes over every point, on the exact objective.
 
     Each pass assigns every point to its nearest center kept at 1/:data:`FAST_SCALE` units
-    (exact integer scores in float32 blocks, one BLAS product each) and measures the exact
-    weighted error. A center whose step keeps its direction moves up to :data:`FAST_BETA`
+    (exact integer scores in float32 blocks, one BLAS product each, or the compiled search of
+    :class:`_Assignment`: the same labels) and measures the exact weighted error. A center
+    whose step keeps its direction moves up to :data:`FAST_BETA`
     times its Lloyd step (plain Lloyd crawls at k=256: 30 passes left 0.04-0.1 dB); a pass
     that raises the error is undone by taking the plain step instead. Stops when a pass gains
     under :data:`FAST_TOL` of the error. Then two passes at whole units pick the best rounded
