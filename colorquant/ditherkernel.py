@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import cached
+
 #: Floyd–Steinberg weights (exact binary fractions): ahead, behind-below, below, ahead-below.
 W_AHEAD, W_BEHIND_BELOW, W_BELOW, W_AHEAD_BELOW = 7 / 16, 3 / 16, 5 / 16, 1 / 16
 
 
-@njit(cache=True)
+@cached
 def candidate_grid(palette, lo, step, cells):
     """Candidate lists of a grid of ``cells`` per channel over ``lo + [0, cells * step]``.
 
@@ -71,7 +73,36 @@ def candidate_grid(palette, lo, step, cells):
     return start, members[:count].copy()
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _nearest(want, palette, lo, inv_step, cells, start, members):
+    """Index of the palette color nearest to ``want`` (the first of equals): through the
+    candidate list of its grid cell, or every color when it lies outside the grid. Inlined
+    into the loops (a numba call with array arguments costs more than the search itself)."""
+    k, channels = palette.shape
+    cell = 0
+    inside = True
+    for c in range(channels):
+        t = (want[c] - lo[c]) * inv_step[c]
+        if 0.0 <= t < cells:
+            cell = cell * cells + int(t)
+        else:
+            inside = False
+    first, last = (start[cell], start[cell + 1]) if inside else (0, k)
+    best = -1
+    best_d = np.inf
+    for m in range(first, last):
+        j = members[m] if inside else m
+        dist = 0.0
+        for c in range(channels):
+            diff = want[c] - palette[j, c]
+            dist += diff * diff
+        if dist < best_d:
+            best_d = dist
+            best = j
+    return best
+
+
+@cached
 def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start, members,
              box_lo, box_hi, strength, edge, diffuse, carry, out):
     """Nearest palette index of every visible pixel of the first ``rows`` rows of a band,
@@ -88,11 +119,8 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
     added in that order, and only to visible pixels inside the image. With ``edge > 0`` no
     error goes to a neighbour whose pixel is farther than ``edge`` (Euclidean) from this one.
 
-    The search is written out here (not called) because a numba call with array arguments
-    costs more than the search itself.
     """
     h, w, channels = coords.shape
-    k = palette.shape[0]
     cur = carry
     nxt = np.zeros_like(carry)
     want = np.empty(channels)
@@ -106,28 +134,9 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
             x = step_x if forward else w - 1 - step_x
             if skip[y, x]:
                 continue
-            cell = 0
-            inside = True
             for c in range(channels):
-                v = min(max(coords[y, x, c] + cur[x, c], box_lo[c]), box_hi[c])
-                want[c] = v
-                t = (v - lo[c]) * inv_step[c]
-                if 0.0 <= t < cells:
-                    cell = cell * cells + int(t)
-                else:
-                    inside = False
-            first, last = (start[cell], start[cell + 1]) if inside else (0, k)
-            best = -1
-            best_d = np.inf
-            for m in range(first, last):
-                j = members[m] if inside else m
-                dist = 0.0
-                for c in range(channels):
-                    diff = want[c] - palette[j, c]
-                    dist += diff * diff
-                if dist < best_d:
-                    best_d = dist
-                    best = j
+                want[c] = min(max(coords[y, x, c] + cur[x, c], box_lo[c]), box_hi[c])
+            best = _nearest(want, palette, lo, inv_step, cells, start, members)
             out[y, x] = best
             if not diffuse:
                 continue
@@ -154,7 +163,7 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
     carry[:] = cur
 
 
-@njit(cache=True)
+@cached
 def threshold_band(band, channels, rows, first_row, offsets, palette, lo, inv_step, cells,
                    start, members, index, entries, clear, counts, out):
     """:func:`map_band` without diffusion for sRGB search coordinates, on the uint8 pixels
@@ -171,7 +180,6 @@ def threshold_band(band, channels, rows, first_row, offsets, palette, lo, inv_st
     its index.
     """
     w = band.shape[1]
-    k = palette.shape[0]
     size_y, size_x = offsets.shape
     want = np.empty(channels)
     sse = 0
@@ -185,31 +193,10 @@ def threshold_band(band, channels, rows, first_row, offsets, palette, lo, inv_st
                     sse += entries[clear, c] * entries[clear, c]
                 continue
             offset = row[x % size_x]
-            cell = 0
-            inside = True
             for c in range(channels):
                 v = float(band[y, x, c])
-                if c < 3:
-                    v = min(max(v + offset, 0.0), 255.0)
-                want[c] = v
-                t = (v - lo[c]) * inv_step[c]
-                if 0.0 <= t < cells:
-                    cell = cell * cells + int(t)
-                else:
-                    inside = False
-            first, last = (start[cell], start[cell + 1]) if inside else (0, k)
-            best = -1
-            best_d = np.inf
-            for m in range(first, last):
-                j = members[m] if inside else m
-                dist = 0.0
-                for c in range(channels):
-                    diff = want[c] - palette[j, c]
-                    dist += diff * diff
-                if dist < best_d:
-                    best_d = dist
-                    best = j
-            chosen = index[best]
+                want[c] = min(max(v + offset, 0.0), 255.0) if c < 3 else v
+            chosen = index[_nearest(want, palette, lo, inv_step, cells, start, members)]
             out[y, x] = chosen
             counts[chosen] += 1
             for c in range(channels):
