@@ -9,14 +9,15 @@ sum of squares of whole numbers, exact in float64, as the BLAS scores are exact 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .jit import cached
 
 #: Safety margin (scaled units) of the triangle-inequality test; distances are at most about
 #: 1800 and exact up to one rounding of a square root, so this only ever adds full searches.
 MARGIN = 1e-6
 
 
-@njit(cache=True)
+@cached
 def center_neighbors(quant, count):
     """The ``count`` nearest other centers of each center, nearest first (any order among
     equals), their distances, and the distance from each center to the nearest center not
@@ -61,7 +62,7 @@ def center_neighbors(quant, count):
     return neighbors[:, :count], gaps[:, :count], radius
 
 
-@njit(cache=True)
+@cached
 def assign(grid, weights, quant, labels, neighbors, gaps, radius):
     """Nearest center of every point, starting from its previous center; the weighted error.
 

@@ -4,6 +4,7 @@ import pytest
 from colorquant import fit
 from colorquant.colorspace import get_space
 from colorquant.options import ColorSpace, FitMethod
+from tests.conftest import run
 
 RGB = get_space(ColorSpace.RGB)
 
@@ -91,8 +92,6 @@ def test_methods_are_really_different_algorithms():
 
 
 def test_fit_option_reaches_the_command(tmp_path, small_png):
-    from tests.conftest import run
-
     outs = []
     for method in ("minibatch", "lloyd"):
         out = tmp_path / f"{method}.png"
@@ -225,3 +224,26 @@ def test_fit_is_the_same_with_the_compiled_assignment(monkeypatch, k, flower):
     assert fit._Assignment(RGB.metric(colors), counts.astype(np.float64)).compiled
     assert not fit._Assignment(RGB.metric(colors), counts + 0.5).compiled  # not whole: BLAS
     assert np.array_equal(fit.fit_centers(colors, counts, k, seed=5, space=RGB), plain)
+
+
+def test_compiled_loops_cache_outside_the_package(tmp_path, monkeypatch):
+    """numba's default cache (the package's ``__pycache__``) outlives ``pip uninstall`` and
+    turns the folder into a namespace package that hides a later editable install; the
+    loops cache in the environment instead, and a ``NUMBA_CACHE_DIR`` is kept."""
+    from pathlib import Path
+
+    from numba.core import config
+
+    import colorquant
+    from colorquant import ditherkernel, fitkernel, jit
+
+    package = Path(colorquant.__file__).resolve().parent
+    for kernel in (fitkernel.assign, fitkernel.center_neighbors, ditherkernel.candidate_grid,
+                   ditherkernel.map_band, ditherkernel.threshold_band):
+        path = Path(kernel._cache.cache_path).resolve()
+        assert path.is_relative_to(Path(jit.CACHE).resolve()), path
+        assert not path.is_relative_to(package), path
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    twice = jit.cached(lambda x: 2 * x)
+    assert twice(3) == 6 and config.CACHE_DIR == str(tmp_path)
+    assert Path(twice._cache.cache_path).is_relative_to(tmp_path)
