@@ -192,16 +192,15 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
     n = prepared.n_pixels
     indices = np.empty(n, dtype=np.uint8)
     entry_counts = np.zeros(len(palette), dtype=np.int64)
-    entries = palette.colors.astype(np.int32)
+    entries = palette.colors.astype(np.int64)
     sse = 0
     at = 0
-    wide_entries = entries.astype(np.int64)
     for top, rows, raw in _bands(prepared, extra=1 if diffuse else 0):
         if offsets is not None:
             sse += int(ditherkernel.threshold_band(
                 raw.view(np.uint8).reshape(rows, width, 4), channels, rows, top, offsets,
                 target.coords, target.lo, target.inv_step, target.cells, target.start,
-                target.members, target.index, wide_entries,
+                target.members, target.index, entries,
                 -1 if clear is None else clear, entry_counts,
                 indices[at : at + rows * width].reshape(rows, width)))
             at += rows * width

@@ -118,7 +118,6 @@ def map_band(coords, skip, rows, first_row, palette, lo, inv_step, cells, start,
     chosen) * strength`` goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below,
     added in that order, and only to visible pixels inside the image. With ``edge > 0`` no
     error goes to a neighbour whose pixel is farther than ``edge`` (Euclidean) from this one.
-
     """
     h, w, channels = coords.shape
     cur = carry

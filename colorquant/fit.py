@@ -443,7 +443,8 @@ class _Assignment:
         if scale not in self._rows:
             self._rows[scale] = _exact_rows(self.points, scale)
         labels, error = _assign_exact(self._rows[scale], self.weights, centers, scale)
-        self.labels = labels.astype(np.int64)
+        if self.compiled:  # the kernel's start for the next pass
+            self.labels = labels.astype(np.int64)
         return labels, error
 
 
