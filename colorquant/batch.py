@@ -309,14 +309,18 @@ def _guarded(function: Callable[[Any], Any], item: Any) -> Any:
 
 
 def _init_worker() -> None:
-    """Worker set-up: the parent handles Ctrl-C; one BLAS/OpenMP thread per worker."""
+    """Worker set-up: the parent handles Ctrl-C; one BLAS/OpenMP and mapping thread per
+    worker (the workers already use every CPU)."""
     global _limits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
     import numpy  # noqa: F401  (load its BLAS first: the limit covers only loaded libraries)
     from threadpoolctl import threadpool_limits
 
+    from . import dither
+
     _limits = threadpool_limits(limits=1)
+    dither.limit_threads(1)
 
 
 def default_workers() -> int:

@@ -38,14 +38,17 @@ _limits: Any = None
 
 
 def _one_thread(function: Callable[[Any], Any], item: Any) -> Any:
-    """Run one task on a worker under one BLAS/OpenMP thread, as the local workers do: the
-    limit is set once per worker process (setting it costs tens of milliseconds, as much as
-    a small file's task)."""
+    """Run one task on a worker under one BLAS/OpenMP and mapping thread, as the local
+    workers do: the limit is set once per worker process (setting it costs tens of
+    milliseconds, as much as a small file's task)."""
     global _limits
     if _limits is None:
         from threadpoolctl import threadpool_limits
 
+        from . import dither
+
         _limits = threadpool_limits(limits=1)
+        dither.limit_threads(1)
     return function(item)
 
 

@@ -20,6 +20,7 @@ transparent entry and no part in the diffusion; visible pixels only visible entr
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 
 #: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
 BAND_PIXELS = 1 << 20
+#: Threads of the threshold mappers (whose pixels are independent): at most this many, and
+#: one per this many pixels (a thread costs about 0.1 ms to start).
+MAX_THREADS, MIN_THREAD_PIXELS = 4, 1 << 17
+_thread_limit: int | None = None
 #: Grid cells per channel of the candidate lists (3 and 4 channels; fewer for small palettes,
 #: whose lists are short anyway).
 GRID_CELLS = {3: 32, 4: 14}
@@ -151,18 +156,45 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     return _Target(allowed, coords, lo, 1.0 / step, cells, start, members)
 
 
-def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(first row, rows, raw uint32 keys of rows + up to ``extra``) band by band; the keys'
+def limit_threads(count: int | None) -> None:
+    """Cap the mapping threads of this process (``None``: the CPUs it may use, up to
+    :data:`MAX_THREADS`). The batch and Dask workers set 1: they run files side by side."""
+    global _thread_limit
+    _thread_limit = count
+
+
+def map_threads() -> int:
+    """The threads a threshold mapping may use in this process."""
+    if _thread_limit is not None:
+        return max(1, _thread_limit)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def _rows(prepared: Prepared, band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:
+    """(first row, rows) of each band of at most about ``band_pixels`` pixels."""
+    width, height = prepared.image.size
+    step = max(1, band_pixels // max(width, 1))
+    return [(top, min(height, top + step) - top) for top in range(0, height, step)]
+
+
+def _keys(prepared: Prepared, top: int, rows: int, extra: int = 0) -> np.ndarray:
+    """The raw uint32 keys of ``rows`` rows from ``top`` and up to ``extra`` more; the keys'
     bytes are R, G, B, A (or padding) per pixel (:func:`_pixels` unpacks them)."""
     image = prepared.image
     width, height = image.size
-    channels = prepared.histogram.channels
-    step = max(1, BAND_PIXELS // max(width, 1))
-    for top in range(0, height, step):
-        bottom = min(height, top + step)
-        band = image.crop((0, top, width, min(height, bottom + extra)))
-        yield top, bottom - top, pixels.pixel_keys(
-            band.tobytes("raw", "RGBX" if channels == 3 else "RGBA"))
+    band = image.crop((0, top, width, min(height, top + rows + extra)))
+    return pixels.pixel_keys(
+        band.tobytes("raw", "RGBX" if prepared.histogram.channels == 3 else "RGBA"))
+
+
+def _bands(prepared: Prepared, extra: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, rows, raw keys of rows + up to ``extra``) band by band."""
+    for top, rows in _rows(prepared):
+        yield top, rows, _keys(prepared, top, rows, extra)
 
 
 def _pixels(keys: np.ndarray, width: int, channels: int) -> np.ndarray:
@@ -174,15 +206,15 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
          points: Callable[[int, np.ndarray], np.ndarray] | None, *, diffuse: bool,
          offsets: np.ndarray | None = None) -> Mapping:
     """Run the per-pixel loop band by band over ``points(first_row, band)`` (the search
-    coordinates of a band, float64 (h, W, C)), or, given threshold ``offsets`` instead (sRGB
-    search coordinates), over the uint8 band itself; then sum what the result reports."""
+    coordinates of a band, float64 (h, W, C)), or, without ``points`` (sRGB search
+    coordinates), over the uint8 band itself, adding threshold ``offsets`` when given; the
+    loops write the indices and sum what the result reports."""
     from . import ditherkernel
 
     target = _target(palette, options)
     clear = _transparent(prepared, labels)
     width = prepared.image.size[0]
     channels = prepared.histogram.channels
-    carry = np.zeros((width, channels))
     if diffuse:  # FS keeps the wanted color inside the palette's box
         box_lo, box_hi = target.coords.min(axis=0), target.coords.max(axis=0)
     else:
@@ -193,38 +225,40 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
     indices = np.empty(n, dtype=np.uint8)
     entry_counts = np.zeros(len(palette), dtype=np.int64)
     entries = palette.colors.astype(np.int64)
-    sse = 0
-    at = 0
-    for top, rows, raw in _bands(prepared, extra=1 if diffuse else 0):
+    clear_index = -1 if clear is None else clear
+    dims = (0,) * channels  # the channel count as a type: the loops unroll their channels
+
+    def band_sse(top: int, rows: int, counts: np.ndarray, carry: np.ndarray) -> int:
+        """Map one band into ``indices``, adding to ``counts`` (and ``carry``, diffusing)."""
+        raw = _keys(prepared, top, rows, extra=1 if diffuse else 0)
+        band = raw.view(np.uint8).reshape(-1, width, 4)
+        out = indices[top * width : (top + rows) * width].reshape(rows, width)
         if offsets is not None:
-            sse += int(ditherkernel.threshold_band(
-                raw.view(np.uint8).reshape(rows, width, 4), channels, rows, top, offsets,
-                target.coords, target.lo, target.inv_step, target.cells, target.start,
-                target.members, target.index, entries,
-                -1 if clear is None else clear, entry_counts,
-                indices[at : at + rows * width].reshape(rows, width)))
-            at += rows * width
-            continue
-        assert points is not None
-        band = _pixels(raw, width, channels)
-        skip = (band[:, :, 3] == 0) if channels == 4 else np.zeros(band.shape[:2], bool)
-        found = np.zeros((rows, width), dtype=np.int64)
-        ditherkernel.map_band(np.ascontiguousarray(points(top, band)), skip, rows, top,
-                              target.coords, target.lo, target.inv_step, target.cells,
-                              target.start, target.members, box_lo, box_hi, strength, edge,
-                              diffuse, carry, found)
-        out = target.index[found].astype(np.uint8)
-        if clear is not None:
-            out[skip[:rows]] = clear
-        flat = out.reshape(-1)
-        indices[at : at + len(flat)] = flat
-        at += len(flat)
-        entry_counts += np.bincount(flat, minlength=len(entry_counts))
-        shown = band[:rows].reshape(-1, channels).astype(np.int32)
-        if clear is not None:
-            shown[skip[:rows].reshape(-1)] = 0  # as the histogram counts them
-        diff = shown - entries[flat]
-        sse += int(np.einsum("ij,ij->", diff, diff, dtype=np.int64))
+            return int(ditherkernel.threshold_band(
+                band, dims, rows, top, offsets, target.coords, target.lo,
+                target.inv_step, target.cells, target.start, target.members, target.index,
+                entries, clear_index, counts, out))
+        coords = band if points is None else np.ascontiguousarray(
+            points(top, _pixels(raw, width, channels)))
+        return int(ditherkernel.map_band(
+            band, coords, dims, rows, top, target.coords, target.lo, target.inv_step,
+            target.cells, target.start, target.members, target.index, entries, clear_index,
+            box_lo, box_hi, strength, edge, diffuse, carry, counts, out))
+
+    threads = 1 if diffuse else min(map_threads(), -(-n // MIN_THREAD_PIXELS))
+    if threads <= 1:  # in order: the error diffused into a band comes from the one above
+        carry = np.zeros((width, channels))
+        sse = sum(band_sse(top, rows, entry_counts, carry) for top, rows in _rows(prepared))
+    else:  # independent pixels: bands side by side, each with its own counts
+        from concurrent.futures import ThreadPoolExecutor
+
+        bands = _rows(prepared, min(BAND_PIXELS, -(-n // (4 * threads))))
+        still = np.zeros((width, channels))  # no error to carry: read, never written
+        counts = np.zeros((len(bands), len(palette)), dtype=np.int64)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            sse = sum(pool.map(lambda i: band_sse(*bands[i], counts[i], still),
+                               range(len(bands))))
+        entry_counts += counts.sum(axis=0)
     return Mapping(indices, entry_counts, sse, lambda: _pairs(prepared, indices))
 
 
@@ -272,7 +306,9 @@ def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
     def points(top: int, band: np.ndarray) -> np.ndarray:
         return space.dither_coords(band.reshape(-1, band.shape[2])).reshape(band.shape)
 
-    return _map(prepared, palette, options, labels, points, diffuse=True)
+    # sRGB search coordinates: the loop reads the uint8 band itself (no float64 band)
+    return _map(prepared, palette, options, labels, None if space.srgb_search else points,
+                diffuse=True)
 
 
 def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:

@@ -22,12 +22,15 @@ from numba.core import config
 CACHE = os.path.join(sys.prefix, "var", "cache", "colorquant", "numba")
 
 
-def cached(function: Callable[..., Any]) -> Any:
+def cached(function: Callable[..., Any] | None = None, *, nogil: bool = False) -> Any:
     """``numba.njit(cache=True)`` with the cache in :data:`CACHE` (numba picks the folder
-    when the function is decorated; the setting is restored at once)."""
+    when the function is decorated; the setting is restored at once). ``nogil``: the loop
+    releases the GIL, so threads can run it side by side."""
+    if function is None:
+        return lambda inner: cached(inner, nogil=nogil)
     saved = config.CACHE_DIR
     config.CACHE_DIR = saved or CACHE
     try:
-        return njit(cache=True)(function)
+        return njit(cache=True, nogil=nogil)(function)
     finally:
         config.CACHE_DIR = saved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,13 @@ def test_fs_transparency():
     np.testing.assert_array_equal(palette[out][:, :, 3] == 0, image[:, :, 3] == 0)
 
 
+def _threads(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Let the threshold mappers run ``threads`` threads on any image (of at least 1 pixel
+    a thread)."""
+    monkeypatch.setattr(dither, "MIN_THREAD_PIXELS", 1)
+    monkeypatch.setattr(dither, "_thread_limit", threads)
+
+
 def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndarray,
                          strength: float, space: ColorSpace) -> np.ndarray:
     """Each pixel: the exactly nearest palette color of clip(pixel + t × strength × spread)."""
@@ -183,11 +191,12 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
                                                  (Dither.BLUE_NOISE, dither.blue_noise)])
 @pytest.mark.parametrize(("space", "channels"), [(ColorSpace.RGB, 3), (ColorSpace.RGB, 4),
                                                   (ColorSpace.OKLAB, 3)])
-@pytest.mark.parametrize("band_rows", [None, 3])
+@pytest.mark.parametrize(("band_rows", "threads"), [(None, 1), (3, 1), (None, 3)])
 def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, space, channels,
-                                                 band_rows):
+                                                 band_rows, threads):
     if band_rows:  # bands that start mid-mask
         monkeypatch.setattr(dither, "BAND_PIXELS", 70 * band_rows)
+    _threads(monkeypatch, threads)  # 3: bands of one row, side by side
     image = _gradient(20, 70, channels=channels, seed=2)  # wider than the 64-pixel mask
     if channels == 4:
         image[::3, ::4, 3] = 0
@@ -232,6 +241,45 @@ def test_threshold_methods_are_stable_across_frames():
         a, b = (_indices(r) for r in results)
         same = (first == second).all(axis=2)
         np.testing.assert_array_equal(a[same], b[same])
+
+
+def test_mapping_threads_follow_the_cpus_and_the_workers_limit():
+    """A single call may use the CPUs it is given (up to MAX_THREADS); a batch worker
+    process, which runs beside the others, one thread."""
+    code = ("import os; from colorquant import batch, dither; os.sched_setaffinity(0, {0}); "
+            "a = dither.map_threads(); os.sched_setaffinity(0, set(range(os.cpu_count()))); "
+            "b = dither.map_threads(); batch._init_worker(); print(a, b, dither.map_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    cpus = len(os.sched_getaffinity(0))
+    assert out.stdout.split() == ["1", str(min(dither.MAX_THREADS, cpus)), "1"]
+
+
+def test_warm_compiles_every_loop_the_mappers_call():
+    """After ``ditherkernel.warm`` (what the warm worker runs before it serves), no mapping
+    compiles anything new: every method, both spaces, RGB and RGBA, in and out of threads."""
+    code = """
+import numpy as np
+from colorquant import dither, ditherkernel, pipeline
+from colorquant.options import ColorSpace, Dither, QuantizeOptions
+ditherkernel.warm()
+loops = (ditherkernel.candidate_grid, ditherkernel.map_band, ditherkernel.threshold_band)
+before = [list(loop.signatures) for loop in loops]
+rng = np.random.default_rng(0)
+for channels in (3, 4):
+    image = rng.integers(0, 256, (40, 50, channels), dtype=np.uint8)
+    if channels == 4:
+        image[::2, ::3, 3] = 0
+    for method in (Dither.FS, Dither.ORDERED, Dither.BLUE_NOISE):
+        for space in ColorSpace:
+            for threads in (1, 2):
+                dither.MIN_THREAD_PIXELS, dither._thread_limit = 1, threads
+                pipeline.quantize(image, QuantizeOptions(colors=6, dither=method, space=space))
+print([list(loop.signatures) for loop in loops] == before, [len(b) for b in before])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split()[0] == "True", out.stdout
 
 
 def test_none_imports_no_numba(tmp_path):
@@ -295,13 +343,16 @@ def test_cielab_of_the_primaries():
                                atol=0.02)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("channels", [3, 4])
 @pytest.mark.parametrize("method", list(Dither))
 def test_error_measures_and_counts_of_a_result_are_over_its_pixels(monkeypatch, method,
-                                                                   channels):
+                                                                   channels, threads):
     """MSE, mean ΔE2000 and the palette's pixel counts, against a plain per-pixel count; with
-    bands of a few rows (the dithering mappers sum them band by band)."""
+    bands of a few rows (the dithering mappers sum them band by band), side by side in
+    threads for the threshold methods."""
     monkeypatch.setattr(dither, "BAND_PIXELS", 40)
+    _threads(monkeypatch, threads)
     image = _gradient(12, 15, channels=channels, seed=4)
     if channels == 4:
         image[2:5, 3:9, 3] = 0  # fully transparent: transparent black in the measures
