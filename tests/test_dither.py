@@ -207,6 +207,35 @@ def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, sp
         _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize(("k", "box"), [(1, 255), (2, 255), (7, 30), (40, 255), (256, 255),
+                                        (256, 60)])
+def test_grid_search_is_the_brute_force_nearest(k, box, channels):
+    """The candidate lists (bound and dominance pruning) never lose the nearest color: the
+    grid search equals a plain loop over the palette (first of equals) on random points, on
+    whole numbers (many exact ties: palettes of whole numbers in a small box hold equidistant
+    colors), on the cells' corners and outside the grid."""
+    from colorquant import ditherkernel
+
+    rng = np.random.default_rng(k * 10 + channels)
+    palette = rng.integers(0, box + 1, (k, channels)).astype(np.float64)
+    if k > 2:
+        palette[1] = palette[0]  # a duplicate color
+    cells = 6
+    lo = np.full(channels, -3.0)
+    step = np.full(channels, (258.0 - lo[0]) / cells)
+    start, members = ditherkernel.candidate_grid(palette, lo, step, cells)
+    corners = lo + step * rng.integers(0, cells + 1, (300, channels))
+    points = np.concatenate([rng.uniform(-10, 265, (1500, channels)),
+                             rng.integers(0, box + 1, (1500, channels)).astype(np.float64),
+                             corners, corners + 1e-12, corners - 1e-12])
+    centers = palette.tolist()
+    for point in points:
+        found = ditherkernel._nearest(point, palette, lo, 1.0 / step, cells, start, members,
+                                      channels)
+        assert found == _brute_nearest(point.tolist(), centers), point
+
+
 def test_ties_go_to_the_color_that_sorts_first():
     """Gray 100 is exactly between 90 and 110: the darker (first by value) wins, whatever
     the palette order, for every method at strength 0."""
