@@ -154,6 +154,7 @@ def quality(methods: dict[str, tuple[ColorSpace, Dither, dict]]) -> None:
 DEFAULT_METHODS = {
     "colorquant none": (ColorSpace.RGB, Dither.NONE, {}),
     "colorquant --space oklab": (ColorSpace.OKLAB, Dither.NONE, {}),
+    "colorquant --space lab": (ColorSpace.LAB, Dither.NONE, {}),
     "colorquant fs": (ColorSpace.RGB, Dither.FS, {}),
     "colorquant ordered": (ColorSpace.RGB, Dither.ORDERED, {}),
     "colorquant blue-noise": (ColorSpace.RGB, Dither.BLUE_NOISE, {}),
@@ -280,6 +281,7 @@ def main() -> None:
             methods[f"blue-noise scale {scale}"] = (ColorSpace.RGB, Dither.BLUE_NOISE,
                                                     {"THRESHOLD_SCALE": scale})
         methods["fs oklab"] = (ColorSpace.OKLAB, Dither.FS, {})
+        methods["fs lab"] = (ColorSpace.LAB, Dither.FS, {})
     if args.quality or not args.speed:
         quality(methods)
     if args.speed:

@@ -101,13 +101,26 @@ _XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
 _WHITE = np.array([0.95047, 1.0, 1.08883])
 
 
+_XYZ_INV = np.linalg.inv(_XYZ)
+
+
 def srgb_to_cielab(colors: np.ndarray) -> np.ndarray:
-    """uint8 sRGB (m, 3+) to CIE L*a*b* (D65), float64 (m, 3); alpha is ignored."""
+    """uint8 (or float) sRGB (m, 3+) on the 0–255 scale to CIE L*a*b* (D65), float64 (m, 3);
+    alpha is ignored."""
     linear = srgb_to_linear(np.asarray(colors, dtype=np.float64)[:, :3] / 255.0)
     t = (linear @ _XYZ.T) / _WHITE
     f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
                      200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def cielab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65) (m, 3) to float sRGB values on the 0–255 scale (clipped to the cube)."""
+    lab = np.asarray(lab, dtype=np.float64)
+    fy = (lab[:, 0] + 16) / 116
+    f = np.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], axis=1)
+    t = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29))
+    return linear_to_srgb((t * _WHITE) @ _XYZ_INV.T) * 255.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,43 @@ class OKLabSpace:
         return nearest_float64(points, centers)
 
 
+@dataclass(frozen=True)
+class CIELabSpace:
+    """CIE L*a*b* (D65), the space CIEDE2000 is defined on, divided by 100 (L 0–1, a and b
+    about ±1: the scale of the other spaces, for the fit's tolerances); alpha, when present,
+    as a fourth coordinate alpha/255. Distances are float64 Euclidean (CIE76 ΔE / 100)."""
+
+    name: str = "lab"
+    integer_metric: bool = False
+    srgb_search: bool = False
+
+    def encode(self, colors: np.ndarray) -> np.ndarray:
+        """uint8 or float sRGB(A) values (m, C) on the 0–255 scale to float64 L*a*b*(A)/100."""
+        values = np.asarray(colors, dtype=np.float64)
+        lab = srgb_to_cielab(values) / 100.0
+        return np.hstack([lab, values[:, 3:] / 255.0]) if values.shape[1] > 3 else lab
+
+    def decode(self, coords: np.ndarray) -> np.ndarray:
+        """float64 L*a*b*(A)/100 (m, C) to the nearest-rounded uint8 sRGB(A) colors
+        (clipped)."""
+        coords = np.asarray(coords, dtype=np.float64)
+        out = np.hstack([cielab_to_srgb(coords[:, :3] * 100.0), coords[:, 3:] * 255.0])
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def metric(self, colors: np.ndarray) -> np.ndarray:
+        """The search coordinates: the same as :meth:`encode`."""
+        return self.encode(colors)
+
+    def dither_coords(self, rgb: np.ndarray) -> np.ndarray:
+        """float sRGB values (m, C) on the 0–255 scale to L*a*b*(A)/100."""
+        return self.encode(rgb)
+
+    def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """Index of the nearest center of each point, ties to the lowest index (float64,
+        channel by channel, as :meth:`OKLabSpace.nearest`)."""
+        return nearest_float64(points, centers)
+
+
 def nearest_float64(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index (uint8) of the nearest center, float64 sum of squared channel differences in
     channel order, first minimum on ties. ``points`` (m, C), ``centers`` (k, C), k <= 256."""
@@ -169,7 +219,8 @@ def nearest_float64(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return out
 
 
-_SPACES: dict[ColorSpace, Space] = {ColorSpace.RGB: RGBSpace(), ColorSpace.OKLAB: OKLabSpace()}
+_SPACES: dict[ColorSpace, Space] = {ColorSpace.RGB: RGBSpace(), ColorSpace.OKLAB: OKLabSpace(),
+                                     ColorSpace.LAB: CIELabSpace()}
 
 
 def get_space(space: ColorSpace) -> Space:

@@ -19,6 +19,8 @@ class ColorSpace(enum.Enum):
     RGB = "rgb"
     #: Björn Ottosson's OKLab: perceptually uniform, fitted and searched in float64.
     OKLAB = "oklab"
+    #: CIE L*a*b* (D65), the space of CIEDE2000: fitted and searched in float64.
+    LAB = "lab"
 
 
 class Dither(enum.Enum):

@@ -15,7 +15,7 @@ from conftest import random_image, run
 from PIL import Image
 
 from colorquant import dither, metrics, pipeline
-from colorquant.colorspace import get_space, srgb_to_cielab
+from colorquant.colorspace import cielab_to_srgb, get_space, srgb_to_cielab
 from colorquant.options import ColorSpace, Dither, QuantizeOptions
 from colorquant.palette import Palette
 
@@ -113,7 +113,8 @@ def _fixed_palette(k: int, channels: int, seed: int) -> Palette:
 
 
 @pytest.mark.parametrize(("space", "strength", "k"), [
-    (ColorSpace.RGB, 1.0, 6), (ColorSpace.RGB, 0.6, 16), (ColorSpace.OKLAB, 1.0, 8)])
+    (ColorSpace.RGB, 1.0, 6), (ColorSpace.RGB, 0.6, 16), (ColorSpace.OKLAB, 1.0, 8),
+    (ColorSpace.LAB, 1.0, 8)])
 def test_fs_is_the_reference_loop(space, strength, k):
     image = _gradient(23, 37, seed=k)
     opts = QuantizeOptions(colors=k, dither=Dither.FS, dither_strength=strength, space=space)
@@ -190,7 +191,7 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
 @pytest.mark.parametrize(("method", "matrix"), [(Dither.ORDERED, dither.bayer8),
                                                  (Dither.BLUE_NOISE, dither.blue_noise)])
 @pytest.mark.parametrize(("space", "channels"), [(ColorSpace.RGB, 3), (ColorSpace.RGB, 4),
-                                                  (ColorSpace.OKLAB, 3)])
+                                                  (ColorSpace.OKLAB, 3), (ColorSpace.LAB, 4)])
 @pytest.mark.parametrize(("band_rows", "threads"), [(None, 1), (3, 1), (None, 3)])
 def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, space, channels,
                                                  band_rows, threads):
@@ -370,6 +371,8 @@ def test_cielab_of_the_primaries():
     lab = srgb_to_cielab(np.array([[255, 255, 255], [255, 0, 0], [0, 0, 255]], np.uint8))
     np.testing.assert_allclose(lab, [[100, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]],
                                atol=0.02)
+    back = cielab_to_srgb(np.array([[100, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]]))
+    np.testing.assert_array_equal(np.rint(back), [[255, 255, 255], [255, 0, 0], [0, 0, 255]])
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -401,8 +404,16 @@ def test_error_measures_and_counts_of_a_result_are_over_its_pixels(monkeypatch, 
     assert result.mse == pytest.approx(mse, rel=1e-12)
 
 
-def test_oklab_round_trip_and_exact_search():
-    space = get_space(ColorSpace.OKLAB)
+@pytest.mark.parametrize("name", [ColorSpace.OKLAB, ColorSpace.LAB])
+def test_perceptual_round_trip_and_exact_search(name):
+    """Every color of a lattice of the sRGB(A) cube (and random ones) decodes back to itself;
+    the search is the brute-force nearest."""
+    space = get_space(name)
+    axis = np.arange(0, 256, 5, dtype=np.uint8)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, np.array([0, 1, 128, 255], np.uint8),
+                                   indexing="ij"), axis=-1).reshape(-1, 4)
+    np.testing.assert_array_equal(space.decode(space.encode(lattice)), lattice)
+    np.testing.assert_array_equal(space.decode(space.encode(lattice[:, :3])), lattice[:, :3])
     colors = random_image(1, 500, seed=3)[0]
     np.testing.assert_array_equal(space.decode(space.encode(colors)), colors)
     centers = space.metric(random_image(1, 40, seed=4)[0])
@@ -411,12 +422,13 @@ def test_oklab_round_trip_and_exact_search():
     np.testing.assert_array_equal(space.nearest(points, centers), want)
 
 
+@pytest.mark.parametrize("name", [ColorSpace.OKLAB, ColorSpace.LAB])
 @pytest.mark.parametrize("k", [12, 100])  # 100: above fit.FAST_COLORS (the k > 64 route)
-def test_oklab_fit_maps_every_color_to_its_oklab_nearest(k):
+def test_perceptual_fit_maps_every_color_to_its_nearest_in_the_space(k, name):
     image = _gradient(30, 40, seed=6)
-    result = pipeline.quantize(image, QuantizeOptions(colors=k, space=ColorSpace.OKLAB))
+    result = pipeline.quantize(image, QuantizeOptions(colors=k, space=name))
     assert len(result.palette) == min(k, len(np.unique(image.reshape(-1, 3), axis=0)))
-    space = get_space(ColorSpace.OKLAB)
+    space = get_space(name)
     centers = space.metric(result.palette.colors[_allowed(result.palette.colors)]).tolist()
     allowed = _allowed(result.palette.colors)
     for pixel, index in zip(image.reshape(-1, 3)[::7], _indices(result).ravel()[::7],
