@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
 BAND_PIXELS = 1 << 20
 #: Threads of the threshold mappers (whose pixels are independent): at most this many, and
-#: one per this many pixels (a thread costs about 0.1 ms to start).
+#: one per this many pixels (a smaller image maps in a few milliseconds on one thread).
 MAX_THREADS, MIN_THREAD_PIXELS = 4, 1 << 17
 _thread_limit: int | None = None
 #: Grid cells per channel of the candidate lists (3 and 4 channels; fewer for small palettes,

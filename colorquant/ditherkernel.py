@@ -85,8 +85,9 @@ def candidate_grid(palette, lo, step, cells):
         start[cell] = count
         for a in range(listed):
             j = near_list[a]
+            # the anchor (the color of the smallest largest distance) drops most: it goes first
             dominated = j != anchor and _dominates(palette, anchor, j, box_low, box_high)
-            for b in range(listed):  # the anchor (the smallest largest distance) first
+            for b in range(listed):
                 if dominated:
                     break
                 i = near_list[b]
