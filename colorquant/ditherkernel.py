@@ -148,6 +148,20 @@ def _nearest(want, palette, lo, inv_step, cells, start, members, channels):
     return best
 
 
+@njit(inline="always")
+def _tally(band, y, x, chosen, visible, entries, counts, out, channels):
+    """Record that pixel (y, x) takes palette entry ``chosen``: write it to ``out``, count it,
+    and return its exact squared error against ``entries`` (its uint8 color), the pixel
+    itself when ``visible``, else transparent black. Inlined into both loops."""
+    out[y, x] = chosen
+    counts[chosen] += 1
+    sse = 0
+    for c in range(channels):
+        diff = (np.int64(band[y, x, c]) if visible else 0) - entries[chosen, c]
+        sse += diff * diff
+    return sse
+
+
 @cached(nogil=True)
 def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, start,
              members, index, entries, clear, box_lo, box_hi, strength, edge, diffuse, carry,
@@ -189,20 +203,12 @@ def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, 
         for step_x in range(w):
             x = step_x if forward else w - 1 - step_x
             if channels == 4 and band[y, x, 3] == 0:
-                out[y, x] = clear
-                counts[clear] += 1
-                for c in range(channels):
-                    sse += entries[clear, c] * entries[clear, c]
+                sse += _tally(band, y, x, clear, False, entries, counts, out, channels)
                 continue
             for c in range(channels):
                 want[c] = min(max(coords[y, x, c] + acc[cur, x, c], box_lo[c]), box_hi[c])
             best = _nearest(want, palette, lo, inv_step, cells, start, members, channels)
-            chosen = index[best]
-            out[y, x] = chosen
-            counts[chosen] += 1
-            for c in range(channels):
-                diff_i = np.int64(band[y, x, c]) - entries[chosen, c]
-                sse += diff_i * diff_i
+            sse += _tally(band, y, x, index[best], True, entries, counts, out, channels)
             if not diffuse:
                 continue
             for c in range(channels):
@@ -262,21 +268,14 @@ def threshold_band(band, dims, rows, first_row, offsets, palette, lo, inv_step, 
             if column == size_x:
                 column = 0
             if channels == 4 and band[y, x, 3] == 0:
-                out[y, x] = clear
-                counts[clear] += 1
-                for c in range(channels):
-                    sse += entries[clear, c] * entries[clear, c]
+                sse += _tally(band, y, x, clear, False, entries, counts, out, channels)
                 continue
             offset = row[column]
             for c in range(channels):
                 v = float(band[y, x, c])
                 want[c] = min(max(v + offset, 0.0), 255.0) if c < 3 else v
-            chosen = index[_nearest(want, palette, lo, inv_step, cells, start, members, channels)]
-            out[y, x] = chosen
-            counts[chosen] += 1
-            for c in range(channels):
-                diff_i = np.int64(band[y, x, c]) - entries[chosen, c]
-                sse += diff_i * diff_i
+            best = _nearest(want, palette, lo, inv_step, cells, start, members, channels)
+            sse += _tally(band, y, x, index[best], True, entries, counts, out, channels)
     return sse
 
 
