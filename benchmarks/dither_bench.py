@@ -261,7 +261,7 @@ def main() -> None:
     parser.add_argument("--folder", default="/tmp/colorquant-bench",
                         help="where the 24 MP test photo is made once (shared with bench.py)")
     parser.add_argument("--variants", action="store_true",
-                        help="also try edge-limited fs and threshold scales")
+                        help="also try other fs rules and threshold scales")
     parser.add_argument("--figure", type=Path, help="write the README picture to this path")
     parser.add_argument("--pillow", action="store_true",
                         help="only check whether Pillow's palette lookup is exact")
@@ -277,6 +277,8 @@ def main() -> None:
         methods["fs without edge limit"] = (ColorSpace.RGB, Dither.FS, {"FS_EDGE": 0.0})
         for edge in (0.05, 0.2):
             methods[f"fs edge {edge}"] = (ColorSpace.RGB, Dither.FS, {"FS_EDGE": edge})
+        methods["fs keeping all the error"] = (ColorSpace.RGB, Dither.FS, {"FS_KEEP": 1.0})
+        methods["fs, no overflow"] = (ColorSpace.RGB, Dither.FS, {"FS_OVERFLOW": 0.0})
         for scale in (0.35, 1.0):
             methods[f"blue-noise scale {scale}"] = (ColorSpace.RGB, Dither.BLUE_NOISE,
                                                     {"THRESHOLD_SCALE": scale})

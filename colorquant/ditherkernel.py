@@ -180,8 +180,9 @@ def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, 
     diffused into the band's first row and is updated in place to the error for row ``rows``.
     For each visible pixel in scan order: ``want = clip(pixel + error, box_lo, box_hi)``;
     ``out`` = ``index`` of the nearest of ``palette`` to ``want``; when diffusing, ``e = (want -
-    chosen) * strength`` goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below, added
-    in that order, and only to visible pixels inside the image. With ``edge > 0`` no error goes
+    chosen) * strength`` (the caller's strength, with the share of the error kept already in
+    it) goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below, added in that
+    order, and only to visible pixels inside the image. With ``edge > 0`` no error goes
     to a neighbour whose pixel is farther than ``edge`` (Euclidean, search coordinates) from
     this one. ``counts`` (pixels per palette entry) is added to in place; returns the exact sum
     of squared differences between each pixel (a transparent one as transparent black) and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,14 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
     centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
     lo = [min(c[i] for c in centers) for i in range(channels)]
     hi = [max(c[i] for c in centers) for i in range(channels)]
+    corners = strategy.dither_coords(
+        np.array(list(itertools.product([0.0, 255.0], repeat=channels)))).tolist()
+    clamp_lo, clamp_hi = [], []  # the cube corners' box, widened by FS_OVERFLOW a side
+    for c in range(channels):
+        low, high = min(p[c] for p in corners), max(p[c] for p in corners)
+        clamp_lo.append(low - dither.FS_OVERFLOW * (high - low))
+        clamp_hi.append(high + dither.FS_OVERFLOW * (high - low))
+    keep = strength * dither.FS_KEEP
     coords = strategy.metric(image.reshape(-1, channels)).astype(np.float64)
     coords = coords.reshape(h, w, channels).tolist()
     span = 0.0
@@ -86,11 +95,11 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
             if skip[y][x]:
                 out[y, x] = clear[0]
                 continue
-            want = [min(max(coords[y][x][c] + error[y][x][c], lo[c]), hi[c])
+            want = [min(max(coords[y][x][c] + error[y][x][c], clamp_lo[c]), clamp_hi[c])
                     for c in range(channels)]
             j = _brute_nearest(want, centers)
             out[y, x] = allowed[j]
-            err = [(want[c] - centers[j][c]) * strength for c in range(channels)]
+            err = [(want[c] - centers[j][c]) * keep for c in range(channels)]
             for yy, xx, weight in ((y, x + d, 7), (y + 1, x - d, 3), (y + 1, x, 5),
                                    (y + 1, x + d, 1)):
                 if yy < h and 0 <= xx < w and not skip[yy][xx] and near(y, x, yy, xx):
