@@ -49,9 +49,10 @@ _thread_limit: int | None = None
 GRID_CELLS = {3: 32, 4: 14}
 SMALL_PALETTE, SMALL_GRID_CELLS = 32, {3: 16, 4: 8}
 #: ``fs`` limits diffusion at edges: no error goes to a neighbour whose pixel is farther from
-#: this one than this share of the diagonal of the palette's box (search coordinates). 0.1
-#: beat plain diffusion on PSNR, ΔE2000, blurred PSNR and FLIP at k=16/64/256 (0.2 and 0.35
-#: less so; benchmarks/dither_bench.py --variants).
+#: this one than this share of the diagonal of the palette's box (search coordinates). With
+#: the error kept and clamped as below, 0.1 is a middle way (benchmarks/dither_bench.py
+#: --variants, k=16/64/256): plain diffusion gains 0.2–0.5 dB blurred PSNR and a little FLIP,
+#: but loses 0.4 dB PSNR and 1–2% ΔE2000; 0.05 the reverse.
 FS_EDGE = 0.1
 #: ``fs`` keeps this share of each pixel's error (after libimagequant, "prevent small errors
 #: from accumulating"), and clamps the wanted color to the box of the sRGB cube's corners
