@@ -6,8 +6,8 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import sys
-import tempfile
 import threading
 import warnings
 import zlib
@@ -500,11 +500,17 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{dst}: output folder {str(folder)!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dst.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
-    try:
+    tmp: str | None = None  # named before it is created: an interruption at any point
+    try:  # after the create (a signal as os.open returns) still removes it
+        for _ in range(_TEMP_ATTEMPTS):
+            tmp = os.path.join(folder, f".{dst.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+                break
+            except FileExistsError:  # another writer's: never ours to remove
+                tmp = None
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary name")
         with os.fdopen(fd, "w+b") as handle:  # readable: multi-page TIFF reads back
             writer(handle)
             handle.flush()
@@ -520,14 +526,21 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
         if DURABLE:
             _sync_folder(folder)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, FileExistsError):
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, FileExistsError) and tmp is not None:
             raise OutputExistsError(f"{dst}: exists") from None
         if isinstance(exc, OSError):
             raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
         raise
 
+
+#: The temporary file's open flags (those of ``tempfile.mkstemp``) and how many random names
+#: to try before giving up.
+_TEMP_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+_TEMP_ATTEMPTS = 100
 
 #: link() errors of file systems without hard links (FAT, exFAT, some FUSE and SMB mounts).
 _NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,

@@ -62,6 +62,40 @@ def test_failed_write_leaves_existing_file_and_no_temp(tmp_path, error):
     assert os.listdir(tmp_path) == ["out.bin"]
 
 
+def test_interrupt_as_the_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """A signal that lands just as the temporary file's open returns (the file exists, its
+    descriptor is not yet kept): the interruption propagates and no temporary file is left."""
+    dst = tmp_path / "out.bin"
+    dst.write_bytes(b"precious")
+    real_open = os.open
+
+    def open_then_interrupted(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if str(path).endswith(".tmp"):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_write(dst, lambda f: f.write(b"new"))
+    monkeypatch.undo()
+    assert dst.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_another_writers_temporary_file_is_never_removed(tmp_path, monkeypatch):
+    """A temporary name already taken is skipped and left alone."""
+    names = iter(["a" * 12, "b" * 12])
+    monkeypatch.setattr(io.secrets, "token_hex", lambda n: next(names))
+    theirs = tmp_path / f".out.bin.{'a' * 12}.tmp"
+    theirs.write_bytes(b"someone else's")
+    io.atomic_write(tmp_path / "out.bin", lambda f: f.write(b"mine"))
+    assert (tmp_path / "out.bin").read_bytes() == b"mine"
+    assert theirs.read_bytes() == b"someone else's"
+    assert sorted(os.listdir(tmp_path)) == sorted(["out.bin", theirs.name])
+
+
 def test_failed_write_creates_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         io.atomic_write(tmp_path / "new.bin", lambda f: (_ for _ in ()).throw(RuntimeError()))
