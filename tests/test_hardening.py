@@ -81,10 +81,12 @@ def _run_limited(limit_mib: int, *args: object) -> subprocess.CompletedProcess[s
 
 @pytest.fixture(scope="module")
 def big_photo(tmp_path_factory) -> Path:
-    """A 24 MP JPEG photo (6000x4000, upscaled from a sample)."""
+    """A 48 MP JPEG photo (8000x6000, upscaled from a sample). At 24 MP the pixels fitted,
+    on one machine, in the headroom the limit below leaves (about 100 MiB beyond a generous
+    estimate of what scikit-learn needs); at 48 MP they need 200-300 MiB more than it."""
     path = tmp_path_factory.mktemp("photo") / "photo.jpg"
     with Image.open(SAMPLES / "china.jpg") as image:
-        image.convert("RGB").resize((6000, 4000), Image.BILINEAR).save(path, quality=90)
+        image.convert("RGB").resize((8000, 6000), Image.BILINEAR).save(path, quality=90)
     return path
 
 
@@ -102,8 +104,8 @@ def _assert_out_of_memory(proc: subprocess.CompletedProcess[str], src: Path, fol
 @pytest.mark.in_process
 def test_a_photo_that_does_not_fit_the_memory_limit_says_so(tmp_path, big_photo):
     """Under an address-space limit that holds the interpreter and its libraries but not a
-    24 MP photo's pixels (measured: it needs a few hundred MiB more), the run says "not
-    enough memory" in one line, exit 1, and leaves nothing."""
+    48 MP photo's pixels (see ``big_photo``), the run says "not enough memory" in one line,
+    exit 1, and leaves nothing."""
     from colorquant import memory
 
     base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.pipeline")
