@@ -109,7 +109,7 @@ def imagemagick() -> list[str] | None:
         if path is None:
             continue
         probe = subprocess.run([path, "-version"], capture_output=True, text=True, check=False)
-        if "ImageMagick" in probe.stdout:
+        if probe.stdout.startswith("Version: ImageMagick"):  # not a stand-in that names it
             return [path]
     return None
 
