@@ -146,7 +146,10 @@ def _cube(channels: int) -> np.ndarray:
     return np.stack([g.ravel() for g in grids], axis=1)
 
 
-def _target(palette: Palette, options: QuantizeOptions) -> _Target:
+def _target(palette: Palette, options: QuantizeOptions,
+            reach: tuple[np.ndarray, np.ndarray] | None = None) -> _Target:
+    """The palette for the per-pixel loop; the grid also covers the box ``reach`` (the
+    colors ``fs`` may want) when given."""
     from . import ditherkernel
 
     colors = palette.colors
@@ -159,9 +162,8 @@ def _target(palette: Palette, options: QuantizeOptions) -> _Target:
     cube = space.dither_coords(_cube(colors.shape[1]))
     lo = np.minimum(coords.min(axis=0), cube.min(axis=0))
     hi = np.maximum(coords.max(axis=0), cube.max(axis=0))
-    if options.dither is Dither.FS:  # and every color fs may want
-        box_lo, box_hi = fs_box(options.space, colors.shape[1])
-        lo, hi = np.minimum(lo, box_lo), np.maximum(hi, box_hi)
+    if reach is not None:
+        lo, hi = np.minimum(lo, reach[0]), np.maximum(hi, reach[1])
     pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
     lo, hi = lo - pad, hi + pad
     cells = (SMALL_GRID_CELLS if len(coords) <= SMALL_PALETTE else GRID_CELLS)[coords.shape[1]]
@@ -236,12 +238,13 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
     loops write the indices and sum what the result reports."""
     from . import ditherkernel
 
-    target = _target(palette, options)
+    channels = prepared.histogram.channels
+    box = fs_box(options.space, channels) if diffuse else None
+    target = _target(palette, options, box)
     clear = _transparent(prepared, labels)
     width = prepared.image.size[0]
-    channels = prepared.histogram.channels
-    if diffuse:
-        box_lo, box_hi = fs_box(options.space, channels)
+    if box is not None:
+        box_lo, box_hi = box
         edge = FS_EDGE * _length(target.coords.max(axis=0) - target.coords.min(axis=0))
         strength = float(options.dither_strength) * FS_KEEP
     else:
