@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import sys
 import threading
 import warnings
@@ -503,7 +502,7 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
     tmp: str | None = None  # named before it is created: an interruption at any point
     try:  # after the create (a signal as os.open returns) still removes it
         for _ in range(_TEMP_ATTEMPTS):
-            tmp = os.path.join(folder, f".{dst.name}.{secrets.token_hex(6)}.tmp")
+            tmp = os.path.join(folder, f".{dst.name}.{_random_hex()}.tmp")
             try:
                 fd = os.open(tmp, _TEMP_FLAGS, 0o600)
                 break
@@ -534,6 +533,13 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
         if isinstance(exc, OSError):
             raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
         raise
+
+
+def _random_hex() -> str:
+    """12 random hex digits for a temporary file's name. ``os.urandom`` needs no import:
+    ``secrets`` would load ``hmac`` and ``random`` (8 ms) into calls that never load
+    scikit-learn, which imports them itself."""
+    return os.urandom(6).hex()
 
 
 #: The temporary file's open flags (those of ``tempfile.mkstemp``) and how many random names

@@ -87,7 +87,7 @@ def test_interrupt_as_the_temporary_file_is_created_leaves_nothing(tmp_path, mon
 def test_another_writers_temporary_file_is_never_removed(tmp_path, monkeypatch):
     """A temporary name already taken is skipped and left alone."""
     names = iter(["a" * 12, "b" * 12])
-    monkeypatch.setattr(io.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(io, "_random_hex", lambda: next(names))
     theirs = tmp_path / f".out.bin.{'a' * 12}.tmp"
     theirs.write_bytes(b"someone else's")
     io.atomic_write(tmp_path / "out.bin", lambda f: f.write(b"mine"))
