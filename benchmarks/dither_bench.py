@@ -4,6 +4,7 @@
     python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
     python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
     python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
+    python benchmarks/dither_bench.py --bound        # how low ΔE2000 gets with a space's palette
 
 Quality: the four Kodak photos of the corpus (``COLORQUANT_CORPUS``) and the two samples, at
 k = 16, 64, 256, mean over images. colorquant fits one palette per image and k (the fit does
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from colorquant import dither, metrics, pipeline  # noqa: E402
 from colorquant.colorspace import srgb_to_cielab  # noqa: E402
-from colorquant.options import ColorSpace, Dither, QuantizeOptions  # noqa: E402
+from colorquant.options import ColorSpace, Dither, FitMethod, QuantizeOptions  # noqa: E402
 
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 KS = (16, 64, 256)
@@ -253,6 +254,53 @@ def pillow_exactness(seed: int = 0) -> None:
         print(f"| {k} | {missed.mean():.2%} | {excess[missed].mean():.1f} | {excess.max()} |")
 
 
+def nearest_delta_e(histogram, palette) -> float:
+    """Mean CIEDE2000 when every pixel takes the palette color of smallest CIEDE2000 to it
+    (no mapping of this palette can do better), over the histogram's distinct colors."""
+    colors = srgb_to_cielab(histogram.colors[:, :3])
+    best = np.full(len(colors), np.inf)
+    for entry in srgb_to_cielab(palette.colors[:, :3]):
+        best = np.minimum(best, metrics.delta_e2000(colors, np.broadcast_to(entry, colors.shape)))
+    return float((best * histogram.counts).sum() / histogram.counts.sum())
+
+
+def bound() -> None:
+    """Mean ΔE2000 of the perceptual spaces' palettes: as fitted and mapped (nearest in the
+    space), fitted by full-batch Lloyd (``--fit lloyd``), and the default fit's palette with
+    each pixel on its CIEDE2000-nearest color, a bound on any mapping of that palette; beside
+    pngquant --nofs, on the quality images."""
+    rows: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in quality_images():
+            original = np.asarray(Image.open(path).convert("RGB"))
+            png = Path(tmp) / "in.png"
+            Image.fromarray(original).save(png)
+            histogram = pipeline.prepare(original).histogram
+            for k in KS:
+                rows.setdefault(("pngquant --nofs", k), []).append(
+                    delta_e(original, pngquant(png, k, ["--nofs"])))
+                for space in (ColorSpace.OKLAB, ColorSpace.LAB):
+                    name = f"--space {space.value}"
+                    for label, fit in (("", FitMethod.MINIBATCH),
+                                       (" --fit lloyd", FitMethod.LLOYD)):
+                        options = QuantizeOptions(colors=k, space=space, fit_method=fit)
+                        palette = pipeline.fit_palette(histogram, options)
+                        out = pipeline.quantize(original, options, palette=palette).image
+                        rows.setdefault((name + label, k), []).append(
+                            delta_e(original, np.asarray(out.convert("RGB"))))
+                        if fit is FitMethod.MINIBATCH:
+                            rows.setdefault((name + ", each pixel on its ΔE2000-nearest", k),
+                                            []).append(nearest_delta_e(histogram, palette))
+            print(f"done {path.name}", file=sys.stderr, flush=True)
+    base = {k: statistics.mean(rows[("pngquant --nofs", k)]) for k in KS}
+    print("\n| mean ΔE2000 (× pngquant --nofs) | " + " | ".join(f"k={k}" for k in KS) + " |")
+    print("|---|" + "---:|" * len(KS))
+    for name in dict.fromkeys(name for name, _ in rows):
+        cells = [statistics.mean(rows[(name, k)]) for k in KS]
+        print(f"| {name} | " + " | ".join(f"{c:.3f} ({c / base[k]:.2f}×)"
+                                         for c, k in zip(cells, KS, strict=True)) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quality", action="store_true")
@@ -265,7 +313,12 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="write the README picture to this path")
     parser.add_argument("--pillow", action="store_true",
                         help="only check whether Pillow's palette lookup is exact")
+    parser.add_argument("--bound", action="store_true",
+                        help="only the ΔE2000 bound of the OKLab and CIELAB palettes")
     args = parser.parse_args()
+    if args.bound:
+        bound()
+        return
     if args.pillow:
         pillow_exactness()
         return
