@@ -2,6 +2,7 @@
 
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
     python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
+    python benchmarks/dither_bench.py --speed --compress-level 5   # the same, zlib level 5
     python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
     python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
     python benchmarks/dither_bench.py --bound        # how low ΔE2000 gets with a space's palette
@@ -162,8 +163,9 @@ DEFAULT_METHODS = {
 }
 
 
-def speed(rounds: int, folder: str) -> None:
-    """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios."""
+def speed(rounds: int, folder: str, extra: list[str]) -> None:
+    """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios.
+    ``extra``: more colorquant options for every colorquant run."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import images
 
@@ -177,7 +179,7 @@ def speed(rounds: int, folder: str) -> None:
         for method in ("none", "fs", "ordered", "blue-noise"):
             runs[f"colorquant --dither {method} k={k}"] = [
                 "colorquant", str(jpg), "-k", str(k), "--dither", method, "-o",
-                str(out / "cq.png")]
+                str(out / "cq.png"), *extra]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):  # interleaved rounds
         for name, cmd in runs.items():
@@ -306,6 +308,8 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compress-level", type=int,
+                        help="--speed: pass this --compress-level to every colorquant run")
     parser.add_argument("--folder", default="/tmp/colorquant-bench",
                         help="where the 24 MP test photo is made once (shared with bench.py)")
     parser.add_argument("--variants", action="store_true",
@@ -340,7 +344,8 @@ def main() -> None:
     if args.quality or not args.speed:
         quality(methods)
     if args.speed:
-        speed(args.rounds, args.folder)
+        level = args.compress_level
+        speed(args.rounds, args.folder, [] if level is None else ["--compress-level", str(level)])
 
 
 if __name__ == "__main__":
