@@ -10,8 +10,8 @@ Targets:
     The read path of ``pipeline.quantize_file`` on the input's bytes (``io.open_image`` →
     ``frames.read`` → the frames an output holds), then the histogram of every frame, with a
     small pixel limit; one input in four goes on through the fit, the mapping and the
-    encoder (``quantize_file`` into memory, k = 2–9, a format chosen from the bytes), and the
-    encoded output is decoded again.
+    encoder (``quantize_file`` into memory, k = 2–9; a format, dithering method, strength and
+    color space chosen from the bytes), and the encoded output is decoded again.
 ``palette``
     ``palettefile.read_palette`` on a real temporary file; the first byte picks the format
     (``.gpl``, ``.json``, ``.txt``, ``.hex``, ``.png``, ``.gif``); a palette that was read is
@@ -87,12 +87,16 @@ def _image_target(data: bytes) -> None:
     from PIL import Image
 
     from colorquant import pipeline
-    from colorquant.options import QuantizeOptions
+    from colorquant.options import ColorSpace, Dither, QuantizeOptions
 
     crc = zlib.crc32(data)
     fmt = OUTPUT_FORMATS[(crc >> 3) % len(OUTPUT_FORMATS)]
+    methods, spaces = list(Dither), list(ColorSpace)
     options = QuantizeOptions(colors=2 + (crc >> 8) % 8, max_pixels=MAX_PIXELS,
-                              to_srgb=bool(crc & 4))
+                              to_srgb=bool(crc & 4),
+                              dither=methods[(crc >> 12) % len(methods)],
+                              space=spaces[(crc >> 15) % len(spaces)],
+                              dither_strength=1.0 if crc & (1 << 18) else 0.5)
     _, images = pipeline._read_frames(BytesIO(data), fmt, options, shown_dst="<fuzz>")
     _check(len(images) >= 1, "no frames")
     _check(len({im.mode for im in images}) == 1 and images[0].mode in ("RGB", "RGBA"),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import io
-from .errors import InputError
+from .errors import ImageTooLargeError, InputError
 from .memory import as_memory_error, is_out_of_memory
 from .options import DEFAULT_MAX_PIXELS
 
@@ -94,11 +94,20 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
     images: list[Image.Image] = []
     durations: list[int] = []
     disposals: list[str] = []
+    first = image.size
+    decoded = 0  # pixels of the frames so far, each at the size it decodes to
     for index in indices:
         try:
             with io.pixel_limit(max_pixels, label):
                 if image.tell() != index:
                     image.seek(index)
+                decoded += image.width * image.height
+                if decoded > max_pixels:  # a frame grew the canvas past what headers said
+                    raise ImageTooLargeError(
+                        f"{label}: frame {index} is {image.width}x{image.height}, larger than "
+                        f"the first ({first[0]}x{first[1]}): the frames up to it are "
+                        f"{decoded:,} pixels, over the limit of {max_pixels:,} (see "
+                        "--max-pixels, or take one frame with --frame)")
                 image.load()
                 current = io.upright(image)
                 if current is image and len(indices) > 1:

@@ -436,6 +436,54 @@ def test_frame_count_times_size_is_under_the_pixel_limit(tmp_path):
                            options=QuantizeOptions(max_pixels=120, frame=2))
 
 
+def _gif_frame(width: int, height: int) -> tuple[bytes, bytes]:
+    """A one-frame two-color GIF of ``width`` x ``height`` made by Pillow, split into its
+    global color table and its image block (descriptor, LZW data), for hand-made files."""
+    image = Image.new("P", (width, height))
+    image.putpalette([0, 0, 0, 255, 255, 255])
+    buffer = stdio.BytesIO()
+    image.save(buffer, "GIF", optimize=False)
+    data = buffer.getvalue()
+    packed = data[10]
+    at = 13 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0)
+    table = data[13:at]
+    while data[at] == 0x21:  # extensions: label, then sub-blocks up to a zero length
+        at += 2
+        while data[at]:
+            at += data[at] + 1
+        at += 1
+    start = at
+    assert data[at] == 0x2C and not data[at + 9] & 0x80  # no local color table
+    at += 11  # descriptor and LZW minimum code size
+    while data[at]:
+        at += data[at] + 1
+    return table, data[start : at + 1]
+
+
+def test_frames_that_grow_the_canvas_count_toward_the_pixel_limit(tmp_path):
+    # A 1x1 canvas whose later frames are 1x300: Pillow grows the canvas to hold them, so
+    # every later frame is 300 pixels, not the 1 the headers promise (found by fuzzing).
+    table, small = _gif_frame(1, 1)
+    _, tall = _gif_frame(1, 300)
+    src = tmp_path / "grows.gif"
+    src.write_bytes(b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + table + small + tall * 5
+                    + b";")
+    with Image.open(src) as opened:
+        assert opened.size == (1, 1) and opened.n_frames == 6
+    with pytest.raises(ImageTooLargeError, match=r"frame 4 is 1x300, larger than the first "
+                                                 r"\(1x1\): the frames up to it are 1,201"):
+        pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1000))
+    assert not (tmp_path / "o.png").exists()
+    proc = run(src, "--max-pixels", "1000", "-o", tmp_path / "o.png")
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
+    assert "over the limit of 1,000" in lines[0]
+    # the limit is the frames' pixel count itself: 1 + 5 x 300
+    pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1501))
+    with Image.open(tmp_path / "o.png") as out:
+        out.load()
+
+
 def test_animation_output_is_reproducible(tmp_path):
     src, _ = _animation(tmp_path, "webp", transparent=True)
     for fmt in ("gif", "png", "webp"):
