@@ -104,10 +104,10 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
                 decoded += image.width * image.height
                 if decoded > max_pixels:  # a frame grew the canvas past what headers said
                     raise ImageTooLargeError(
-                        f"{label}: frame {index} is {image.width}x{image.height}, larger than "
-                        f"the first ({first[0]}x{first[1]}): the frames up to it are "
-                        f"{decoded:,} pixels, over the limit of {max_pixels:,} (see "
-                        "--max-pixels, or take one frame with --frame)")
+                        f"{label}: frame {index} is {image.width}x{image.height} (the first "
+                        f"{first[0]}x{first[1]}): the frames up to it are {decoded:,} pixels, "
+                        f"over the limit of {max_pixels:,} (see --max-pixels, or take one "
+                        "frame with --frame)")
                 image.load()
                 current = io.upright(image)
                 if current is image and len(indices) > 1:
