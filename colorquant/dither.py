@@ -146,6 +146,17 @@ def _cube(channels: int) -> np.ndarray:
     return np.stack([g.ravel() for g in grids], axis=1)
 
 
+@lru_cache(maxsize=8)
+def _cube_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel bounds of the cube's lattice (:func:`_cube`) in the search coordinates
+    of ``space``: the same for every palette, so made once per process (encoding the lattice
+    was most of a small frame's mapping: an animation maps each frame on its own)."""
+    cube = get_space(space).dither_coords(_cube(channels))
+    lo, hi = cube.min(axis=0), cube.max(axis=0)
+    lo.flags.writeable = hi.flags.writeable = False  # shared between calls
+    return lo, hi
+
+
 def _target(palette: Palette, options: QuantizeOptions,
             reach: tuple[np.ndarray, np.ndarray] | None = None) -> _Target:
     """The palette for the per-pixel loop; the grid also covers the box ``reach`` (the
@@ -159,9 +170,9 @@ def _target(palette: Palette, options: QuantizeOptions,
     allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
     space = get_space(options.space)
     coords = np.ascontiguousarray(space.metric(colors[allowed]), dtype=np.float64)
-    cube = space.dither_coords(_cube(colors.shape[1]))
-    lo = np.minimum(coords.min(axis=0), cube.min(axis=0))
-    hi = np.maximum(coords.max(axis=0), cube.max(axis=0))
+    cube_lo, cube_hi = _cube_box(options.space, colors.shape[1])
+    lo = np.minimum(coords.min(axis=0), cube_lo)
+    hi = np.maximum(coords.max(axis=0), cube_hi)
     if reach is not None:
         lo, hi = np.minimum(lo, reach[0]), np.maximum(hi, reach[1])
     pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
