@@ -39,7 +39,8 @@ class Frames:
     ----------
     images : list of PIL.Image.Image
         One or more frames, all ``"RGB"`` or all ``"RGBA"`` (the pages of a TIFF may differ
-        in size; animation frames never do).
+        in size; an animation's frames only when later ones grow its canvas, as Pillow
+        enlarges a GIF's to hold a frame beyond it).
     durations : list of int or None
         Display time of each frame in milliseconds, when the source has them.
     loop : int or None
@@ -50,6 +51,9 @@ class Frames:
         The RGB ICC profile to embed (None after a conversion to sRGB).
     dpi : tuple of float or None
         Resolution of the source, when it has one.
+    pages : bool
+        Whether the frames are a document's pages (a TIFF), not an animation's frames (the
+        messages name them so).
     """
 
     images: list[Image.Image]
@@ -58,6 +62,7 @@ class Frames:
     disposal: list[str] | None = None
     icc_profile: bytes | None = None
     dpi: tuple[float, float] | None = None
+    pages: bool = False
 
     @property
     def mode(self) -> str:
@@ -146,6 +151,7 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         disposal=disposals if len(disposals) == len(images) and len(images) > 1 else None,
         icc_profile=profile.keep,
         dpi=good_dpi,
+        pages=image.format == "TIFF" and len(images) > 1,
     )
 
 

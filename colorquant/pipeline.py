@@ -370,9 +370,10 @@ def frames_to_write(decoded: frames.Frames, fmt: str, *, label: str, shown_dst: 
                 "(use --frame N to choose)")
         images = images[:1]
     elif len({im.size for im in images}) > 1 and fmt != "TIFF":
+        part = "page" if decoded.pages else "frame"  # frames: a GIF's that grow its canvas
         if log:
-            log(f"warning: {label}: pages differ in size and {fmt} holds one size; wrote page "
-                "0 (use --frame N to choose, or a TIFF output for all pages)")
+            log(f"warning: {label}: {part}s differ in size and {fmt} holds one size; wrote "
+                f"{part} 0 (use --frame N to choose, or a TIFF output for all {part}s)")
         images = images[:1]
     if fmt == "GIF":
         images, partial = frames.threshold_alpha(images)

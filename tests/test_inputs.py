@@ -484,6 +484,32 @@ def test_frames_that_grow_the_canvas_count_toward_the_pixel_limit(tmp_path):
         out.load()
 
 
+def test_frames_or_pages_of_different_sizes_into_one_size_write_the_first(tmp_path):
+    """An output of one size gets the first frame (or page) and a warning that names which."""
+    table, small = _gif_frame(1, 1)
+    _, tall = _gif_frame(1, 30)
+    gif = tmp_path / "grows.gif"
+    gif.write_bytes(b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + table + small + tall * 2
+                    + b";")
+    tif = tmp_path / "pages.tif"
+    pages = [Image.fromarray(random_image(h, 8, h)) for h in (8, 12)]
+    pages[0].save(tif, save_all=True, append_images=pages[1:])
+    for src, fmt, part in ((gif, "gif", "frame"), (gif, "png", "frame"), (tif, "png", "page")):
+        dst = tmp_path / f"out-{src.suffix[1:]}.{fmt}"
+        proc = run(src, "-k", "2", "-o", dst)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.decode().splitlines() == [
+            f"warning: {src}: {part}s differ in size and {fmt.upper()} holds one size; wrote "
+            f"{part} 0 (use --frame N to choose, or a TIFF output for all {part}s)"]
+        with Image.open(dst) as out:
+            assert getattr(out, "n_frames", 1) == 1
+            assert out.size == ((1, 1) if src == gif else (8, 8))
+    assert run(gif, "-k", "2", "-o", tmp_path / "all.tif").stderr == b""
+    with Image.open(tmp_path / "all.tif") as out:
+        assert [(out.seek(i), out.size)[1] for i in range(out.n_frames)] == [(1, 1), (1, 30),
+                                                                            (1, 30)]
+
+
 def test_animation_output_is_reproducible(tmp_path):
     src, _ = _animation(tmp_path, "webp", transparent=True)
     for fmt in ("gif", "png", "webp"):
