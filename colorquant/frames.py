@@ -235,9 +235,38 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
             params["disposal"] = [_GIF_DISPOSAL[d] for d in disposal]
         if fmt == "GIF":
             params["optimize"] = False
-    images[0].save(handle, format=fmt, **params)
+    if fmt == "TIFF" and len(images) > 1:
+        _save_tiff_pages(images, handle, params)
+    else:
+        images[0].save(handle, format=fmt, **params)
     if fmt == "TIFF" and images[0].mode == "P":
         _widen_tiff_colormaps(handle)
+
+
+def _save_tiff_pages(images: list[Image.Image], handle: BinaryIO,
+                     params: dict[str, object]) -> None:
+    """Every image as a page of one TIFF, the bytes Pillow's ``save_all`` writes, in time
+    linear in the page count: Pillow's page appender walks the page chain from the first page
+    for every page it adds (n²/2 steps: a 2,236-frame GIF of 1x1 frames took 9 s to write as
+    TIFF); this one goes on from the link that points at the page just written."""
+    from PIL import TiffImagePlugin  # only for TIFF outputs
+
+    class PageAppender(TiffImagePlugin.AppendingTiffWriter):
+        link: int | None = None
+
+        def skipIFDs(self) -> None:  # Pillow's name
+            if self.link is not None:
+                self.f.seek(self.link)  # finalize() pointed it at the page just written
+            super().skipIFDs()
+            self.link = self.whereToWriteNewIFDOffset
+
+    info = {k: v for k, v in params.items() if k not in ("save_all", "append_images")}
+    with PageAppender(handle) as pages:
+        for image in images:
+            image.encoderinfo = dict(info)
+            image.encoderconfig = ()
+            TiffImagePlugin._save(image, pages, "")  # Pillow's one-page writer
+            pages.newFrame()
 
 
 def _widen_tiff_colormaps(handle: BinaryIO) -> None:

@@ -426,6 +426,40 @@ def test_multi_page_tiff(tmp_path):
         assert out.mode == "P"
 
 
+class _CountingFile(stdio.BytesIO):
+    """A file that counts its reads (each a step of a walk over the TIFF's pages)."""
+
+    reads = 0
+
+    def read(self, *args: int) -> bytes:
+        self.reads += 1
+        return super().read(*args)
+
+
+def test_multi_page_tiff_is_pillows_file_in_linear_time():
+    """The TIFF page writer gives the bytes of Pillow's ``save_all`` (the reference) while
+    reading a bounded number of times per page (Pillow's walks every page written so far for
+    each new one: a 1x1-frame GIF of thousands of frames took seconds)."""
+    def pages(n: int) -> list[Image.Image]:
+        return [Image.fromarray(random_image(1 + i % 3, 2, seed=i)).quantize(4) for i in range(n)]
+
+    reads = {}
+    for n in (100, 200):
+        images = pages(n)
+        reference = stdio.BytesIO()
+        images[0].save(reference, format="TIFF", save_all=True, append_images=images[1:],
+                       dpi=(72.0, 72.0))
+        written = _CountingFile()
+        frames._save_tiff_pages(images, written, {"dpi": (72.0, 72.0)})
+        assert written.getvalue() == reference.getvalue()
+        reads[n] = written.reads
+    assert reads[200] <= 2.1 * reads[100]  # Pillow's appender: 4x
+    with Image.open(stdio.BytesIO(written.getvalue())) as back:
+        assert back.n_frames == 200
+        back.seek(199)
+        assert back.size == (2, 1 + 199 % 3)
+
+
 def test_frame_count_times_size_is_under_the_pixel_limit(tmp_path):
     src, _ = _animation(tmp_path, "gif")  # 3 frames of 12x10
     with pytest.raises(ImageTooLargeError, match="3 frames of 12x10 are 360 pixels"):
