@@ -160,21 +160,33 @@ def _cube_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]
 def _target(palette: Palette, options: QuantizeOptions,
             reach: tuple[np.ndarray, np.ndarray] | None = None) -> _Target:
     """The palette for the per-pixel loop; the grid also covers the box ``reach`` (the
-    colors ``fs`` may want) when given."""
+    colors ``fs`` may want) when given. Made once per palette, space and box, not per
+    mapping: an animation's frames share one palette, and the grid took 50-75 ms at k=256,
+    more than mapping a small frame."""
+    colors = palette.colors
+    box = None if reach is None else (tuple(reach[0].tolist()), tuple(reach[1].tolist()))
+    return _target_of(colors.tobytes(), colors.shape, options.space, box)
+
+
+@lru_cache(maxsize=4)
+def _target_of(data: bytes, shape: tuple[int, int], space: ColorSpace,
+               reach: tuple[tuple[float, ...], tuple[float, ...]] | None) -> _Target:
+    """:func:`_target` of the uint8 palette colors ``data`` of ``shape`` (a cache entry,
+    shared by the mappings that follow: the loops only read it; its arrays stay writeable,
+    as numba compiles read-only arrays as other types)."""
     from . import ditherkernel
 
-    colors = palette.colors
+    colors = np.frombuffer(data, dtype=np.uint8).reshape(shape)
     allowed = np.arange(len(colors))
-    if palette.has_alpha and (colors[:, 3] > 0).any():
+    if shape[1] == 4 and (colors[:, 3] > 0).any():
         allowed = np.flatnonzero(colors[:, 3] > 0)
     allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
-    space = get_space(options.space)
-    coords = np.ascontiguousarray(space.metric(colors[allowed]), dtype=np.float64)
-    cube_lo, cube_hi = _cube_box(options.space, colors.shape[1])
+    coords = np.ascontiguousarray(get_space(space).metric(colors[allowed]), dtype=np.float64)
+    cube_lo, cube_hi = _cube_box(space, shape[1])
     lo = np.minimum(coords.min(axis=0), cube_lo)
     hi = np.maximum(coords.max(axis=0), cube_hi)
     if reach is not None:
-        lo, hi = np.minimum(lo, reach[0]), np.maximum(hi, reach[1])
+        lo, hi = np.minimum(lo, np.array(reach[0])), np.maximum(hi, np.array(reach[1]))
     pad = 0.01 * (hi - lo) + 1e-9  # lattice extremes sit a little inside the cube's
     lo, hi = lo - pad, hi + pad
     cells = (SMALL_GRID_CELLS if len(coords) <= SMALL_PALETTE else GRID_CELLS)[coords.shape[1]]

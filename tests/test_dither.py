@@ -246,6 +246,30 @@ def test_grid_search_is_the_brute_force_nearest(k, box, channels):
         assert found == _brute_nearest(point.tolist(), centers), point
 
 
+def test_the_grid_is_made_once_per_palette_and_space_and_never_reused_for_another():
+    """Mappings with palettes that differ in one color, in other spaces, with and without
+    ``fs``'s wider box, in turn in one process: each is still the brute-force result (no grid
+    made for one is used for another). An animation's frames share one grid."""
+    image = _gradient(12, 16, seed=4)
+    first = _fixed_palette(6, 3, seed=1)
+    colors = first.colors.copy()
+    colors[2] = (colors[2].astype(int) + 40) % 256
+    second = Palette(colors, first.counts)
+    dither._target_of.cache_clear()
+    for palette, space in ((first, ColorSpace.RGB), (second, ColorSpace.RGB),
+                           (first, ColorSpace.OKLAB), (first, ColorSpace.RGB)):
+        for method, matrix in ((Dither.ORDERED, dither.bayer8), (Dither.FS, None)):
+            result = pipeline.quantize(image, QuantizeOptions(dither=method, space=space),
+                                       palette=palette)
+            expected = (reference_fs(image, palette.colors, 1.0, space) if matrix is None
+                        else _reference_threshold(image, palette.colors, matrix(), 1.0, space))
+            np.testing.assert_array_equal(_indices(result), expected)
+    frames = [Image.fromarray(np.roll(image, i, axis=1)) for i in range(10)]
+    dither._target_of.cache_clear()
+    pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=Dither.BLUE_NOISE))
+    assert dither._target_of.cache_info()[:2] == (9, 1)  # hits, misses
+
+
 def test_ties_go_to_the_color_that_sorts_first():
     """Gray 100 is exactly between 90 and 110: the darker (first by value) wins, whatever
     the palette order, for every method at strength 0."""
