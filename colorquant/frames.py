@@ -263,6 +263,7 @@ def _save_tiff_pages(images: list[Image.Image], handle: BinaryIO,
     info = {k: v for k, v in params.items() if k not in ("save_all", "append_images")}
     with PageAppender(handle) as pages:
         for image in images:
+            image.load()  # as save() does: a palette set since reaches the image
             image.encoderinfo = dict(info)
             image.encoderconfig = ()
             TiffImagePlugin._save(image, pages, "")  # Pillow's one-page writer

@@ -441,7 +441,13 @@ def test_multi_page_tiff_is_pillows_file_in_linear_time():
     reading a bounded number of times per page (Pillow's walks every page written so far for
     each new one: a 1x1-frame GIF of thousands of frames took seconds)."""
     def pages(n: int) -> list[Image.Image]:
-        return [Image.fromarray(random_image(1 + i % 3, 2, seed=i)).quantize(4) for i in range(n)]
+        """Fresh images (a save loads them) whose palette was set after they were made."""
+        images = []
+        for i in range(n):
+            image = Image.fromarray(random_image(1 + i % 3, 2, seed=i)[..., 0] % 4, "P")
+            image.putpalette(bytes(random_image(1, 4, seed=n + i).ravel()))
+            images.append(image)
+        return images
 
     reads = {}
     for n in (100, 200):
@@ -450,7 +456,7 @@ def test_multi_page_tiff_is_pillows_file_in_linear_time():
         images[0].save(reference, format="TIFF", save_all=True, append_images=images[1:],
                        dpi=(72.0, 72.0))
         written = _CountingFile()
-        frames._save_tiff_pages(images, written, {"dpi": (72.0, 72.0)})
+        frames._save_tiff_pages(pages(n), written, {"dpi": (72.0, 72.0)})
         assert written.getvalue() == reference.getvalue()
         reads[n] = written.reads
     assert reads[200] <= 2.1 * reads[100]  # Pillow's appender: 4x
