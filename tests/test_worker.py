@@ -151,7 +151,12 @@ finally:
     assert warm.calls() == ["worker"]
     modules = report.read_text().split()
     top = {m.split(".")[0] for m in modules}
-    foreign = top - set(sys.stdlib_module_names) - {"colorquant", "__main__"}
+    # what this interpreter loads before any code runs (site hooks: Debian's Python imports
+    # its sitecustomize, .pth files their modules) is not the client's doing
+    startup = subprocess.run([python, "-c", "import sys; print(' '.join(sys.modules))"],
+                             env=warm.env, capture_output=True, text=True, check=True)
+    before = {m.split(".")[0] for m in startup.stdout.split()}
+    foreign = top - set(sys.stdlib_module_names) - before - {"colorquant", "__main__"}
     assert {m for m in foreign if not m.startswith(("__editable__", "_distutils_hack"))} == set()
     assert {m for m in modules if m.startswith("colorquant")} == {"colorquant",
                                                                   "colorquant.launch"}
