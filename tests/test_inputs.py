@@ -500,14 +500,20 @@ def _gif_frame(width: int, height: int) -> tuple[bytes, bytes]:
     return table, data[start : at + 1]
 
 
+def _growing_gif(path: Path, height: int, count: int) -> Path:
+    """A GIF of a 1x1 canvas and frame, then ``count`` frames of 1 x ``height``: Pillow grows
+    the canvas to hold them."""
+    table, small = _gif_frame(1, 1)
+    _, tall = _gif_frame(1, height)
+    path.write_bytes(b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + table + small
+                     + tall * count + b";")
+    return path
+
+
 def test_frames_that_grow_the_canvas_count_toward_the_pixel_limit(tmp_path):
     # A 1x1 canvas whose later frames are 1x300: Pillow grows the canvas to hold them, so
     # every later frame is 300 pixels, not the 1 the headers promise (found by fuzzing).
-    table, small = _gif_frame(1, 1)
-    _, tall = _gif_frame(1, 300)
-    src = tmp_path / "grows.gif"
-    src.write_bytes(b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + table + small + tall * 5
-                    + b";")
+    src = _growing_gif(tmp_path / "grows.gif", 300, 5)
     with Image.open(src) as opened:
         assert opened.size == (1, 1) and opened.n_frames == 6
     with pytest.raises(ImageTooLargeError, match=r"frame 4 is 1x300 \(the first 1x1\): "
@@ -526,11 +532,7 @@ def test_frames_that_grow_the_canvas_count_toward_the_pixel_limit(tmp_path):
 
 def test_frames_or_pages_of_different_sizes_into_one_size_write_the_first(tmp_path):
     """An output of one size gets the first frame (or page) and a warning that names which."""
-    table, small = _gif_frame(1, 1)
-    _, tall = _gif_frame(1, 30)
-    gif = tmp_path / "grows.gif"
-    gif.write_bytes(b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + table + small + tall * 2
-                    + b";")
+    gif = _growing_gif(tmp_path / "grows.gif", 30, 2)
     tif = tmp_path / "pages.tif"
     pages = [Image.fromarray(random_image(h, 8, h)) for h in (8, 12)]
     pages[0].save(tif, save_all=True, append_images=pages[1:])
