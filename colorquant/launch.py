@@ -158,8 +158,11 @@ def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int
     """One length-prefixed JSON message, with descriptors attached to its first bytes."""
     data = json.dumps(message).encode("ascii")
     data = struct.pack("!I", len(data)) + data
-    sent = socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
-    sock.sendall(data[sent:])
+    sent = socket.send_fds(sock, [data], list(fds)) if fds else 0
+    if sent < len(data):
+        # never an empty send once all is out: the peer may have answered and closed by
+        # then (a busy machine), and an empty send to a closed peer fails with EPIPE
+        sock.sendall(data[sent:])
 
 
 def _connect(path: str, timeout: float) -> socket.socket:

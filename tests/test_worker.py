@@ -4,9 +4,12 @@ every worker a test starts is stopped (and waited for) when it ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -378,3 +381,51 @@ def test_variables_read_at_import_are_part_of_the_identity(monkeypatch, name, co
     before = launch.identity()
     monkeypatch.setenv(name, "1")
     assert (launch.identity() != before) is counts
+
+
+class _PeerAnswersAtOnce:
+    """A real socket whose peer reads what arrives and closes as soon as a send returns:
+    what a worker does on a busy machine while the sender is descheduled after its send."""
+
+    def __init__(self, sock: socket.socket, peer: socket.socket) -> None:
+        self.sock, self.peer = sock, peer
+        self.received = b""
+        self.fds: list[int] = []
+
+    def _peer_reads_and_closes(self, sent: int) -> int:
+        if self.peer.fileno() != -1 and sent:
+            data, fds, _, _ = socket.recv_fds(self.peer, 1 << 16, 4)
+            self.received += data
+            self.fds += fds
+            self.peer.close()
+        return sent
+
+    def send(self, data: bytes) -> int:
+        return self._peer_reads_and_closes(self.sock.send(data))
+
+    def sendmsg(self, *args: object) -> int:
+        return self._peer_reads_and_closes(self.sock.sendmsg(*args))
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)  # an empty send to the closed peer raises BrokenPipeError
+        self._peer_reads_and_closes(len(data))
+
+
+@pytest.mark.parametrize("with_fds", [False, True])
+def test_a_message_sent_in_full_needs_no_more_from_its_peer(with_fds):
+    """A status request once reported a live worker as stale: its sender sent an empty
+    remainder after the whole message, and the worker had already answered and closed."""
+    from colorquant import launch
+
+    sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    wrapped = _PeerAnswersAtOnce(sock, peer)
+    try:
+        launch.send_message(wrapped, {"op": "status"}, [0] if with_fds else [])
+        (size,) = struct.unpack("!I", wrapped.received[:4])
+        assert json.loads(wrapped.received[4:4 + size]) == {"op": "status"}
+        assert len(wrapped.received) == 4 + size and len(wrapped.fds) == int(with_fds)
+    finally:
+        for fd in wrapped.fds:
+            os.close(fd)
+        sock.close()
+        peer.close()
