@@ -255,6 +255,8 @@ def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, client, china):
 
 
 @pytest.mark.parametrize("mode", [[], ["--shared-palette"]], ids=["own", "shared"])
+# distributed warns so even with dashboard_address=None (as cluster.connect, which hides it)
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
 def test_killed_workers_are_replaced_and_the_run_completes(tmp_path, china, mode):
     """Every worker is SIGKILLed once mid-run: nothing the tasks need may live only on a
     worker (a scattered value would be lost for good), and the outputs equal a local run."""
