@@ -221,7 +221,8 @@ def wait_for_tasks(client, finished: int = 2) -> None:
 
 
 def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, client, china):
-    copies(tmp_path / "src", china, 12)
+    files = 12
+    copies(tmp_path / "src", china, files)
     out = tmp_path / "out"
     proc = subprocess.Popen([str(COMMAND), "-r", str(tmp_path / "src"), "-k", "64",
                              "--out-dir", str(out), "--dask", client.scheduler.address],
@@ -232,7 +233,7 @@ def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, client, china):
     wait_for_output(out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0 and len(os.listdir(out)) == 12:
+    if proc.returncode == 0 and len(os.listdir(out)) == files:
         pytest.skip("the batch finished before the signal arrived")
     assert proc.returncode == 130, err
     assert err.decode().endswith("Error: interrupted\n") and b"Traceback" not in err
