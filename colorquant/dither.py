@@ -161,8 +161,8 @@ def _target(palette: Palette, options: QuantizeOptions,
             reach: tuple[np.ndarray, np.ndarray] | None = None) -> _Target:
     """The palette for the per-pixel loop; the grid also covers the box ``reach`` (the
     colors ``fs`` may want) when given. Made once per palette, space and box, not per
-    mapping: an animation's frames share one palette, and the grid took 50-75 ms at k=256,
-    more than mapping a small frame."""
+    mapping: an animation's frames share one palette, and the grid takes 7 ms at k=256 (it
+    took 50-75 ms when it was built from every color), more than mapping a small frame."""
     colors = palette.colors
     box = None if reach is None else (tuple(reach[0].tolist()), tuple(reach[1].tolist()))
     return _target_of(colors.tobytes(), colors.shape, options.space, box)

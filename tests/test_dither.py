@@ -217,21 +217,22 @@ def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, sp
         _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
 
 
+@pytest.mark.parametrize("cells", [6, 20])
 @pytest.mark.parametrize("channels", [3, 4])
 @pytest.mark.parametrize(("k", "box"), [(1, 255), (2, 255), (7, 30), (40, 255), (256, 255),
                                         (256, 60)])
-def test_grid_search_is_the_brute_force_nearest(k, box, channels):
+def test_grid_search_is_the_brute_force_nearest(k, box, channels, cells):
     """The candidate lists (bound and dominance pruning) never lose the nearest color: the
     grid search equals a plain loop over the palette (first of equals) on random points, on
     whole numbers (many exact ties: palettes of whole numbers in a small box hold equidistant
-    colors), on the cells' corners and outside the grid."""
+    colors), on the cells' corners and outside the grid. 6 cells are built from every color;
+    20 from the lists of 10, built from those of 5 (coarse to fine)."""
     from colorquant import ditherkernel
 
     rng = np.random.default_rng(k * 10 + channels)
     palette = rng.integers(0, box + 1, (k, channels)).astype(np.float64)
     if k > 2:
         palette[1] = palette[0]  # a duplicate color
-    cells = 6
     lo = np.full(channels, -3.0)
     step = np.full(channels, (258.0 - lo[0]) / cells)
     start, members = ditherkernel.candidate_grid(palette, lo, step, cells)
