@@ -1,7 +1,7 @@
 """Dithering and color spaces: quality and speed against pngquant, measured side by side.
 
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
-    python benchmarks/dither_bench.py --speed        # 24 MP photo: fs / ordered vs pngquant
+    python benchmarks/dither_bench.py --speed        # 24 MP photo: vs pngquant and none
     python benchmarks/dither_bench.py --speed --compress-level 5   # the same, zlib level 5
     python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
     python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
@@ -165,21 +165,25 @@ DEFAULT_METHODS = {
 
 def speed(rounds: int, folder: str, extra: list[str]) -> None:
     """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios.
-    ``extra``: more colorquant options for every colorquant run."""
+    ``extra``: more colorquant options for every colorquant run.
+
+    Then the encoder's share (:func:`encoder_floor`): how long saving each method's output
+    takes, and the ratio to ``none`` that a method would have if its mapping cost nothing."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import images
 
     jpg, png = images.make(Path(folder), ROOT / "sample_images" / "china.jpg",
                            ["24MP"])["24MP"]
     out = Path(tempfile.mkdtemp(prefix="dither-bench-"))
+    methods = ("none", "fs", "ordered", "blue-noise")
     runs = {}
     for k in (16, 256):
         runs[f"pngquant k={k}"] = ["pngquant", str(k), "--force", "--output",
                                    str(out / "pq.png"), str(png)]
-        for method in ("none", "fs", "ordered", "blue-noise"):
+        for method in methods:
             runs[f"colorquant --dither {method} k={k}"] = [
                 "colorquant", str(jpg), "-k", str(k), "--dither", method, "-o",
-                str(out / "cq.png"), *extra]
+                str(out / f"cq-{method}-{k}.png"), *extra]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):  # interleaved rounds
         for name, cmd in runs.items():
@@ -193,6 +197,42 @@ def speed(rounds: int, folder: str, extra: list[str]) -> None:
         base = statistics.median(times[f"pngquant k={k}"])
         none = statistics.median(times[f"colorquant --dither none k={k}"])
         print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
+    level = int(extra[extra.index("--compress-level") + 1]) if "--compress-level" in extra else 6
+    print("\n| k | method | output MB | save s | floor × none |\n|---:|---|---:|---:|---:|")
+    for k in (16, 256):
+        none = statistics.median(times[f"colorquant --dither none k={k}"])
+        outputs = {method: out / f"cq-{method}-{k}.png" for method in methods}
+        saves = encoder_floor(outputs, rounds, level)
+        for method in methods:
+            floor = (none + saves[method] - saves["none"]) / none
+            size = outputs[method].stat().st_size / 1e6
+            print(f"| {k} | {method} | {size:.1f} | {saves[method]:.2f} | {floor:.2f} |")
+
+
+def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str, float]:
+    """Median time to save each output's indices again with the encoder arguments colorquant
+    uses (interleaved rounds, in memory). A method's run minus ``none``'s is its mapping's
+    extra time plus this save's extra time; with ``none``'s run time, the second alone gives
+    the floor: the ratio to ``none`` the method would have if its mapping cost nothing."""
+    from io import BytesIO
+
+    from colorquant import io
+
+    Image.MAX_IMAGE_PIXELS = None
+    decoded = {}
+    for method, path in outputs.items():
+        with Image.open(path) as image:
+            image.load()
+            decoded[method] = image.copy()
+    taken: dict[str, list[float]] = {method: [] for method in outputs}
+    for _ in range(rounds):
+        for method, image in decoded.items():
+            params = io.save_params("PNG", compress_level=level,
+                                    n_colors=len(image.getpalette()) // 3)
+            start = time.perf_counter()
+            image.save(BytesIO(), format="PNG", **params)
+            taken[method].append(time.perf_counter() - start)
+    return {method: statistics.median(values) for method, values in taken.items()}
 
 
 #: The sky of china.jpg: a smooth gradient, where 16 undithered colors show bands.
