@@ -217,6 +217,25 @@ def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, sp
         _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
 
 
+@pytest.mark.parametrize(("method", "matrix"), [(Dither.ORDERED, dither.bayer8),
+                                                 (Dither.BLUE_NOISE, dither.blue_noise)])
+@pytest.mark.parametrize("space", [ColorSpace.RGB, ColorSpace.OKLAB])
+def test_threshold_methods_on_the_large_image_grid_are_the_exact_nearest(monkeypatch, method,
+                                                                         matrix, space):
+    """Large images take the finer grid (here every image does): still the brute-force
+    result, and the mapping did use that grid (asking for it again is a cache hit)."""
+    monkeypatch.setattr(dither, "FINE_GRID_PIXELS", 1)
+    image = _gradient(20, 70, seed=5)
+    opts = QuantizeOptions(colors=48, dither=method, space=space)  # above SMALL_PALETTE
+    dither._target_of.cache_clear()
+    result = pipeline.quantize(image, opts)
+    np.testing.assert_array_equal(
+        _indices(result), _reference_threshold(image, result.palette.colors, matrix(), 1.0, space))
+    hits = dither._target_of.cache_info().hits
+    assert dither._target(result.palette, opts, fine=True).cells == dither.FINE_GRID_CELLS
+    assert dither._target_of.cache_info().hits == hits + 1
+
+
 @pytest.mark.parametrize("cells", [6, 20])
 @pytest.mark.parametrize("channels", [3, 4])
 @pytest.mark.parametrize(("k", "box"), [(1, 255), (2, 255), (7, 30), (40, 255), (256, 255),
