@@ -163,9 +163,9 @@ DEFAULT_METHODS = {
 }
 
 
-def speed(rounds: int, folder: str, extra: list[str]) -> None:
+def speed(rounds: int, folder: str, level: int | None) -> None:
     """Interleaved rounds on the 24 MP photo (made once into ``folder``); medians and ratios.
-    ``extra``: more colorquant options for every colorquant run.
+    ``level``: the ``--compress-level`` of every colorquant run (None: colorquant's default).
 
     Then the encoder's share (:func:`encoder_floor`): how long saving each method's output
     takes, and the ratio to ``none`` that a method would have if its mapping cost nothing."""
@@ -175,6 +175,7 @@ def speed(rounds: int, folder: str, extra: list[str]) -> None:
     jpg, png = images.make(Path(folder), ROOT / "sample_images" / "china.jpg",
                            ["24MP"])["24MP"]
     out = Path(tempfile.mkdtemp(prefix="dither-bench-"))
+    extra = [] if level is None else ["--compress-level", str(level)]
     methods = ("none", "fs", "ordered", "blue-noise")
     runs = {}
     for k in (16, 256):
@@ -197,7 +198,8 @@ def speed(rounds: int, folder: str, extra: list[str]) -> None:
         base = statistics.median(times[f"pngquant k={k}"])
         none = statistics.median(times[f"colorquant --dither none k={k}"])
         print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
-    level = int(extra[extra.index("--compress-level") + 1]) if "--compress-level" in extra else 6
+    if level is None:
+        level = QuantizeOptions().compress_level
     print("\n| k | method | output MB | save s | floor × none |\n|---:|---|---:|---:|---:|")
     for k in (16, 256):
         none = statistics.median(times[f"colorquant --dither none k={k}"])
@@ -222,8 +224,8 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     decoded = {}
     for method, path in outputs.items():
         with Image.open(path) as image:
-            image.load()
-            decoded[method] = image.copy()
+            image.load()  # the pixels stay when the file closes
+            decoded[method] = image
     taken: dict[str, list[float]] = {method: [] for method in outputs}
     for _ in range(rounds):
         for method, image in decoded.items():
@@ -384,8 +386,7 @@ def main() -> None:
     if args.quality or not args.speed:
         quality(methods)
     if args.speed:
-        level = args.compress_level
-        speed(args.rounds, args.folder, [] if level is None else ["--compress-level", str(level)])
+        speed(args.rounds, args.folder, args.compress_level)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,10 @@ _thread_limit: int | None = None
 GRID_CELLS = {3: 32, 4: 14}
 SMALL_PALETTE, SMALL_GRID_CELLS = 32, {3: 16, 4: 8}
 #: The threshold mappers of images of at least ``FINE_GRID_PIXELS`` use ``FINE_GRID_CELLS``
-#: per channel for RGB palettes of more than ``SMALL_PALETTE`` colors: shorter lists where
-#: the pixels are (at k=256, 2.3 candidates a pixel against 4.0). At 24 MP, k=256, one
-#: thread: ``ordered`` 13% and ``blue-noise`` 20% faster, for 28 ms of grid instead of 7;
-#: ``fs`` was 8% slower with it, and keeps 32.
+#: per channel for palettes without alpha of more than ``SMALL_PALETTE`` colors (in any
+#: space): shorter lists where the pixels are (at k=256, 2.3 candidates a pixel against 4.0).
+#: At 24 MP, k=256, one thread: ``ordered`` 13% and ``blue-noise`` 20% faster, for 28 ms of
+#: grid instead of 7; ``fs`` was 8% slower with it, and keeps 32.
 FINE_GRID_CELLS, FINE_GRID_PIXELS = 64, 1 << 22
 #: ``fs`` limits diffusion at edges: no error goes to a neighbour whose pixel is farther from
 #: this one than this share of the diagonal of the palette's box (search coordinates). With
