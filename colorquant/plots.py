@@ -39,41 +39,80 @@ def sample_pixels(
     return before, after
 
 
+def palette_centers(result: QuantizeResult) -> tuple[np.ndarray, np.ndarray]:
+    """The visible palette colors that some pixel uses, uint8 (m, 3), and their shares of
+    those pixels (float64, sums to 1), largest share first (so small markers draw on top)."""
+    colors, counts = result.palette.colors, result.palette.counts
+    visible = counts > 0
+    if colors.shape[1] == 4:
+        visible &= colors[:, 3] > 0
+    order = np.argsort(-counts[visible], kind="stable")
+    shown = counts[visible][order].astype(np.float64)
+    return colors[visible][order, :3], shown / shown.sum() if shown.size else shown
+
+
+#: Marker areas (points²) of a palette center: the floor keeps rare colors visible, the span
+#: makes a color's area proportional to its share above it.
+CENTER_MIN, CENTER_SPAN = 30.0, 3000.0
+
+
 def scatter_figure(original: Image.Image, result: QuantizeResult, *, seed: int = 0) -> Figure:
-    """Two rows of Red–Green and Red–Blue scatter panels: input colors, then reduced colors."""
+    """Two rows of Red–Green and Red–Blue scatter panels: the input colors, then the same
+    pixels in their palette colors with the palette colors themselves drawn over them as
+    outlined circles whose area grows with their share of the pixels."""
     before, after = sample_pixels(original, result, seed=seed)
+    centers, shares = palette_centers(result)
     fig = Figure(figsize=(12, 10), layout="constrained")
     rows = fig.subfigures(2, 1)
     titles = (
         "Input color space: 16 million possible colors",
         f"Reduced color space: {result.n_colors} colors",
     )
+    r, g, b = (before[:, c] / 255.0 for c in range(3))
     for row, title, shown in zip(rows, titles, (before, after), strict=True):
-        r, g, b = (before[:, c] / 255.0 for c in range(3))
         face = shown / 255.0
-        left, right = row.subplots(1, 2)
-        left.scatter(r, g, c=face, marker=".", s=4, linewidths=0)
-        left.set(xlabel="Red", ylabel="Green", xlim=(0, 1), ylim=(0, 1))
-        right.scatter(r, b, c=face, marker=".", s=4, linewidths=0)
-        right.set(xlabel="Red", ylabel="Blue", xlim=(0, 1), ylim=(0, 1))
+        reduced = shown is after
+        panels = row.subplots(1, 2)
+        for ax, y, channel, label in zip(panels, (g, b), (1, 2), ("Green", "Blue"),
+                                         strict=True):
+            ax.scatter(r, y, c=face, marker=".", s=4, linewidths=0,
+                       alpha=0.5 if reduced else 1.0)
+            if reduced and len(centers):
+                ax.scatter(centers[:, 0] / 255.0, centers[:, channel] / 255.0,
+                           c=centers / 255.0, s=CENTER_MIN + CENTER_SPAN * shares,
+                           marker="o", edgecolors="black", linewidths=1.2, zorder=3,
+                           clip_on=False)
+            ax.set(xlabel="Red", ylabel=label, xlim=(0, 1), ylim=(0, 1))
         row.suptitle(title, fontsize=16)
     return fig
 
 
+#: Layout of the comparison, in inches: figure width, outer margin, gap between the images
+#: and the band above them for the titles.
+COMPARE_WIDTH, COMPARE_MARGIN, COMPARE_GAP, COMPARE_TITLE = 14.0, 0.1, 0.2, 0.5
+
+
 def comparison_figure(original: Image.Image, result: QuantizeResult) -> Figure:
-    """The original and the quantized image side by side."""
+    """The original and the quantized image side by side.
+
+    The axes are placed by hand, each exactly the shape of its image, and the figure's height
+    is computed from them, so the picture has no blank band whatever the image's aspect.
+    """
     left_image = original.convert("RGBA" if original.mode == "RGBA" else "RGB")
     right_image = result.image.convert(left_image.mode)
     for im in (left_image, right_image):
         im.thumbnail((PREVIEW, PREVIEW), Image.Resampling.NEAREST)
-    aspect = left_image.height / left_image.width
-    fig = Figure(figsize=(14, 7 * aspect + 1), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, im, title in zip(
-        axes, (left_image, right_image), ("Original Image", f"{result.n_colors}-color Image"),
-        strict=True,
-    ):
-        ax.imshow(np.asarray(im))
+    width = (COMPARE_WIDTH - 2 * COMPARE_MARGIN - COMPARE_GAP) / 2
+    height = width * left_image.height / left_image.width
+    total = COMPARE_MARGIN + height + COMPARE_TITLE
+    fig = Figure(figsize=(COMPARE_WIDTH, total))
+    for i, (im, title) in enumerate(zip((left_image, right_image),
+                                        ("Original Image", f"{result.n_colors}-color Image"),
+                                        strict=True)):
+        left = COMPARE_MARGIN + i * (width + COMPARE_GAP)
+        ax = fig.add_axes((left / COMPARE_WIDTH, COMPARE_MARGIN / total,
+                           width / COMPARE_WIDTH, height / total))
+        ax.imshow(np.asarray(im), aspect="auto")
         ax.set_title(title, fontsize=16)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -66,3 +66,56 @@ def test_figures_save_in_each_format(tmp_path, original, result, ext):
         with Image.open(path) as im:
             im.load()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_reduced_row_marks_each_palette_color_by_its_share(original, result):
+    fig = plots.scatter_figure(original, result, seed=0)
+    lower = fig.subfigs[1].axes
+    colors, counts = result.palette.colors, result.palette.counts
+    order = np.argsort(-counts, kind="stable")
+    for ax, channel in zip(lower, (1, 2), strict=True):
+        cloud, centers = ax.collections
+        # the centers are the palette colors, where they sit in this panel's plane
+        expected = colors[order][:, [0, channel]] / 255.0
+        assert np.allclose(centers.get_offsets(), expected)
+        assert np.allclose(centers.get_facecolors()[:, :3], colors[order] / 255.0)
+        # area grows with the share of pixels: the most used color is the largest marker
+        sizes = centers.get_sizes()
+        assert np.all(np.diff(sizes) <= 0) and sizes[0] > sizes[-1] > plots.CENTER_MIN
+        shares = counts[order] / counts.sum()
+        assert np.allclose(sizes, plots.CENTER_MIN + plots.CENTER_SPAN * shares)
+        # outlined, and drawn over the cloud of recoloured pixels
+        assert np.allclose(centers.get_edgecolors()[:, :3], 0)
+        assert centers.get_zorder() > cloud.get_zorder()
+        assert len(cloud.get_offsets()) == 10_000
+    # the input row has no centers
+    assert [len(ax.collections) for ax in fig.subfigs[0].axes] == [1, 1]
+
+
+def test_centers_leave_out_the_transparent_entry_and_unused_colors():
+    rgba = np.zeros((20, 30, 4), dtype=np.uint8)
+    rgba[:10] = (200, 10, 10, 255)
+    rgba[10:15] = (10, 200, 10, 255)  # the rest stays fully transparent
+    result = quantize_image(rgba, 4)
+    centers, shares = plots.palette_centers(result)
+    assert centers.tolist() == [[200, 10, 10], [10, 200, 10]]
+    assert np.allclose(shares, [300 / 450, 150 / 450])
+
+
+@pytest.mark.parametrize("size", [(160, 120), (90, 300), (400, 100)])
+def test_comparison_has_no_blank_band(tmp_path, size):
+    picture = Image.fromarray(random_image(size[1], size[0], seed=5))
+    path = tmp_path / "compare.png"
+    plots.save(plots.comparison_figure(picture, quantize_image(picture, 8)), path)
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("L"))
+    height, width = pixels.shape
+    rows = np.flatnonzero((pixels < 250).any(axis=1))
+    cols = np.flatnonzero((pixels < 250).any(axis=0))
+    margin = plots.COMPARE_MARGIN * 100 + 2  # pixels at the saved 100 dpi, and the frame
+    # only the margins are blank: under, beside, and above the titles
+    assert height - 1 - rows[-1] <= margin and rows[0] <= plots.COMPARE_TITLE * 100
+    assert cols[0] <= margin and width - 1 - cols[-1] <= margin
+    # the two images fill the width: the gap between them is the only blank column band
+    blank = np.flatnonzero(~(pixels[rows[-1] - 5] < 250))
+    assert len(blank) <= 2 * margin + plots.COMPARE_GAP * 100 + 4
