@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ColorSpace",
     "ColorquantError",
+    "Dither",
+    "FitMethod",
     "ImageTooLargeError",
     "InputError",
     "OutputError",
@@ -26,10 +28,14 @@ __all__ = [
     "quantize",
     "quantize_file",
     "quantize_image",
+    "read_palette",
+    "write_palette",
 ]
 
 _WHERE = {
     "ColorSpace": "options",
+    "Dither": "options",
+    "FitMethod": "options",
     "QuantizeOptions": "options",
     "ColorquantError": "errors",
     "ImageTooLargeError": "errors",
@@ -41,6 +47,8 @@ _WHERE = {
     "quantize": "pipeline",
     "quantize_file": "pipeline",
     "quantize_image": "pipeline",
+    "read_palette": "palettefile",
+    "write_palette": "palettefile",
 }
 
 if TYPE_CHECKING:
@@ -51,8 +59,9 @@ if TYPE_CHECKING:
         OutputError,
         PaletteError,
     )
-    from .options import ColorSpace, QuantizeOptions
+    from .options import ColorSpace, Dither, FitMethod, QuantizeOptions
     from .palette import Palette
+    from .palettefile import read_palette, write_palette
     from .pipeline import QuantizeResult, quantize, quantize_file, quantize_image
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 MIN_COLORS = 2
 MAX_COLORS = 256
@@ -91,7 +91,7 @@ class FitMethod(enum.Enum):
     LLOYD = "lloyd"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class QuantizeOptions:
     """Everything that decides the output of a run; equal options give identical bytes.
 
@@ -148,6 +148,17 @@ class QuantizeOptions:
     skip_if_larger: bool = False
     dither: Dither = Dither.NONE
     dither_strength: float = 1.0
+
+    def __repr__(self) -> str:
+        """The fields that differ from the defaults, as they would be written in a call."""
+        changed = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                shown = (f"{type(value).__name__}.{value.name}" if isinstance(value, enum.Enum)
+                         else repr(value))
+                changed.append(f"{f.name}={shown}")
+        return f"QuantizeOptions({', '.join(changed)})"
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Colors a palette's repr names before it says how many more there are.
+REPR_COLORS = 4
+#: Side in pixels of one color's square in a palette's picture, and squares to a row.
+SWATCH, SWATCHES_PER_ROW = 24, 16
+
 
 def _frozen(array: np.ndarray, dtype: type, ndim: int, name: str) -> np.ndarray:
     """A read-only copy of ``array`` with the given dtype and number of dimensions."""
@@ -45,6 +50,38 @@ class Palette:
 
     def __len__(self) -> int:
         return len(self.colors)
+
+    def __repr__(self) -> str:
+        """One line: the size, and the first colors with their shares (never the arrays)."""
+        shown = [f"{code} {share:.1%}" if self.total else code
+                 for code, share in zip(self.hex()[:REPR_COLORS], self.shares(), strict=False)]
+        more = len(self) - len(shown)
+        tail = f", … {more} more" if more > 0 else ""
+        kind = "RGBA" if self.has_alpha else "RGB"
+        return f"Palette({len(self)} {kind} colors: {', '.join(shown)}{tail})"
+
+    def _repr_png_(self) -> bytes:
+        """The palette as swatches, PNG bytes (Jupyter shows them as a picture).
+
+        Each color is a ``SWATCH``-pixel square, in palette order, ``SWATCHES_PER_ROW`` to a
+        row; colors with alpha keep it.
+        """
+        from io import BytesIO
+
+        from PIL import Image
+
+        per_row = min(len(self), SWATCHES_PER_ROW)
+        rows = -(-len(self) // per_row)
+        grid = np.zeros((rows * per_row, self.colors.shape[1]), dtype=np.uint8)
+        grid[: len(self)] = self.colors
+        if not self.has_alpha and len(self) < len(grid):
+            grid = np.concatenate([grid, np.full((len(grid), 1), 255, np.uint8)], axis=1)
+            grid[len(self):, 3] = 0  # the unfilled end of the last row stays transparent
+        cells = grid.reshape(rows, per_row, -1)
+        pixels = cells.repeat(SWATCH, axis=0).repeat(SWATCH, axis=1)
+        buffer = BytesIO()
+        Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, "PNG")
+        return buffer.getvalue()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Palette):

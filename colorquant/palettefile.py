@@ -216,6 +216,17 @@ def _distinct_in_order(image: Image.Image, channels: int, label: str,
 def read_palette(path: str | os.PathLike[str]) -> Palette:
     """Read a palette file; the format comes from the extension.
 
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``.gpl``, ``.json``, ``.txt`` or ``.hex`` file, or an image (its distinct colors in
+        order of first appearance, row by row).
+
+    Returns
+    -------
+    Palette
+        The colors in the file's order; counts from ``.json``, else zeros.
+
     Raises
     ------
     PaletteError
@@ -283,6 +294,13 @@ def format_palette(palette: Palette, kind: str, name: str = "colorquant") -> str
 
 def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
     """Write a palette file atomically; the format comes from the extension.
+
+    Parameters
+    ----------
+    palette : Palette
+        The colors to write, in their order (counts are kept by ``.json`` only).
+    path : str or PathLike
+        ``.gpl``, ``.json``, ``.txt``, ``.hex``, or an image extension (a k×1 strip).
 
     Raises
     ------

@@ -25,7 +25,7 @@ from .palette import Palette
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class QuantizeResult:
     """What a run produced.
 
@@ -61,6 +61,20 @@ class QuantizeResult:
     def n_colors(self) -> int:
         """Number of colors in the output."""
         return len(self.palette)
+
+    def __repr__(self) -> str:
+        """One line: the image's size and mode, the palette size and the error (no arrays;
+        the mean ΔE2000 is left out, as reading it computes it)."""
+        psnr = "inf" if self.psnr == float("inf") else f"{self.psnr:.2f}"
+        colors = f"{self.n_colors} color{'s' if self.n_colors != 1 else ''}"
+        return (f"QuantizeResult({self.image.width}x{self.image.height} {self.image.mode} "
+                f"image, {colors}, MSE {self.mse:.3f}, PSNR {psnr} dB)")
+
+    def _repr_png_(self) -> bytes:
+        """The quantized image as PNG bytes (Jupyter shows it as a picture)."""
+        buffer = BytesIO()
+        self.image.save(buffer, "PNG")
+        return buffer.getvalue()
 
 
 class _Clock:
@@ -272,8 +286,21 @@ def quantize(image: Image.Image | np.ndarray, options: QuantizeOptions, *,
     """Reduce an image to ``options.colors`` colors, or its distinct colors when fewer (pure,
     in memory; see :func:`fit_palette`).
 
-    With ``palette`` given, no fit runs: pixels are mapped to that palette as it is.
-    Every output pixel is the palette color nearest to its input pixel in the fit space.
+    Parameters
+    ----------
+    image : PIL.Image.Image or ndarray of uint8, shape (H, W, 3) or (H, W, 4)
+        The pixels; an RGBA image keeps its transparency.
+    options : QuantizeOptions
+        The fit and mapping settings (the file settings are not used here).
+    palette : Palette, optional
+        Map to this palette as it is, in its order: no fit runs.
+
+    Returns
+    -------
+    QuantizeResult
+        The image in mode ``"P"``, its palette with pixel counts, and the error. Without
+        dithering every output pixel is the palette color nearest to its input pixel in the
+        fit space.
     """
     clock = _Clock()
     prepared = prepare(image)
@@ -308,7 +335,21 @@ def quantize_image(
     """Quantize a PIL image or an (H, W, 3) uint8 array to ``k`` colors (fewer only when the
     image has fewer).
 
-    Other keyword arguments are fields of :class:`~colorquant.options.QuantizeOptions`.
+    Parameters
+    ----------
+    image : PIL.Image.Image or ndarray of uint8, shape (H, W, 3) or (H, W, 4)
+        The pixels.
+    k : int
+        Palette size, 2 to 256.
+    seed : int
+        Seed of every random choice; the same seed gives the same result.
+    **options
+        Other fields of :class:`~colorquant.options.QuantizeOptions`, by name.
+
+    Returns
+    -------
+    QuantizeResult
+        As :func:`quantize` returns it.
     """
     return quantize(image, QuantizeOptions(colors=k, seed=seed, **options))
 
@@ -430,6 +471,34 @@ def quantize_file(
 ) -> QuantizeResult:
     """Read ``src``, quantize it and write ``dst`` atomically (plus optional plots).
 
+    Parameters
+    ----------
+    src : str, PathLike or binary file object
+        The input; ``"-"`` is standard input.
+    dst : str, PathLike or writable binary file object
+        The output; ``"-"`` is standard output.
+    k, seed : int
+        Palette size and seed, when ``options`` is not given.
+    options : QuantizeOptions, optional
+        Every setting of the run (wins over ``k`` and ``seed``).
+    fmt : str, optional
+        Output format (``"PNG"``, ``"GIF"``, …); default from ``dst``'s extension, else PNG.
+    plot, compare : str or PathLike, optional
+        Also write the scatter plot and the side-by-side comparison there.
+    log : callable, optional
+        Receives each warning as one line of text.
+    palette : Palette, optional
+        Map to this palette, in its order: no fit runs.
+    replace : bool
+        Whether an existing ``dst`` may be replaced.
+
+    Returns
+    -------
+    QuantizeResult
+        What was written (for an animation, its first frame, with the counts of all frames).
+
+    Notes
+    -----
     ``src`` may be ``"-"`` (standard input) or a binary file object; ``dst`` may be ``"-"``
     (standard output) or a writable binary file object, which receive the whole encoded image
     in one write once it is complete. Every frame of an animation or multi-page file is
