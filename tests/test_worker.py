@@ -357,12 +357,11 @@ def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
     assert warm.run("--worker-status").returncode == 0  # the worker itself goes on
 
 
-def test_readme_documents_the_switches_commands_and_identity():
+def test_docs_document_the_switches_commands_and_identity():
     from colorquant import launch
 
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    section = text[text.index("## Warm worker"):]
+    page = Path(__file__).resolve().parent.parent / "docs" / "worker.md"
+    section = page.read_text(encoding="utf-8")
     for needle in ("COLORQUANT_WORKER=0", launch.IDLE, launch.TRACE, "--worker-stop",
                    *launch.COMMANDS):
         assert needle in section
