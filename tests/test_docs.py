@@ -193,6 +193,17 @@ def examples_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def examples_env() -> dict[str, str]:
+    """The environment of the examples: the installed command first on ``PATH``, calls
+    served by a warm worker (started here; the session's end stops it), as a user's are."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "COLORQUANT_WORKER": "1"}
+    subprocess.run([str(BIN / "colorquant"), "--worker-start"], env=env, capture_output=True,
+                   timeout=300, check=True)
+    return env
+
+
 def _strip_install(code: str) -> str:
     """The command that follows a quick start's installation steps."""
     steps = [s.strip() for s in code.strip().split(" && ")]
@@ -215,13 +226,13 @@ for line, code in json.load(sys.stdin):
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_examples_run_as_written(page, examples_home, tmp_path):
+def test_examples_run_as_written(page, examples_home, examples_env, tmp_path):
     found = [b for b in blocks(page) if not b.mark.startswith("not run")]
     if not found:
         return  # a page without examples (or only blocks that cannot run here)
     cwd = tmp_path / "work"
     shutil.copytree(examples_home, cwd)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(cwd)}
+    env = {**examples_env, "HOME": str(cwd)}
     for block in found:
         if block.lang != "sh":
             continue
