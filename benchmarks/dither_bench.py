@@ -3,7 +3,7 @@
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
     python benchmarks/dither_bench.py --speed        # 24 MP photo: vs pngquant and none
     python benchmarks/dither_bench.py --speed --compress-level 5   # the same, zlib level 5
-    python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the README picture
+    python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the docs picture
     python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
     python benchmarks/dither_bench.py --bound        # how low ΔE2000 gets with a space's palette
 
@@ -356,7 +356,7 @@ def main() -> None:
                         help="where the 24 MP test photo is made once (shared with bench.py)")
     parser.add_argument("--variants", action="store_true",
                         help="also try other fs rules and threshold scales")
-    parser.add_argument("--figure", type=Path, help="write the README picture to this path")
+    parser.add_argument("--figure", type=Path, help="write the picture of docs/dithering.md here")
     parser.add_argument("--pillow", action="store_true",
                         help="only check whether Pillow's palette lookup is exact")
     parser.add_argument("--bound", action="store_true",

@@ -3,7 +3,7 @@ against the old short palette, and pinned colors against fit-then-swap.
 
     python benchmarks/palette_bench.py [--repeats 5] [--corpus DIR] [--only TABLE ...]
 
-Prints four markdown tables (the README's "Palette control" numbers):
+Prints four markdown tables (the numbers of docs/palettes.md, "Palette control"):
 
 1. ``--target-psnr`` cost: k-means fits (``fit.fit_centers`` calls), exact Lloyd
    refinements and exact-N fills (a short palette filled) per call, and the time of one

@@ -575,7 +575,7 @@ def _put_new(tmp: str, dst: Path) -> None:
 
 
 #: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as
-#: small as level 9 and faster than level 1 on every image measured (see README, Performance).
+#: small as level 9 and faster than level 1 on every image measured (see docs/performance.md).
 Z_RLE = 3
 
 
