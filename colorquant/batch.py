@@ -532,7 +532,7 @@ def _skipped(job: Job, k: int) -> FileResult:
 
 def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     """Quantize one file (with a given palette or its own) and describe the outcome."""
-    from . import pipeline
+    from . import core, files
 
     job, options, palette = task
     start = time.perf_counter()
@@ -543,16 +543,16 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
             if palette is None:
                 data = None
                 if src == "-":
-                    src, _ = pipeline.input_bytes(src)  # read once, used twice
+                    src, _ = files.input_bytes(src)  # read once, used twice
                     data = src.getvalue()
-                palette = pipeline.fit_palette(pipeline.histogram_file(src, job.fmt, options),
+                palette = core.fit_palette(files.histogram_file(src, job.fmt, options),
                                                options)
                 if data is not None:  # reading closed the first copy
-                    src = pipeline.named_bytes(data, "<stdin>")
+                    src = files.named_bytes(data, "<stdin>")
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
                 return _skipped(job, len(palette))
-        result = pipeline.quantize_file(src, job.dst, options=options, fmt=job.fmt,
+        result = files.quantize_file(src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
                                         replace=not job.no_clobber)
@@ -584,12 +584,12 @@ def _skip_code(exc: SkippedError) -> ExitCode:
 
 def histogram_task(task: tuple[Job, QuantizeOptions]) -> Any:
     """Read one file and return its histogram, or a failed :class:`FileResult`."""
-    from . import pipeline
+    from . import files
 
     job, options = task
     start = time.perf_counter()
     try:
-        return pipeline.histogram_file(job.src, job.fmt, options)
+        return files.histogram_file(job.src, job.fmt, options)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
 
@@ -686,7 +686,7 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
     transparency make the shared palette RGBA (opaque images then use its opaque colors).
     With ``fail_fast`` reading stops at the first failure.
     """
-    from . import pipeline
+    from . import core
 
     sent = [_sent(job, workers) for job in jobs]
     shared = workers.share(options)
@@ -703,7 +703,7 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
     if merged is None:
         return None, failed
     try:
-        return pipeline.fit_palette(merged, options), failed
+        return core.fit_palette(merged, options), failed
     except QualityTooLowError as exc:  # the target holds for all inputs together: skip all
         for job in jobs:
             failed.setdefault(job.src, FileResult(

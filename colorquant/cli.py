@@ -198,7 +198,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     --shared-palette), replaces every pixel by its nearest palette color and writes
     an indexed PNG (or the format of the output's extension).
     """
-    from . import imagefile, palettefile, pipeline
+    from . import files, imagefile, palettefile
 
     if output is not None and (len(inputs) > 1 or (recursive and os.path.isdir(inputs[0]))):
         raise click.UsageError("-o/--output takes one input file; use --out-dir for several")
@@ -211,7 +211,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     try:
         for extra in (plot, compare):
             if extra is not None:
-                pipeline.plot_path_check(extra)
+                files.plot_path_check(extra)
         if palette_file is not None:
             palettefile.check_path(palette_file, writing=False)
         if save_palette is not None:
