@@ -43,15 +43,16 @@ _WHERE = {
     "OutputError": "errors",
     "PaletteError": "errors",
     "Palette": "palette",
-    "QuantizeResult": "pipeline",
-    "quantize": "pipeline",
-    "quantize_file": "pipeline",
-    "quantize_image": "pipeline",
+    "QuantizeResult": "core",
+    "quantize": "core",
+    "quantize_file": "files",
+    "quantize_image": "core",
     "read_palette": "palettefile",
     "write_palette": "palettefile",
 }
 
 if TYPE_CHECKING:
+    from .core import QuantizeResult, quantize, quantize_image
     from .errors import (
         ColorquantError,
         ImageTooLargeError,
@@ -59,10 +60,10 @@ if TYPE_CHECKING:
         OutputError,
         PaletteError,
     )
+    from .files import quantize_file
     from .options import ColorSpace, Dither, FitMethod, QuantizeOptions
     from .palette import Palette
     from .palettefile import read_palette, write_palette
-    from .pipeline import QuantizeResult, quantize, quantize_file, quantize_image
 
 
 def __getattr__(name: str) -> Any:
