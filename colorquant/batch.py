@@ -8,13 +8,20 @@ Nothing here prints or exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import ColorquantError, OutputExistsError, QualityTooLowError, SkippedError
+from .errors import (
+    ColorquantError,
+    OutputError,
+    OutputExistsError,
+    QualityTooLowError,
+    SkippedError,
+)
 from .executors import Executor
 from .options import QuantizeOptions
 from .plan import Job
@@ -64,6 +71,39 @@ class FileResult:
             "delta_e": self.delta_e,
             "seconds": round(self.seconds, 4),
         } | ({"target_psnr": list(self.target)} if self.target is not None else {})
+
+
+def make_folders(folders: Iterable[str]) -> list[str]:
+    """Create the output folders (``--out-dir`` and its mirrored tree); returns those that
+    did not exist, parents first, for :func:`remove_folders`.
+
+    Raises
+    ------
+    OutputError
+        A folder cannot be created.
+    """
+    created: list[str] = []
+    for folder in folders:
+        folder = folder or "."  # outputs in the current folder
+        missing = []
+        path = os.path.abspath(folder)
+        while not os.path.isdir(path) and path not in missing:
+            missing.append(path)
+            path = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create: {exc.strerror}") from None
+        created += reversed(missing)
+    return created
+
+
+def remove_folders(created: Sequence[str]) -> None:
+    """Remove the folders :func:`make_folders` created, deepest first, where they are still
+    empty (a batch that wrote nothing leaves no empty folders behind)."""
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 # --- tasks (run where the executor runs them) --------------------------------------------

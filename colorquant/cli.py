@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -255,8 +255,14 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
                               target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
-    created = _make_folders(sorted({os.path.dirname(job.dst) for job in batch_plan.jobs})
-                            if out_dir is not None else [])
+    from . import batch
+
+    try:
+        created = batch.make_folders(sorted({os.path.dirname(job.dst)
+                                             for job in batch_plan.jobs})
+                                     if out_dir is not None else [])
+    except ColorquantError as exc:
+        raise click.ClickException(str(exc)) from None
     report = Report()
     try:
         return _run_plan(batch_plan, options, report, palette=palette, jobs=jobs, dask=dask,
@@ -264,9 +270,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                          quiet=quiet, verbose=verbose)
     finally:
         if not report.written:  # nothing was written: leave no empty folders behind
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)
+            batch.remove_folders(created)
 
 
 def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
@@ -284,24 +288,6 @@ def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
                                  param_hint="'--keep-file'")
     found = [tuple(int(c) for c in row[:3]) for row in colors]
     return tuple(dict.fromkeys([*keep, *found]))  # type: ignore[arg-type]
-
-
-def _make_folders(folders: Iterable[str]) -> list[str]:
-    """Create the output folders; returns those that did not exist, parents first."""
-    created: list[str] = []
-    for folder in folders:
-        folder = folder or "."  # outputs in the current folder
-        missing = []
-        path = os.path.abspath(folder)
-        while not os.path.isdir(path) and path not in missing:
-            missing.append(path)
-            path = os.path.dirname(path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise click.ClickException(f"{folder}: cannot create: {exc.strerror}") from None
-        created += reversed(missing)
-    return created
 
 
 def _run_plan(batch_plan: planning.Plan, options: QuantizeOptions, report: Report, *,
