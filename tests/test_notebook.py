@@ -144,8 +144,8 @@ def test_every_public_name_resolves_and_is_documented():
     for name in PUBLIC:
         assert getattr(colorquant, name) is not None
         assert f"`{name}" in library or f" {name}" in library, name
-    with pytest.raises(AttributeError):
-        colorquant.plan  # noqa: B018  (not public)
+    with pytest.raises(AttributeError):  # the package serves its public names only
+        colorquant.__getattr__("BatchRun")
 
 
 @pytest.mark.parametrize("name", [n for n in PUBLIC if inspect.isfunction(
