@@ -583,6 +583,11 @@ def _message(text: str) -> None:
         sys.stderr.flush()
 
 
+#: Signals whose default action does not end a process (no child ends by them).
+_NOT_FATAL = {getattr(signal, n) for n in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT",
+                                           "SIGCHLD", "SIGURG", "SIGWINCH") if hasattr(signal, n)}
+
+
 def _die(signum: int) -> NoReturn:
     """End as the child ended: killed by the same signal (its core, if any, is the child's:
     this process dumps none of its own)."""
@@ -590,7 +595,7 @@ def _die(signum: int) -> NoReturn:
 
     with contextlib.suppress(OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    if 0 < signum < signal.NSIG:
+    if 0 < signum < signal.NSIG and signum not in _NOT_FATAL:
         with contextlib.suppress(OSError, ValueError):
             if signum not in (signal.SIGKILL, signal.SIGSTOP):
                 signal.signal(signum, signal.SIG_DFL)
@@ -786,12 +791,22 @@ def _trace(text: str) -> None:
 
 def starts_worker(argv: Sequence[str]) -> bool:
     """Whether a call that ran in-process should start a worker: not for ``--help``,
-    ``--version`` (they load nothing a worker would save)."""
+    ``--version`` (they load nothing a worker would save), nor from a sandbox (namespaces
+    other than those of process 1, where it can be seen): a tool that runs each call in a
+    new sandbox would leave one worker per call that no later call could use."""
     for arg in argv:
         if arg == "--":
             break
         if arg in NO_WORK:
             return False
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/ns"):
+            try:
+                theirs = os.readlink(f"/proc/1/ns/{name}")
+            except OSError:
+                continue  # process 1 is not ours to look at (the usual case for a user)
+            if os.readlink(f"/proc/self/ns/{name}") != theirs:
+                return False
     return True
 
 

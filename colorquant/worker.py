@@ -87,6 +87,14 @@ class Worker:
         self.own = launch.context()  # what every caller must be (after the preload)
         self.reserve = _reserve()
 
+    def close(self) -> None:
+        """Release what the worker holds (it did not get to serve)."""
+        self.selector.close()
+        self.listener.close()
+        for fd in (self.wake_r, self.wake_w, self.reserve):
+            if fd is not None:
+                os.close(fd)
+
     def bind(self) -> None:
         """Listen on a temporary name, then rename it over the socket (stale or not), both
         through the open folder."""
@@ -587,13 +595,20 @@ def main() -> None:
     if problem is None:
         try:
             worker = Worker(folder, name, ident, lock, idle)
+            worker.bind()
         except launch.Refused as exc:
             problem = str(exc)
+        except OSError as exc:  # no descriptor left (ulimit -n), no memory
+            problem = f"the worker cannot listen: {exc.strerror or exc}"
+        if problem is not None and worker is not None:
+            worker.close()  # its descriptors, so that the note below can be written
+            worker = None
     if worker is None:
-        fd = os.open(expected + ".refused", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                     | os.O_NOFOLLOW, 0o600, dir_fd=folder.fd)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(f"{problem}\n")
+        # the same environment would fail the same way: no worker is started for it again
+        with contextlib.suppress(OSError):
+            fd = os.open(expected + ".refused", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600, dir_fd=folder.fd)
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(f"{problem}\n")
         return
-    worker.bind()
     worker.loop()
