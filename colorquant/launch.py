@@ -565,6 +565,7 @@ def _wait(sock: socket.socket, stream: _Stream, call: _Call) -> int:
                 return min(int(argument), 255)
             if kind == "K":
                 call.restore()
+                _trace("worker")  # before this process ends by the child's signal
                 _die(int(argument))
             raise _Broken(f"{kind} during the call")
     except (_Broken, OSError) as exc:

@@ -59,10 +59,14 @@ def _preload() -> str | None:
 
 
 def _rss_kb() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    """This process's resident memory (0 when it cannot be read: no descriptor left)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -79,21 +83,31 @@ class Worker:
         self.pending: set[_Pending] = set()
         self.stopping = False
         self.paused_until = 0.0  # accept failed (no descriptor, no memory): wait a little
-        self.selector = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.own = launch.context()  # what every caller must be (after the preload)
-        self.reserve = _reserve()
+        self.selector: Any = None
+        self.listener: Any = None
+        self.wake_r = self.wake_w = self.reserve = None
+        try:
+            self.selector = selectors.DefaultSelector()
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.own = launch.context()  # what every caller must be (after the preload)
+            self.reserve = _reserve()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Release what the worker holds (it did not get to serve)."""
-        self.selector.close()
-        self.listener.close()
+        for thing in (self.selector, self.listener):
+            if thing is not None:
+                thing.close()
         for fd in (self.wake_r, self.wake_w, self.reserve):
             if fd is not None:
                 os.close(fd)
+        self.selector = self.listener = None
+        self.wake_r = self.wake_w = self.reserve = None
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it over the socket (stale or not), both
@@ -584,7 +598,10 @@ def main() -> None:
     name = launch.digest(ident)
     before = dict(os.environ)
     if problem is None:
-        problem = _preload()
+        try:
+            problem = _preload()
+        except Exception as exc:  # no descriptor or memory left (ulimit)
+            problem = f"loading the libraries failed: {exc}"
     # variables the imports set (scikit-learn: KMP_DUPLICATE_LIB_OK, KMP_INIT_AT_FORK); a
     # child sets them as the same imports in a fresh process would
     global _ADDED

@@ -219,8 +219,9 @@ insn = struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000)
 buf = ctypes.create_string_buffer(insn)
 prog = struct.pack("HxxxxxxP", 1, ctypes.addressof(buf))
 pbuf = ctypes.create_string_buffer(prog)
-assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-assert libc.prctl(22, 2, ctypes.addressof(pbuf), 0, 0) == 0, ctypes.get_errno()  # FILTER
+ul = ctypes.c_ulong
+assert libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, ul(2), ul(ctypes.addressof(pbuf)), ul(0), ul(0)) == 0  # FILTER
 os.execv(sys.argv[1], sys.argv[1:])
 """
 
@@ -279,7 +280,8 @@ def test_a_folder_above_owned_by_another_user_is_refused(tmp_path):
                                timeout=TIMEOUT, check=False)
         assert start.returncode == 1 and b"owned by uid 65534" in start.stderr
         (src,) = images(tmp_path / "src", 1)
-        proc = subprocess.run([str(COMMAND), str(src), "-k", "8", "-o", str(tmp_path / "o")],
+        proc = subprocess.run([str(COMMAND), str(src), "-k", "8", "-o",
+                               str(tmp_path / "o.png")],
                               env=env, capture_output=True, timeout=TIMEOUT, check=False)
         assert proc.returncode == 0
         assert runtime.calls()[0].startswith("local ")
@@ -378,11 +380,13 @@ while True:
                 f.write("started\\n" if go == b"S\\n" else "not started\\n")
             if go == b"S\\n":
                 conn.sendall(answer)
+                if hang:
+                    time.sleep(60)  # a call that never reports (a signal ends it)
             os._exit(0)
         conn.sendall(b"A\\nP%d\\n" % pid)
     else:
         conn.sendall(answer)
-    if hang:
+    if hang and not with_child:
         conn.settimeout(30)
         with __import__("contextlib").suppress(OSError):
             while conn.recv(100):
@@ -403,7 +407,7 @@ class Fake:
         self.log = log
         self.proc = subprocess.Popen(
             [PYTHON, "-c", FAKE, path, str(log), answer.hex(), "hang" if hang else "-",
-             "child" if child else "-"], stdout=subprocess.PIPE)
+             "child" if child else "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout.readline() == b"ready\n"
 
     def lines(self) -> list[str]:
@@ -471,12 +475,14 @@ def test_a_silent_worker_is_given_up_within_the_handshake(rt, fake_at, tmp_path,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("answer", [b"A\n", b"A\nR\n"], ids=["accepted", "ready"])
+@pytest.mark.parametrize("handed_over", [False, True], ids=["handshake", "handed-over"])
 def test_a_client_waiting_on_a_silent_worker_is_interruptible(rt, fake_at, tmp_path, signum,
-                                                              answer):
-    """Ctrl-C or SIGTERM while the handshake hangs: exit 130 at once, nothing ran."""
+                                                              handed_over):
+    """Ctrl-C or SIGTERM while the handshake hangs, or while a call handed over to a child
+    that never reports: exit 130 ("Error: interrupted"), nothing written; the signal went to
+    the child it was handed to."""
     (src,) = images(tmp_path / "src", 1)
-    fake = fake_at(answer, hang=True)
+    fake = fake_at(b"" if handed_over else b"A\n", hang=True, child=handed_over)
     proc = subprocess.Popen([str(COMMAND), str(src), "-k", "8", "-o", str(tmp_path / "o.png")],
                             env=rt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -485,6 +491,8 @@ def test_a_client_waiting_on_a_silent_worker_is_interruptible(rt, fake_at, tmp_p
     _, err = proc.communicate(timeout=30)
     assert (proc.returncode, err) == (130, b"Error: interrupted\n")
     assert not (tmp_path / "o.png").exists()
+    if handed_over:
+        assert fake.lines() == ["started"]
     fake.close()
 
 
@@ -591,10 +599,10 @@ def test_a_child_killed_by_a_signal_ends_the_client_by_it(warm, tmp_path, slow_i
 
 
 def test_a_worker_out_of_descriptors_survives(rt, tmp_path):
-    """Concurrent calls under ``ulimit -n 12`` (the worker has two descriptors to spare):
+    """Concurrent calls under ``ulimit -n 16`` (the worker can take one call at a time):
     calls it cannot accept or take the descriptors of run in-process, all give the same
     output, and the same worker serves the next call."""
-    limit = _limited(RLIMIT_NOFILE=12)
+    limit = _limited(RLIMIT_NOFILE=16)
     srcs = images(tmp_path / "src", 6)
     start = subprocess.run([str(COMMAND), "--worker-start"], env=rt.env, capture_output=True,
                            timeout=TIMEOUT, preexec_fn=limit, check=False)
