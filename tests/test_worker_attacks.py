@@ -634,8 +634,10 @@ def test_a_worker_that_cannot_listen_says_so_once(rt, tmp_path):
     status = rt.run("--worker-status", preexec_fn=limit)
     assert b"Too many open files" in status.stdout
     (src,) = images(tmp_path / "src", 1)
+    local = rt.run(src, "-k", "8", "-o", "-", preexec_fn=limit, env=off(rt))
     proc = rt.run(src, "-k", "8", "-o", "-", preexec_fn=limit)
-    assert proc.returncode == 0 and proc.stderr == b""
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, local.stdout, local.stderr)
+    assert rt.calls()[-1].startswith("local ")
     assert worker_pids(rt.root) == []
 
 
