@@ -386,13 +386,18 @@ while True:
         conn.sendall(b"A\\nP%d\\n" % pid)
     else:
         conn.sendall(answer)
-    if hang and not with_child:
+    if not hang and not with_child:
+        # the end of the stream, but the client's sends still arrive (as a worker's would)
+        with __import__("contextlib").suppress(OSError):
+            conn.shutdown(socket.SHUT_WR)
+    if not with_child:
         conn.settimeout(30)
         with __import__("contextlib").suppress(OSError):
             while conn.recv(100):
                 pass
-        with open(log, "a") as f:
-            f.write(f"client left after {time.monotonic() - accepted:.2f} s\\n")
+        if hang:
+            with open(log, "a") as f:
+                f.write(f"client left after {time.monotonic() - accepted:.2f} s\\n")
     conn.close()
     if pid:
         os.waitpid(pid, 0)
