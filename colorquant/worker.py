@@ -584,6 +584,28 @@ def _watch_client(conn: socket.socket) -> None:
     gone(signal.SIGIO, None)  # a client that went before this was set up
 
 
+@contextlib.contextmanager
+def _low_priority() -> Any:
+    """Load at the lowest CPU priority when the priority can be given back afterwards (root,
+    CAP_SYS_NICE or a high enough RLIMIT_NICE): the calls that follow the one that started
+    this worker run in-process meanwhile and must not wait for its loading. Without that
+    right the worker loads at the caller's priority (its children must have it)."""
+    import resource
+
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    status = launch.context()["status"]
+    can = int(status.get("CapEff", "0"), 16) >> 23 & 1  # CAP_SYS_NICE
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    if not can and not (soft == resource.RLIM_INFINITY or 20 - soft <= nice):
+        yield
+        return
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 def main() -> None:
     """``python -c launch.BOOT colorquant.worker FOLDER``: preload, listen, serve, exit idle."""
     lock = int(os.environ.pop("COLORQUANT_WORKER_LOCK"))
@@ -599,7 +621,8 @@ def main() -> None:
     before = dict(os.environ)
     if problem is None:
         try:
-            problem = _preload()
+            with _low_priority():
+                problem = _preload()
         except Exception as exc:  # no descriptor or memory left (ulimit)
             problem = f"loading the libraries failed: {exc}"
     # variables the imports set (scikit-learn: KMP_DUPLICATE_LIB_OK, KMP_INIT_AT_FORK); a

@@ -552,7 +552,7 @@ def test_random_and_truncated_streams_never_hang_crash_or_run_twice(rt, tmp_path
         st.lists(st.sampled_from(TOKENS), max_size=4).map(lambda t: b"A\n" + b"".join(t)))
     counter = iter(range(10**6))
 
-    @settings(max_examples=40, deadline=None,
+    @settings(max_examples=30, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(stream=streams, cut=st.integers(0, 40), hang=st.sampled_from([False] * 5 + [True]),
            child=st.booleans())
@@ -560,7 +560,8 @@ def test_random_and_truncated_streams_never_hang_crash_or_run_twice(rt, tmp_path
         log = tmp_path / f"fake{next(counter)}.log"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        fake = Fake(path, log, stream[:cut], hang=hang, child=child)
+        # (a real child that never reports is a call still running: not hung, never given up)
+        fake = Fake(path, log, stream[:cut], hang=hang and not child, child=child)
         try:
             proc = subprocess.run([PYTHON, str(client)], env=rt.env, capture_output=True,
                                   timeout=30, check=False)
