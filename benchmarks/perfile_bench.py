@@ -16,6 +16,9 @@ tools rotates each round), it times over the same files:
 - the first call with no worker running (the call runs in-process and starts a worker just
   before it exits) against today's in-process entry point (``colorquant.cli:main``), on one
   photo, the worker stopped between trials (goal 2: at most 5% slower);
+- with ``--cold-start ROUNDS`` only: the first, second and third call right after a cold
+  start (each at most the first call's time: the worker being started must not slow the
+  calls that follow it), with how each ran (in-process or by the worker);
 
 and prints the median seconds per file, the ratios to pngquant in the same form and round,
 and the idle worker's resident memory. On a shared machine only the ratios mean much.
@@ -135,7 +138,13 @@ def main() -> None:
     parser.add_argument("--forms", nargs="+", default=["for loop", "make -j2"])
     parser.add_argument("--off-files", type=int, default=None, metavar="N",
                         help="time the worker-off calls on the first N photos only (slow)")
+    parser.add_argument("--cold-start", type=int, default=0, metavar="ROUNDS",
+                        help="only time the first, second and third call after a cold start "
+                             "(no worker running), ROUNDS times, and exit")
     args = parser.parse_args()
+    if args.cold_start:
+        cold_start_main(args.cold_start, args.colors)
+        return
     if shutil.which("pngquant") is None:
         raise SystemExit("pngquant is not installed")
     work = Path(tempfile.mkdtemp(prefix="cqpf", dir="/tmp"))
@@ -223,6 +232,52 @@ def first_call(work: Path, photo: Path, base: dict[str, str], rounds: int) -> tu
                 for pid in _workers(runtime):
                     os.kill(pid, 9)
     return statistics.median(old), statistics.median(new)
+
+
+def cold_start(work: Path, photos: list[Path], base: dict[str, str], k: int,
+               rounds: int) -> tuple[list[list[float]], list[list[str]]]:
+    """Seconds of the first, second and third call after a cold start (no worker: the first
+    call runs in-process and starts one; the next ones follow at once, as in a loop), and
+    how each ran (the launcher's trace), ``rounds`` times, each from a new runtime folder."""
+    times: list[list[float]] = [[], [], []]
+    how: list[list[str]] = [[], [], []]
+    for r in range(rounds):
+        runtime = work / f"cold{r}"
+        runtime.mkdir(mode=0o700)
+        trace = work / f"cold{r}.trace"
+        env = {**base, "XDG_RUNTIME_DIR": str(runtime), "COLORQUANT_WORKER_TRACE": str(trace)}
+        for i, photo in enumerate(photos[:3]):
+            times[i].append(timed([str(COMMAND), str(photo), "-k", str(k), "-o",
+                                   str(work / f"cold{i}.png")], env))
+        lines = trace.read_text().splitlines()
+        for i in range(3):
+            how[i].append(lines[i].split(" ", 1)[0] if i < len(lines) else "?")
+        subprocess.run([str(COMMAND), "--worker-stop"], env=env, capture_output=True,
+                       check=False)
+        for pid in _workers(runtime):
+            os.kill(pid, 9)
+    return times, how
+
+
+def cold_start_main(rounds: int, colors: list[int]) -> None:
+    """``--cold-start``: the first/second/third call table (issue 25, goal 5)."""
+    work = Path(tempfile.mkdtemp(prefix="cqcs", dir="/tmp"))
+    try:
+        photos = make_photos(work / "src", 3)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("COLORQUANT_WORKER")}
+        print(f"cold start: 3 photos of 768x512; {os.cpu_count()} CPUs; load "
+              f"{os.getloadavg()[0]:.1f}; {rounds} rounds; colorquant={COMMAND}", flush=True)
+        print("| k | 1st call s | 2nd call s | 3rd call s | 2nd / 1st | 3rd / 1st "
+              "| how they ran (most rounds) |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
+        for k in colors:
+            times, how = cold_start(work, photos, base, k, rounds)
+            med = [statistics.median(t) for t in times]
+            ran = ", ".join(statistics.mode(h) for h in how)
+            print(f"| {k} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | "
+                  f"{med[1] / med[0]:.2f} | {med[2] / med[0]:.2f} | {ran} |", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _workers(runtime: Path) -> list[int]:

@@ -50,6 +50,9 @@ Examples:
 Exit codes: 0 success, 1 an input failed, 2 bad command line,
 15 output exists and --no-clobber, 98 output larger than input and
 --skip-if-larger, 99 --target-psnr missed, 130 interrupted.
+
+\b
+A warm worker process speeds up later calls; COLORQUANT_WORKER=0 turns it off.
 """
 
 

@@ -4,9 +4,11 @@ This module imports only the standard library, so a call that a worker (``worker
 serves never loads numpy, Pillow or scikit-learn in this process. The client sends its
 argv, environment, umask, working directory and standard descriptors over a Unix socket,
 forwards signals to the worker's child and exits with the child's status. When no
-compatible worker answers within :data:`TIMEOUT` seconds, the call runs in this process
-exactly as without a worker (``cli.main``), and just before exiting it starts one worker in
-the background for the calls that follow. ``COLORQUANT_WORKER=0`` turns all of this off.
+compatible worker answers within about a second, or anything that answers does not speak
+the protocol, the call runs in this process exactly as without a worker (``cli.main``), and
+just before exiting it starts one worker in the background for the calls that follow.
+``COLORQUANT_WORKER=0`` turns all of this off. ``docs/worker-security.md`` lists what a
+worker compares before it serves a call.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 #: Bumped whenever the client/worker messages change.
-PROTOCOL = 1
-#: Seconds to connect and get the worker's "accepted" before running in-process instead
-#: (0.5 s was exceeded by a live worker on a 2-core machine at load 25).
+PROTOCOL = 2
+#: Seconds to connect and get the worker's "accepted" (0.5 s was exceeded by a live worker on
+#: a 2-core machine at load 25).
 TIMEOUT = 1.0
-#: Seconds to get the "ready" of a worker that has accepted the connection.
-HANDSHAKE = 5.0
+#: Seconds from connecting to the pid of the child that will run the call; past it the call
+#: runs in-process (the child, never told to start, exits without running it).
+HANDSHAKE = 1.5
+#: Seconds the client waits for the child's status after passing it a Ctrl-C or SIGTERM,
+#: before it stops the child and ends as an interrupted call.
+STOP_WAIT = 10.0
+#: The longest status line of the protocol (``X``/``K``/``P`` and a number, ``N`` and a reason).
+LINE_MAX = 200
 #: ``0`` runs every call in-process and starts no worker.
 SWITCH = "COLORQUANT_WORKER"
 #: A file the client appends one line to per call: ``worker`` or ``local <reason>``.
@@ -54,6 +62,14 @@ ENV_NAMES = ("LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP")
 #: Resource limits the worker's children inherit from the worker, so they must match.
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
            "RLIMIT_MEMLOCK", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_STACK")
+#: Lines of ``/proc/PID/status`` that differ between any two processes (counters, ids,
+#: memory, signal state the call sets itself): every other line must be the same.
+VARYING_STATUS = frozenset((
+    "Name", "Umask", "State", "Tgid", "Ngid", "Pid", "PPid", "TracerPid", "FDSize", "Threads",
+    "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "voluntary_ctxt_switches",
+    "nonvoluntary_ctxt_switches", "NStgid", "NSpid", "NSpgid", "NSsid", "CoreDumping",
+    "Kthread"))
+VARYING_PREFIXES = ("Vm", "Rss", "Huge")
 #: Signals the client passes on to the child that runs its call.
 FORWARDED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 #: Set for the command's process when the caller has not set them, before numpy loads.
@@ -62,6 +78,8 @@ FORWARDED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 #: be created at import, and every warm worker's child (a fork) paid about 45 ms a call to
 #: restart it (0.365 s against 0.320 s a call at k=16 on a 0.4 MP photo, measured).
 THREAD_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
+#: Arguments after which a call never starts a worker (they load nothing and fit nothing).
+NO_WORK = ("--help", "-h", "--version")
 #: How the worker's Python is started: with the client's ``sys.path``, from ``/``.
 BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('COLORQUANT_WORKER_PATH'));"
         " from colorquant.worker import main; main()")
@@ -71,38 +89,185 @@ class Refused(Exception):
     """No worker can be used for this call (the reason is the message)."""
 
 
-# --- where and who ------------------------------------------------------------------------
+class Unservable(Refused):
+    """This process can never be served by a worker (no worker is started for it either)."""
 
 
-def runtime_dir(create: bool = True) -> str:
+class _Broken(Exception):
+    """What came over the socket is not the protocol."""
+
+
+class _Interrupted(BaseException):
+    """A forwarded signal came before the call was handed over (nothing has run)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --- where ----------------------------------------------------------------------------------
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Folder:
+    """The runtime folder, opened once: every name below it is used through this descriptor
+    (``dir_fd``, or ``/proc/self/fd/N/NAME`` for a socket), so no later rename or link of a
+    folder on its path redirects a removal, a lock, a bind or a connect."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def socket_path(self, name: str) -> str:
+        """The path that reaches ``name`` through the open folder (short: fits ``sun_path``)."""
+        return f"/proc/self/fd/{self.fd}/{name}"
+
+    def display(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self.fd))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _check_above(st: os.stat_result, path: str) -> None:
+    """A folder on the way to the runtime folder: only this user or root may change it, or
+    it is sticky (``/tmp``), where others cannot rename what they do not own."""
+    if st.st_uid not in (0, os.getuid()):
+        raise Refused(f"{path}: owned by uid {st.st_uid}, another user (a folder on the way "
+                      f"to the socket folder)")
+    if st.st_mode & 0o022 and not st.st_mode & 0o1000:
+        raise Refused(f"{path}: writable by group or others and not sticky (a folder on the "
+                      f"way to the socket folder)")
+
+
+def runtime_dir(create: bool = True) -> Folder:
     """The socket folder: ``$XDG_RUNTIME_DIR/colorquant``, else ``$TMPDIR/colorquant-UID``.
 
-    Refused unless it is a real folder (not a link) owned by this user and closed to group
-    and others.
+    Opened component by component without following links, each folder above it owned by
+    this user or root and not open to others' renames, the folder itself a real folder
+    owned by this user and closed to group and others; else ``Refused``.
     """
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        path = os.path.join(base, "colorquant")
-    else:
-        path = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"colorquant-{os.getuid()}")
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise Refused(f"{path}: cannot create: {exc.strerror}") from None
+    name = "colorquant" if base else f"colorquant-{os.getuid()}"
+    base = base or os.environ.get("TMPDIR") or "/tmp"
+    path = os.path.join(base, name)
+    real = os.path.realpath(base)  # links above are followed once, then every step checked
+    fd = os.open("/", _DIRECTORY)
+    walked = "/"
     try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise Refused(f"{path}: {exc.strerror}") from None
-    if not (st.st_mode & 0o170000 == 0o040000):
-        raise Refused(f"{path}: not a folder")
+        for part in [p for p in real.split("/") if p]:
+            _check_above(os.fstat(fd), walked)
+            walked = os.path.join(walked, part)
+            try:
+                new = os.open(part, _DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                raise Refused(f"{walked}: {exc.strerror}") from None
+            os.close(fd)
+            fd = new
+        _check_above(os.fstat(fd), walked)
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise Refused(f"{path}: cannot create: {exc.strerror}") from None
+        try:
+            folder = os.open(name, _DIRECTORY, dir_fd=fd)
+        except OSError as exc:
+            reason = "not a folder (a link?)" if exc.errno in (20, 40) else exc.strerror
+            raise Refused(f"{path}: {reason}") from None
+    finally:
+        os.close(fd)
+    st = os.fstat(folder)
+    problem = None
     if st.st_uid != os.getuid():
-        raise Refused(f"{path}: owned by uid {st.st_uid}, not {os.getuid()}")
-    if st.st_mode & 0o077:
-        raise Refused(f"{path}: open to group or others (mode {st.st_mode & 0o777:o})")
-    return path
+        problem = f"owned by uid {st.st_uid}, not {os.getuid()}"
+    elif st.st_mode & 0o077:
+        problem = f"open to group or others (mode {st.st_mode & 0o777:o})"
+    if problem:
+        os.close(folder)
+        raise Refused(f"{path}: {problem}")
+    return Folder(path, folder)
+
+
+# --- who ------------------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("ascii", "replace")
+
+
+def context(pid: int | str = "self") -> dict[str, Any]:
+    """What the kernel keeps per process and a fork inherits, read from ``/proc/PID``: its
+    namespaces, the ids, capabilities, no-new-privileges, seccomp, affinity and the rest of
+    its status, resource limits, scheduling (nice, policy, real-time priority), cgroups,
+    root folder, security label, personality and OOM score adjustment.
+
+    A worker serves a call only when the caller's context equals its own. ``Refused`` when
+    any of it cannot be read (nothing can then be compared)."""
+    base = f"/proc/{pid}"
+    try:
+        namespaces = {n: os.readlink(f"{base}/ns/{n}") for n in sorted(os.listdir(f"{base}/ns"))}
+        status = {}
+        for line in _read(f"{base}/status").splitlines():
+            key, _, value = line.partition(":")
+            if key not in VARYING_STATUS and not key.startswith(VARYING_PREFIXES):
+                status[key] = " ".join(value.split())
+        fields = _read(f"{base}/stat").rsplit(")", 1)[1].split()
+        root = os.stat(f"{base}/root")
+        try:
+            label = _read(f"{base}/attr/current").strip("\0\n")
+        except OSError as exc:
+            if exc.errno != 22:  # EINVAL: no security module keeps labels
+                raise
+            label = None
+        found = {"namespaces": namespaces, "status": status,
+                 "sched": [fields[16], fields[37], fields[38]],  # nice, rt priority, policy
+                 "limits": _read(f"{base}/limits"), "cgroup": _read(f"{base}/cgroup"),
+                 "root": [root.st_dev, root.st_ino], "label": label,
+                 "personality": _read(f"{base}/personality").strip(),
+                 "oom_score_adj": _read(f"{base}/oom_score_adj").strip()}
+    except (OSError, IndexError) as exc:
+        raise Unservable(f"cannot read the process's state in {base}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    problem = unservable(found)
+    if problem:
+        raise Unservable(problem)
+    return found
+
+
+def unservable(found: dict[str, Any]) -> str | None:
+    """Why no worker's child can be this process, whatever worker runs: a seccomp filter (a
+    filter cannot be read back and compared) or a CPU-time limit (a forked child starts at
+    0 s used and skips the imports, so the same limit would not stop the call where it
+    stops in-process)."""
+    if found["status"].get("Seccomp", "0") != "0":
+        return "a seccomp filter is in force (it cannot be compared with the worker's)"
+    for line in found["limits"].splitlines():
+        if line.startswith("Max cpu time") and line.split()[3:5] != ["unlimited", "unlimited"]:
+            return "a CPU time limit is set (ulimit -t: the worker's child would not be " \
+                   "charged the imports)"
+    return None
+
+
+def difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    """The first part of two contexts that differs (for the trace), or None."""
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+            return f"{key} {', '.join(names)}"
+        return key
+    return None
 
 
 def _mtime(path: str) -> int | None:
@@ -117,7 +282,9 @@ def identity() -> str:
 
     The installed code (version, folder, every module's size and time), the interpreter and
     its flags, ``sys.path`` and its folders' times (an install or upgrade changes them), the
-    environment read at import time, resource limits, CPU affinity, niceness and ids.
+    environment read at import time, resource limits, CPU affinity, niceness, ids and the
+    kernel's view of the process (:func:`context`). ``Unservable`` for a process that no
+    worker may serve.
     """
     import resource
 
@@ -136,7 +303,7 @@ def identity() -> str:
         "xoptions": sorted(map(str, sys._xoptions.items())), "path": sys.path,
         "path_mtimes": [_mtime(p or ".") for p in sys.path], "env": env, "rlimits": limits,
         "affinity": affinity, "nice": os.getpriority(os.PRIO_PROCESS, 0),
-        "ids": [os.getuid(), os.getgid(), sorted(os.getgroups())],
+        "ids": [os.getuid(), os.getgid(), sorted(os.getgroups())], "context": context(),
     }
     return json.dumps(parts, sort_keys=True)
 
@@ -148,10 +315,18 @@ def digest(ident: str) -> str:
     return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+def peer(sock: socket.socket) -> tuple[int, int]:
+    """The pid and user id of the process at the other end of a Unix socket
+    (``SO_PEERCRED``: as it was when it connected; pid 0 when it is in another pid
+    namespace)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    return peer(sock)[1]
 
 
 def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
@@ -165,34 +340,72 @@ def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int
         sock.sendall(data[sent:])
 
 
-def _connect(path: str, timeout: float) -> socket.socket:
-    """A connection to the worker at ``path`` (same user only), or ``Refused``."""
-    if len(os.fsencode(path)) >= 108:
-        raise Refused(f"{path}: socket path too long")
+def _connect(path: str, shown: str, timeout: float) -> tuple[socket.socket, int]:
+    """A connection to the worker at ``path`` (same user only) and its pid, or ``Refused``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        if peer_uid(sock) != os.getuid():
-            raise Refused(f"{path}: served by another user")
+        pid, uid = peer(sock)
+        if uid != os.getuid():
+            raise Refused(f"{shown}: served by another user")
+        if pid <= 0:
+            raise Refused(f"{shown}: served from another pid namespace")
     except OSError as exc:
         sock.close()
-        raise Refused(f"{path}: {exc.strerror or exc}") from None
+        raise Refused(f"{shown}: {exc.strerror or exc}") from None
     except Refused:
         sock.close()
         raise
-    return sock
+    return sock, pid
 
 
-def _read_reply(sock: socket.socket) -> dict[str, Any]:
-    """A length-prefixed JSON reply (status and stop requests)."""
-    data = b""
+class _Stream:
+    """The status lines of the protocol, checked strictly: anything else is ``_Broken``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> tuple[str, str]:
+        """The next line as (kind, argument); socket timeouts and errors pass through."""
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > LINE_MAX:
+                raise _Broken("a line too long")
+            chunk = self.sock.recv(256)
+            if not chunk:
+                raise _Broken("the connection closed")
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\n", 1)
+        if not raw or len(raw) > LINE_MAX or not all(32 <= c < 127 for c in raw):
+            raise _Broken(f"not a status line: {raw[:40]!r}")
+        kind, argument = chr(raw[0]), raw[1:].decode("ascii")
+        if kind in "AF" and argument == "":
+            return kind, argument
+        if kind in "PXK" and argument.isdigit() and len(argument) <= 9:
+            return kind, argument
+        if kind == "N":
+            return kind, argument
+        raise _Broken(f"not a status line: {raw[:40]!r}")
+
+
+def _read_reply(sock: socket.socket, data: bytes = b"", limit: int = 1 << 20) -> dict[str, Any]:
+    """A length-prefixed JSON reply (status and stop requests; ``data``: what has already
+    arrived of it), or ``Refused``."""
     while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+        if len(data) >= 4 and struct.unpack("!I", data[:4])[0] > limit:
+            raise Refused("the worker's reply is too long")
         chunk = sock.recv(65536)
         if not chunk:
             raise Refused("the worker closed the connection")
         data += chunk
-    return json.loads(data[4:])
+    try:
+        reply = json.loads(data[4:])
+    except ValueError:
+        raise Refused("the worker's reply is not JSON") from None
+    if not isinstance(reply, dict):
+        raise Refused("the worker's reply is not a JSON object")
+    return reply
 
 
 # --- one call -----------------------------------------------------------------------------
@@ -213,12 +426,13 @@ def _dispositions() -> dict[str, str]:
     return found
 
 
-class _Forwarder:
-    """Passes the forwarded signals on to the child (queued until its pid is known)."""
+class _Call:
+    """The forwarded signals during a call: before the hand-over they interrupt the client
+    (nothing has run), after it they go to the child."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
-        self.pending: list[int] = []
+        self.stop_by: float | None = None
         self.saved: dict[int, Any] = {}
         for name in FORWARDED:
             num = getattr(signal, name)
@@ -227,125 +441,197 @@ class _Forwarder:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.pid is None:
-            self.pending.append(signum)
-        else:
-            _kill(self.pid, signum)
-
-    def started(self, pid: int) -> None:
-        self.pid = pid
-        for signum in self.pending:
-            _kill(pid, signum)
+            raise _Interrupted(signum)
+        _kill(self.pid, signum)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            # a second one stops waiting for the child's clean-up
+            now = time.monotonic()
+            self.stop_by = now if self.stop_by is not None else now + STOP_WAIT
 
     def restore(self) -> None:
         for num, handler in self.saved.items():
             signal.signal(num, handler)
+        self.saved = {}
 
 
 def _kill(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signum)
 
 
-def _lines(sock: socket.socket) -> Any:
-    """The status lines the worker and the child send (``P<pid>``, ``X<code>``, ``K<sig>``)."""
-    buffer = b""
-    while True:
-        chunk = sock.recv(256)
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.decode("ascii")
+def _child_of(pid: int, parent: int) -> bool:
+    """Whether ``pid`` is a live process of this user whose parent is ``parent``."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
+        fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and fields[1] == str(parent)
 
 
-def serve(argv: Sequence[str], ident: str) -> int:
+def serve(argv: Sequence[str], ident: str, folder: Folder) -> int:
     """Run the call in a warm worker of this identity; returns the call's exit code.
 
-    Raises ``Refused`` (with the reason) before anything ran when no worker answers.
+    Raises ``Refused`` (with the reason) when nothing ran: no worker answers in time, it
+    refuses, or what answers does not speak the protocol. ``_Interrupted`` when a forwarded
+    signal comes before the call is handed over.
     """
-    folder = runtime_dir()
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
             raise Refused(f"descriptor {fd} is closed") from None
-    sock = _connect(os.path.join(folder, digest(ident) + ".sock"), TIMEOUT)
+    # the caller's own dispositions and mask, before the forwarding handlers replace them
+    dispositions = _dispositions()
+    mask = sorted(map(int, signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    call = _Call()
+    try:
+        name = digest(ident) + ".sock"
+        started = time.monotonic()
+        sock, worker = _connect(folder.socket_path(name), folder.display(name), TIMEOUT)
+        try:
+            stream = _Stream(sock)
+            request = {"op": "run", "identity": ident, "argv0": sys.argv[0], "argv": list(argv),
+                       "env": dict(os.environ), "signals": dispositions, "mask": mask}
+            _hand_over(sock, stream, worker, request, started, call)
+            return _wait(sock, stream, call)
+        finally:
+            sock.close()
+    finally:
+        call.restore()
+
+
+def _hand_over(sock: socket.socket, stream: _Stream, worker: int, request: dict[str, Any],
+               started: float, call: _Call) -> None:
+    """Send the request and start the call in the worker's child; ``Refused`` if nothing
+    ran. The child runs the call only once it is told to (``S``), after its pid is known."""
     try:
         flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_PATH", 0)
         try:
             cwd = os.open(".", flags)
         except OSError as exc:
             raise Refused(f"working directory: {exc.strerror}") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        request = {"op": "run", "identity": ident, "argv0": sys.argv[0], "argv": list(argv),
-                   "env": dict(os.environ), "umask": umask, "signals": _dispositions(),
-                   "mask": sorted(map(int, signal.pthread_sigmask(signal.SIG_BLOCK, [])))}
+        request["umask"] = os.umask(0)
+        os.umask(request["umask"])
         try:
             send_message(sock, request, [0, 1, 2, cwd])
-            accepted = sock.recv(2)  # within TIMEOUT: the worker's loop is alive
-            sock.settimeout(HANDSHAKE)  # then a busy machine may take longer to answer
-            answer = sock.recv(2) if accepted == b"A\n" else accepted
-        except OSError as exc:
-            raise Refused(f"worker: {exc.strerror or exc}") from None
         finally:
             os.close(cwd)
-        if answer != b"R\n":
-            raise Refused(f"worker refused the call: {answer!r}")
-        forwarder = _Forwarder()
+        sock.settimeout(max(0.01, started + TIMEOUT - time.monotonic()))
+        if stream.line() != ("A", ""):  # the worker's loop is alive
+            raise _Broken("no 'accepted'")
+        sock.settimeout(max(0.01, started + HANDSHAKE - time.monotonic()))
+        kind, argument = stream.line()
+        if kind == "N":
+            raise Refused(f"the worker refused the call: {argument}")
+        if kind == "F":
+            raise Refused("the worker could not start a process for the call")
+        if kind != "P":
+            raise _Broken(f"{kind} before the child's pid")
+        pid = int(argument)
+        if not _child_of(pid, worker):
+            raise _Broken(f"pid {pid} is not a process of the worker {worker}")
+        call.pid = pid  # from now on the call is the child's: signals go to it
         try:
+            sock.sendall(b"S\n")
+        except OSError:
+            call.pid = None  # the child did not get it and ends without running the call
+            raise
+    except TimeoutError:
+        raise Refused("the worker did not answer in time") from None
+    except _Broken as exc:
+        raise Refused(f"not a colorquant worker ({exc})") from None
+    except OSError as exc:
+        raise Refused(f"worker: {exc.strerror or exc}") from None
+
+
+def _wait(sock: socket.socket, stream: _Stream, call: _Call) -> int:
+    """The status of a handed-over call (it cannot be run again here whatever happens)."""
+    assert call.pid is not None
+    try:
+        while True:
+            if call.stop_by is not None and time.monotonic() >= call.stop_by:
+                _kill(call.pid, signal.SIGKILL)  # its clean-up did not end: stop it
+                _message("Error: interrupted")
+                return 130
+            # a tick, so that a forwarded interruption's deadline is seen
+            sock.settimeout(0.25 if call.stop_by is not None else 1.0)
             try:
-                sock.sendall(b"G\n")
-                sock.settimeout(None)
-                for line in _lines(sock):
-                    if line == "F":
-                        raise Refused("the worker could not fork")
-                    if line.startswith("P"):
-                        forwarder.started(int(line[1:]))
-                    elif line.startswith("X"):
-                        return int(line[1:])
-                    elif line.startswith("K"):
-                        forwarder.restore()
-                        _die(int(line[1:]))
-            except OSError as exc:
-                if forwarder.pid is None:
-                    raise Refused(f"worker: {exc.strerror or exc}") from None
-            if forwarder.pid is None:
-                raise Refused("the worker closed the connection")
-        finally:
-            forwarder.restore()
-        sys.stderr.write("Error: the colorquant worker ended without the call's status\n")
+                kind, argument = stream.line()
+            except TimeoutError:
+                continue
+            if kind == "X":
+                return min(int(argument), 255)
+            if kind == "K":
+                call.restore()
+                _trace("worker")  # before this process ends by the child's signal
+                _die(int(argument))
+            raise _Broken(f"{kind} during the call")
+    except (_Broken, OSError) as exc:
+        if call.stop_by is not None:
+            _message("Error: interrupted")
+            return 130
+        detail = "" if isinstance(exc, _Broken) and str(exc) == "the connection closed" \
+            else f" ({exc})"
+        _message(f"Error: the colorquant worker ended without the call's status{detail}")
         return 1
-    finally:
-        sock.close()
+
+
+def _message(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+#: Signals whose default action does not end a process (no child ends by them).
+_NOT_FATAL = {getattr(signal, n) for n in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT",
+                                           "SIGCHLD", "SIGURG", "SIGWINCH") if hasattr(signal, n)}
 
 
 def _die(signum: int) -> NoReturn:
-    """End as the child ended: killed by the same signal."""
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    os._exit(128 + signum)
+    """End as the child ended: killed by the same signal (its core, if any, is the child's:
+    this process dumps none of its own)."""
+    import resource
+
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    if 0 < signum < signal.NSIG and signum not in _NOT_FATAL:
+        with contextlib.suppress(OSError, ValueError):
+            if signum not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+            os.kill(os.getpid(), signum)
+    os._exit(128 + signum if 0 < signum < 128 else 1)
+
+
+def _interrupted(signum: int) -> NoReturn:
+    """A signal before the hand-over: end as an interrupted call ends (Ctrl-C, SIGTERM), or
+    as the signal's default action ends a process."""
+    if signum in (signal.SIGINT, signal.SIGTERM):
+        _message("Error: interrupted")
+        os._exit(130)
+    _die(signum)
 
 
 # --- starting, status, stopping -----------------------------------------------------------
 
 
-def start_worker(ident: str, folder: str | None = None,
-                 env: dict[str, str] | None = None) -> bool:
+def start_worker(ident: str, folder: Folder, env: dict[str, str] | None = None) -> bool:
     """Start one detached worker for this identity unless one runs or is starting (a lock).
 
-    ``env`` is the environment the identity was computed from (default: this one). Returns
-    whether this call started it.
+    ``env`` is the environment the identity was computed from (default: this one). The
+    worker gets the open folder itself. Returns whether this call started it.
     """
     import fcntl
     import subprocess
 
-    folder = folder or runtime_dir()
     name = digest(ident)
-    if os.path.exists(os.path.join(folder, name + ".refused")):
+    with contextlib.suppress(FileNotFoundError):
+        os.stat(name + ".refused", dir_fd=folder.fd, follow_symlinks=False)
         return False  # this environment cannot have a worker (see --worker-status)
-    lock = os.open(os.path.join(folder, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = os.open(name + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o600, dir_fd=folder.fd)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -353,12 +639,14 @@ def start_worker(ident: str, folder: str | None = None,
             return False  # a worker holds it for its whole life, or is starting
         env = {**(os.environ if env is None else env),
                "COLORQUANT_WORKER_PATH": json.dumps(sys.path),
-               "COLORQUANT_WORKER_LOCK": str(lock), "COLORQUANT_WORKER_ID": name}
+               "COLORQUANT_WORKER_LOCK": str(lock), "COLORQUANT_WORKER_DIR": str(folder.fd),
+               "COLORQUANT_WORKER_ID": name}
         try:
-            subprocess.Popen([sys.executable, "-c", BOOT, "colorquant.worker", folder],
+            subprocess.Popen([sys.executable, "-c", BOOT, "colorquant.worker", folder.path],
                              env=env, cwd="/", stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             close_fds=True, pass_fds=(lock,), start_new_session=True)
+                             close_fds=True, pass_fds=(lock, folder.fd),
+                             start_new_session=True)
         except OSError:
             return False
         return True
@@ -366,29 +654,29 @@ def start_worker(ident: str, folder: str | None = None,
         os.close(lock)
 
 
-def _request(path: str, op: str) -> dict[str, Any]:
-    sock = _connect(path, 10.0)  # an explicit command: a busy machine may be slow
+def _request(folder: Folder, name: str, op: str) -> dict[str, Any]:
+    sock, _ = _connect(folder.socket_path(name), folder.display(name), 10.0)  # explicit
     try:
         send_message(sock, {"op": op})
-        if sock.recv(2) != b"A\n":
-            raise Refused(f"{path}: not a colorquant worker")
-        return _read_reply(sock)
-    except OSError as exc:
-        raise Refused(f"{path}: {exc.strerror or exc}") from None
+        stream = _Stream(sock)
+        if stream.line() != ("A", ""):
+            raise _Broken("no 'accepted'")
+        return _read_reply(sock, stream.buffer)
+    except (OSError, _Broken) as exc:
+        raise Refused(f"{folder.display(name)}: not a colorquant worker ({exc})") from None
     finally:
         sock.close()
 
 
-def workers(folder: str) -> list[tuple[str, dict[str, Any] | None]]:
+def workers(folder: Folder) -> list[tuple[str, dict[str, Any] | None]]:
     """Every socket in the folder with the worker's status (None: nobody answers)."""
     found = []
-    for entry in sorted(os.listdir(folder)):
+    for entry in folder.names():
         if entry.endswith(".sock"):
-            path = os.path.join(folder, entry)
             try:
-                found.append((path, _request(path, "status")))
+                found.append((entry, _request(folder, entry, "status")))
             except Refused:
-                found.append((path, None))
+                found.append((entry, None))
     return found
 
 
@@ -409,66 +697,90 @@ def _alive(pid: int) -> bool:
 
 def _status(out: Callable[[str], None]) -> int:
     folder = runtime_dir()
-    mine = digest(identity())
+    try:
+        mine = digest(identity())
+    except Unservable as exc:
+        mine = None
+        out(f"no worker can serve this command's calls: {exc}")
     running = False
-    for path, info in workers(folder):
-        if info is None:
+    for entry, info in workers(folder):
+        path = folder.display(entry)
+        try:
+            same = info is not None and info.get("digest") == mine
+            if info is None:
+                raise TypeError
+            line = (f"{path}: pid {info['pid']}, up {info['uptime']:.0f} s, {info['calls']} "
+                    f"calls, {info['running']} running, RSS {info['rss_kb'] / 1024:.0f} MB, "
+                    f"idle exit after {info['idle']:.0f} s, ")
+        except (KeyError, TypeError, ValueError):
             out(f"{path}: stale (no worker answers)")
             continue
-        same = info.get("digest") == mine
         running = running or same
-        out(f"{path}: pid {info['pid']}, up {info['uptime']:.0f} s, {info['calls']} calls, "
-            f"{info['running']} running, RSS {info['rss_kb'] / 1024:.0f} MB, idle exit after "
-            f"{info['idle']:.0f} s, "
-            f"{'used by this command' if same else 'for another installation or environment'}")
-    for entry in sorted(os.listdir(folder)):
+        out(line + ("used by this command" if same else "for another installation or "
+                    "environment"))
+    for entry in folder.names():
         if entry.endswith(".refused"):
-            with open(os.path.join(folder, entry), encoding="utf-8", errors="replace") as f:
-                out(f"{os.path.join(folder, entry)}: no worker for this environment: "
-                    f"{f.read().strip()}")
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                             dir_fd=folder.fd)
+                with open(fd, encoding="utf-8", errors="replace") as f:
+                    text = f.read(4096).strip()
+            except OSError:
+                continue
+            out(f"{folder.display(entry)}: no worker for this environment: {text}")
     if not running:
-        out(f"no worker runs for this command (folder {folder})")
+        out(f"no worker runs for this command (folder {folder.path})")
     return 0 if running else 1
 
 
-def stop_all(folder: str, wait: float = 30.0) -> None:
-    """Ask every worker in the folder to stop, wait until each is gone, remove its files."""
+def stop_all(folder: Folder, wait: float = 30.0) -> None:
+    """Ask every worker in the folder to stop, wait until each is gone, remove its files
+    (every name through the open folder: a folder swapped meanwhile is not touched)."""
     pids = []
-    for path, _ in workers(folder):
-        with contextlib.suppress(Refused):
-            pids.append(_request(path, "stop")["pid"])
+    for entry, _ in workers(folder):
+        with contextlib.suppress(Refused, KeyError, TypeError, ValueError):
+            pids.append(int(_request(folder, entry, "stop")["pid"]))
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # stale, or its worker stops: no new call may find it
+            os.unlink(entry, dir_fd=folder.fd)  # stale, or its worker stops
     deadline = time.monotonic() + wait
     for pid in pids:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _alive(pid):
             _kill(pid, signal.SIGKILL)
-    for entry in os.listdir(folder):
+    for entry in folder.names():
         if entry.endswith((".refused", ".lock")):
-            os.unlink(os.path.join(folder, entry))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=folder.fd)
 
 
 def _start_and_wait(out: Callable[[str], None]) -> int:
     folder = runtime_dir()
     ident = identity()
-    path = os.path.join(folder, digest(ident) + ".sock")
+    name = digest(ident)
     start_worker(ident, folder)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            _request(path, "status")
+            _request(folder, name + ".sock", "status")
             return 0
         except Refused:
-            if os.path.exists(path[: -len(".sock")] + ".refused"):
+            try:
+                os.stat(name + ".refused", dir_fd=folder.fd, follow_symlinks=False)
                 break
-            time.sleep(0.05)
+            except FileNotFoundError:
+                time.sleep(0.05)
     out("Error: no worker started (see colorquant --worker-status)")
     return 1
 
 
-COMMANDS = {"--worker-status": _status, "--worker-start": _start_and_wait}
+def _stop(out: Callable[[str], None]) -> int:
+    stop_all(runtime_dir())
+    return 0
+
+
+COMMANDS = {"--worker-status": _status, "--worker-start": _start_and_wait,
+            "--worker-stop": _stop}
 
 
 def _trace(text: str) -> None:
@@ -478,17 +790,35 @@ def _trace(text: str) -> None:
             trace.write(text + "\n")
 
 
+def starts_worker(argv: Sequence[str]) -> bool:
+    """Whether a call that ran in-process should start a worker: not for ``--help``,
+    ``--version`` (they load nothing a worker would save), nor from a sandbox (namespaces
+    other than those of process 1, where it can be seen): a tool that runs each call in a
+    new sandbox would leave one worker per call that no later call could use."""
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg in NO_WORK:
+            return False
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/ns"):
+            try:
+                theirs = os.readlink(f"/proc/1/ns/{name}")
+            except OSError:
+                continue  # process 1 is not ours to look at (the usual case for a user)
+            if os.readlink(f"/proc/self/ns/{name}") != theirs:
+                return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``colorquant`` command: a warm worker runs the call if one answers, else this
     process does (and starts a worker just before it exits)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for name, value in THREAD_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    if len(argv) == 1 and argv[0] in (*COMMANDS, "--worker-stop"):
+    if len(argv) == 1 and argv[0] in COMMANDS:
         try:
-            if argv[0] == "--worker-stop":
-                stop_all(runtime_dir())
-                sys.exit(0)
             sys.exit(COMMANDS[argv[0]](print))
         except Refused as exc:
             print(f"Error: no worker can be used: {exc}", file=sys.stderr)
@@ -497,21 +827,38 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if os.environ.get(SWITCH) == "0":
         _trace("local off")
     else:
-        ident = identity()  # before the call imports anything (scikit-learn sets variables)
+        folder = None
         try:
-            code = serve(argv, ident)
+            ident = identity()  # before the call imports anything (scikit-learn sets variables)
+            folder = runtime_dir()
+            code = serve(argv, ident, folder)
+        except Unservable as exc:
+            _trace(f"local {exc}")
         except Refused as exc:
             _trace(f"local {exc}")
-            start = functools.partial(_start_after, ident, dict(os.environ))
+            if starts_worker(argv):
+                start = functools.partial(_start_after, ident, dict(os.environ))
+        except _Interrupted as exc:
+            _interrupted(exc.signum)
         else:
             _trace("worker")
             sys.exit(code)
+        finally:
+            if folder is not None:
+                folder.close()  # the in-process call has the descriptors it has without us
     from . import cli
 
     cli.main(argv, before_exit=start)
 
 
 def _start_after(ident: str, env: dict[str, str], code: int) -> None:
-    """After an in-process call: start a worker for the next calls (never fails the call)."""
+    """After an in-process call: start a worker for the next calls (never fails the call;
+    not after a usage error, which did no work)."""
+    if code == 2:
+        return
     with contextlib.suppress(OSError, Refused):
-        start_worker(ident, env=env)
+        folder = runtime_dir()
+        try:
+            start_worker(ident, folder, env=env)
+        finally:
+            folder.close()

@@ -139,6 +139,7 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
 
     template = name or DEFAULT_NAME
     check_name_template(template)
+    check_working_directory([*inputs, output, out_dir])
     if list(inputs).count(imagefile.STDIO) > 1:
         raise PlanError("standard input (-) can be read only once")
     if recursive and out_dir is None and any(os.path.isdir(i) for i in inputs):
@@ -180,6 +181,25 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
     return jobs
 
 
+def check_working_directory(paths: Sequence[str | None]) -> None:
+    """Refuse relative paths when the working directory was deleted (one message, instead
+    of a failure deep in the path resolution).
+
+    Raises
+    ------
+    PlanError
+        A relative path while the working directory no longer exists.
+    """
+    from . import imagefile
+
+    if any(p and not imagefile.is_stdio(p) and not os.path.isabs(p) for p in paths):
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            raise PlanError("the working directory no longer exists: relative paths cannot "
+                            "be resolved") from None
+
+
 def _inode(path: str) -> tuple[int, int] | None:
     """The (device, inode) of an existing file, or None."""
     try:
@@ -200,6 +220,7 @@ def check_side_outputs(jobs: Sequence[Job], extras: dict[str, str | None]) -> No
     """
     from . import imagefile
 
+    check_working_directory(list(extras.values()))
     taken: dict[str, str] = {}
     for job in jobs:
         if not imagefile.is_stdio(job.src):

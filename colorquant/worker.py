@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -58,37 +59,67 @@ def _preload() -> str | None:
 
 
 def _rss_kb() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    """This process's resident memory (0 when it cannot be read: no descriptor left)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
 class Worker:
     """The accept loop, its running children and their connections."""
 
-    def __init__(self, folder: str, name: str, ident: str, lock: int, idle: float) -> None:
+    def __init__(self, folder: launch.Folder, name: str, ident: str, lock: int,
+                 idle: float) -> None:
         self.folder, self.name, self.ident, self.lock, self.idle = folder, name, ident, lock, idle
-        self.path = os.path.join(folder, name + ".sock")
+        self.sock_name = name + ".sock"
         self.started = time.time()
         self.calls = 0
         self.children: dict[int, socket.socket] = {}
         self.pending: set[_Pending] = set()
         self.stopping = False
-        self.selector = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.paused_until = 0.0  # accept failed (no descriptor, no memory): wait a little
+        self.selector: Any = None
+        self.listener: Any = None
+        self.wake_r = self.wake_w = self.reserve = None
+        try:
+            self.selector = selectors.DefaultSelector()
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.own = launch.context()  # what every caller must be (after the preload)
+            self.reserve = _reserve()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release what the worker holds (it did not get to serve)."""
+        for thing in (self.selector, self.listener):
+            if thing is not None:
+                thing.close()
+        for fd in (self.wake_r, self.wake_w, self.reserve):
+            if fd is not None:
+                os.close(fd)
+        self.selector = self.listener = None
+        self.wake_r = self.wake_w = self.reserve = None
 
     def bind(self) -> None:
-        """Listen on a temporary name, then rename it over the socket (stale or not)."""
-        tmp = os.path.join(self.folder, f".{self.name}.{os.getpid()}.tmp")
-        self.listener.bind(tmp)
+        """Listen on a temporary name, then rename it over the socket (stale or not), both
+        through the open folder."""
+        tmp = f".{self.name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=self.folder.fd)
+        self.listener.bind(self.folder.socket_path(tmp))
         self.listener.listen(64)
-        os.rename(tmp, self.path)
-        self.inode = os.stat(self.path).st_ino
+        os.rename(tmp, self.sock_name, src_dir_fd=self.folder.fd, dst_dir_fd=self.folder.fd)
+        self.inode = os.stat(self.sock_name, dir_fd=self.folder.fd,
+                             follow_symlinks=False).st_ino
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
@@ -99,28 +130,37 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        last = time.monotonic()
+        self.last_call = time.monotonic()  # only calls keep a worker alive, not status
         while True:
             self._reap()
+            now = time.monotonic()
             if self.children:
-                last = time.monotonic()
-            elif self.stopping or time.monotonic() - last >= self.idle:
+                self.last_call = now
+            elif self.stopping or now - self.last_call >= self.idle:
                 break
-            timeout = None if self.children else max(0.0, last + self.idle - time.monotonic())
+            timeout = None if self.children else max(0.0, self.last_call + self.idle - now)
             handshake = self._expire()
             if handshake is not None:
                 timeout = handshake if timeout is None else min(timeout, handshake)
-            for key, _ in self.selector.select(timeout):
-                if key.fileobj is self.listener:
-                    self._accept()
-                    last = time.monotonic()
-                elif key.fileobj == self.wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self.wake_r, 4096)
-                elif isinstance(key.data, _Pending):
-                    self._advance(key.data)
+            if self.paused_until:
+                if now >= self.paused_until:
+                    self.paused_until = 0.0
+                    self.selector.register(self.listener, selectors.EVENT_READ)
                 else:
-                    self._client_event(key.fileobj, key.data)
+                    wait = self.paused_until - now
+                    timeout = wait if timeout is None else min(timeout, wait)
+            for key, _ in self.selector.select(timeout):
+                try:
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif key.fileobj == self.wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.wake_r, 4096)
+                    elif isinstance(key.data, _Pending):
+                        self._advance(key.data)
+                except Exception:  # one connection's failure never ends the loop
+                    if isinstance(key.data, _Pending):
+                        self._drop(key.data)
         self._unlink()
 
     def stop(self) -> None:
@@ -128,25 +168,48 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             self._unlink()
-            self.selector.unregister(self.listener)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener)
             self.listener.close()
 
     def _unlink(self) -> None:
         try:
-            if os.stat(self.path).st_ino == self.inode:  # still ours, not a newer worker's
-                os.unlink(self.path)
+            st = os.stat(self.sock_name, dir_fd=self.folder.fd, follow_symlinks=False)
+            if st.st_ino == self.inode:  # still ours, not a newer worker's
+                os.unlink(self.sock_name, dir_fd=self.folder.fd)
         except OSError:
             pass
 
+    def _pause(self) -> None:
+        """No descriptor or memory to accept with: refuse the waiting connection with the
+        reserved descriptor (its client runs in-process), then let others finish first."""
+        if self.reserve is not None:
+            os.close(self.reserve)
+            self.reserve = None
+            with contextlib.suppress(OSError):
+                conn, _ = self.listener.accept()
+                conn.close()
+            self.reserve = _reserve()
+        if not self.paused_until:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener)
+            self.paused_until = time.monotonic() + 0.05
+
     def _accept(self) -> None:
         """Take every waiting connection; its handshake goes on in the loop (never blocks)."""
-        while not self.stopping:
+        while not self.stopping and not self.paused_until:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:  # EMFILE, ENFILE, ENOMEM, ENOBUFS: this worker goes on
+                self._pause()
+                return
+            if self.reserve is None:
+                self.reserve = _reserve()
             try:
-                if launch.peer_uid(conn) != os.getuid():
+                pid, uid = launch.peer(conn)
+                if uid != os.getuid():
                     raise ValueError("another user")
                 conn.setblocking(False)
                 conn.send(b"A\n")  # accepted: this worker is alive, the client may wait longer
@@ -154,8 +217,37 @@ class Worker:
                 conn.close()
                 continue
             pending = _Pending(conn, time.monotonic() + HANDSHAKE)
+            pending.problem = self._compare(conn, pid)
             self.pending.add(pending)
-            self.selector.register(conn, selectors.EVENT_READ, pending)
+            try:
+                self.selector.register(conn, selectors.EVENT_READ, pending)
+            except (OSError, ValueError):
+                self._drop(pending)
+
+    def _compare(self, conn: socket.socket, pid: int) -> str | None:
+        """Why the process that connected cannot be served here (its context differs from
+        this worker's, or cannot be read), or None."""
+        if pid <= 0:
+            return "the caller is in another pid namespace"
+        try:
+            pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        except OSError:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                return f"the caller cannot be looked at: {exc.strerror}"
+        try:
+            try:
+                theirs = launch.context(pid)
+            except launch.Refused as exc:
+                return str(exc)
+            # read from the process that connected, not from one that took its pid since
+            if select.select([pidfd], [], [], 0)[0]:
+                return "the caller ended"
+        finally:
+            os.close(pidfd)
+        different = launch.difference(self.own, theirs)
+        return f"the caller differs from the worker in: {different}" if different else None
 
     def _drop(self, pending: _Pending) -> None:
         self.pending.discard(pending)
@@ -171,35 +263,24 @@ class Worker:
         return min((p.deadline - now for p in self.pending), default=None)
 
     def _advance(self, pending: _Pending) -> None:
-        """Read what the client sent in its handshake and act on it once it is complete."""
+        """Read what the client sent and act on it once it is complete."""
         try:
-            if pending.request is None:
-                if not pending.read():
-                    return
-                if self._answer(pending):
-                    return
-            else:
-                go = pending.conn.recv(2)
-                if go == b"G\n":
-                    self._drop_keep(pending)
-                    self._run(pending.conn, pending.request, pending.fds)
-                    pending.fds = []
-                    return
-                # else the client gave up (timed out) and runs in-process
+            if not pending.read():
+                return
+            if self._answer(pending):
+                return  # the call runs: the connection is its child's
         except BlockingIOError:
             return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         self._drop(pending)
 
-    def _drop_keep(self, pending: _Pending) -> None:
-        """End the handshake but keep its connection and descriptors (the call starts)."""
-        self.pending.discard(pending)
-        self.selector.unregister(pending.conn)
-
     def _answer(self, pending: _Pending) -> bool:
-        """Reply to a complete request; whether the connection stays (a call waits for go)."""
-        request, conn = pending.request or {}, pending.conn
+        """Reply to a complete request; whether a call started (its child has the
+        connection)."""
+        request, conn = pending.request, pending.conn
+        if not isinstance(request, dict):
+            return False
         op = request.get("op")
         conn.setblocking(True)
         conn.settimeout(HANDSHAKE)
@@ -211,9 +292,20 @@ class Worker:
         elif op == "stop":
             launch.send_message(conn, {"pid": os.getpid()})
             self.stop()
-        elif op == "run" and request.get("identity") == self.ident and len(pending.fds) == 4:
-            conn.sendall(b"R\n")
-            conn.setblocking(False)
+        elif op == "run":
+            problem = pending.problem
+            if request.get("identity") != self.ident:
+                problem = "another identity"
+            elif len(pending.fds) != 4 or pending.truncated:
+                problem = "the descriptors did not all arrive"
+            if problem is not None:
+                reason = problem.encode("ascii", "replace").replace(b"\n", b" ")
+                conn.sendall(b"N" + reason[:launch.LINE_MAX - 1] + b"\n")
+                return False
+            self.pending.discard(pending)
+            self.selector.unregister(conn)
+            fds, pending.fds = pending.fds, []
+            self._run(conn, request, fds)
             return True
         return False
 
@@ -222,9 +314,9 @@ class Worker:
         try:
             try:
                 pid = os.fork()
-            except OSError:
-                conn.setblocking(True)
-                conn.sendall(b"F\n")
+            except OSError:  # EAGAIN, ENOMEM: the call runs in-process, this worker goes on
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"F\n")
                 conn.close()
                 return
             if pid == 0:
@@ -239,13 +331,26 @@ class Worker:
                 for fd in fds:
                     os.close(fd)
         self.calls += 1
+        self.last_call = time.monotonic()
         self.children[pid] = conn
-        self.selector.register(conn, selectors.EVENT_READ, pid)
+        try:
+            # from here, not from the child: the client learns the pid as soon as it exists,
+            # however long the child waits for a CPU on a busy machine
+            conn.setblocking(True)
+            conn.settimeout(HANDSHAKE)
+            conn.sendall(b"P%d\n" % pid)
+        except OSError:
+            pass  # the client is gone: the child reads no "S" and ends
+        # not read here: what the client sends is the child's ("S"), and the child sees
+        # the client go itself (:func:`_watch_client`)
 
     def _close_in_child(self, conn: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
         for fd in (self.wake_r, self.wake_w, self.lock):
             os.close(fd)
+        if self.reserve is not None:
+            os.close(self.reserve)
+        self.folder.close()
         self.selector.close()
         if not self.stopping:
             self.listener.close()
@@ -253,19 +358,6 @@ class Worker:
             other.close()
         for pending in self.pending:
             pending.close()
-
-    def _client_event(self, conn: Any, pid: int) -> None:
-        """Readable while a call runs: the client closed (killed?): stop its child."""
-        try:
-            data = conn.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.selector.unregister(conn)
-            if pid in self.children:
-                launch._kill(pid, signal.SIGTERM)
 
     def _reap(self) -> None:
         while self.children:
@@ -288,9 +380,20 @@ class Worker:
                 conn.sendall(message)  # the child sent its code itself, unless killed
             except OSError:
                 pass
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(conn)
             conn.close()
+
+
+#: ``SO_PEERPIDFD`` (Linux 6.5): a pidfd of the process that connected.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+
+
+def _reserve() -> int | None:
+    """A descriptor kept free, so that a connection can still be accepted (and refused) when
+    the process has no other one left."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 class _Pending:
@@ -300,18 +403,23 @@ class _Pending:
         self.conn, self.deadline = conn, deadline
         self.data = b""
         self.fds: list[int] = []
-        self.request: dict[str, Any] | None = None
+        self.truncated = False
+        self.problem: str | None = None
+        self.request: Any = None
 
     def read(self) -> bool:
         """Read what has arrived; whether the request is complete (ValueError: truncated)."""
         if not self.fds and not self.data:
-            chunk, fds, _, _ = socket.recv_fds(self.conn, 1 << 16, 4)
+            chunk, fds, flags, _ = socket.recv_fds(self.conn, 1 << 16, 4)
             self.fds = list(fds)
+            self.truncated = bool(flags & socket.MSG_CTRUNC)  # no descriptor left for them
         else:
             chunk = self.conn.recv(1 << 16)
         if not chunk:
             raise ValueError("truncated request")
         self.data += chunk
+        if len(self.data) >= 4 and struct.unpack("!I", self.data[:4])[0] > 1 << 24:
+            raise ValueError("request too long")
         if len(self.data) < 4 or len(self.data) < 4 + struct.unpack("!I", self.data[:4])[0]:
             return False
         self.request = json.loads(self.data[4:])
@@ -369,10 +477,20 @@ def _signals(request: dict[str, Any]) -> None:
 
 
 def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
-    """Become the caller's process and run its call; sends ``P<pid>``, then ``X<code>``."""
+    """Become the caller's process and run its call: once the client answers ``S`` to the
+    pid the worker sent it (``P<pid>``), then sends ``X<code>``."""
     _signals(request)
     conn.setblocking(True)
-    conn.sendall(b"P%d\n" % os.getpid())  # the client forwards signals from now on
+    conn.settimeout(HANDSHAKE)
+    go = b""
+    while len(go) < 2:
+        chunk = conn.recv(2 - len(go))
+        if not chunk:
+            break
+        go += chunk
+    if go != b"S\n":
+        return 0  # the client gave up waiting and runs the call itself
+    conn.settimeout(None)
     stdin, stdout, stderr, cwd = fds
     os.fchdir(cwd)
     os.umask(request["umask"])
@@ -390,37 +508,147 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
         sys.modules["numpy"].random.seed()  # a fresh process has fresh global numpy state
     from . import cli
 
+    _watch_client(conn)
     # a signal that came during the set-up acts now, as on a fresh process at this point
-    signal.pthread_sigmask(signal.SIG_SETMASK, request.get("mask", []))
+    signal.pthread_sigmask(signal.SIG_SETMASK, set(request.get("mask", [])) - {signal.SIGIO})
 
     def report(code: int) -> None:
         with contextlib.suppress(OSError):
             conn.sendall(b"X%d\n" % code)
 
-    cli.main(request["argv"], before_exit=report)
-    return 1  # not reached: main exits
+    try:
+        cli.main(request["argv"], before_exit=report)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt as exc:
+        # as the interpreter ends on one: its traceback, then killed by SIGINT
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        _flush_and_atexit()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException as exc:  # printed as the interpreter prints it
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code = 1
+    _flush_and_atexit()
+    report(code)
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The exit status the interpreter gives an uncaught ``SystemExit`` (its message printed)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    with contextlib.suppress(Exception):
+        print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _flush_and_atexit() -> None:
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _watch_client(conn: socket.socket) -> None:
+    """When the client goes (killed), stop the call as its SIGTERM would, but silently: its
+    standard output and error go to /dev/null first (the caller's process is gone, it
+    prints nothing more). The connection signals SIGIO when it closes."""
+    import fcntl
+
+    def gone(signum: int, frame: object) -> None:
+        try:
+            data = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            return
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGIO, gone)
+    fcntl.fcntl(conn, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn, fcntl.F_SETFL, fcntl.fcntl(conn, fcntl.F_GETFL) | os.O_ASYNC)
+    gone(signal.SIGIO, None)  # a client that went before this was set up
+
+
+@contextlib.contextmanager
+def _low_priority() -> Any:
+    """Load at the lowest CPU priority when the priority can be given back afterwards (root,
+    CAP_SYS_NICE or a high enough RLIMIT_NICE): the calls that follow the one that started
+    this worker run in-process meanwhile and must not wait for its loading. Without that
+    right the worker loads at the caller's priority (its children must have it)."""
+    import resource
+
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    status = launch.context()["status"]
+    can = int(status.get("CapEff", "0"), 16) >> 23 & 1  # CAP_SYS_NICE
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    if not can and not (soft == resource.RLIM_INFINITY or 20 - soft <= nice):
+        yield
+        return
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def main() -> None:
     """``python -c launch.BOOT colorquant.worker FOLDER``: preload, listen, serve, exit idle."""
-    folder = sys.argv[-1]
     lock = int(os.environ.pop("COLORQUANT_WORKER_LOCK"))
+    folder = launch.Folder(sys.argv[-1], int(os.environ.pop("COLORQUANT_WORKER_DIR")))
     expected = os.environ.pop("COLORQUANT_WORKER_ID")
     idle = float(os.environ.get(launch.IDLE) or DEFAULT_IDLE)
-    ident = launch.identity()  # as the client computed it: before the imports
+    problem = None
+    try:
+        ident = launch.identity()  # as the client computed it: before the imports
+    except launch.Refused as exc:
+        ident, problem = "", str(exc)
     name = launch.digest(ident)
     before = dict(os.environ)
-    problem = _preload()
+    if problem is None:
+        try:
+            with _low_priority():
+                problem = _preload()
+        except Exception as exc:  # no descriptor or memory left (ulimit)
+            problem = f"loading the libraries failed: {exc}"
     # variables the imports set (scikit-learn: KMP_DUPLICATE_LIB_OK, KMP_INIT_AT_FORK); a
     # child sets them as the same imports in a fresh process would
     global _ADDED
     _ADDED = {k: v for k, v in os.environ.items() if before.get(k) != v}
     if problem is None and name != expected:
         problem = "the worker's identity differs from its caller's"
-    if problem is not None:
-        with open(os.path.join(folder, expected + ".refused"), "w", encoding="utf-8") as f:
-            f.write(problem + "\n")
+    worker = None
+    if problem is None:
+        try:
+            worker = Worker(folder, name, ident, lock, idle)
+            worker.bind()
+        except launch.Refused as exc:
+            problem = str(exc)
+        except OSError as exc:  # no descriptor left (ulimit -n), no memory
+            problem = f"the worker cannot listen: {exc.strerror or exc}"
+        if problem is not None and worker is not None:
+            worker.close()  # its descriptors, so that the note below can be written
+            worker = None
+    if worker is None:
+        # the same environment would fail the same way: no worker is started for it again
+        with contextlib.suppress(OSError):
+            fd = os.open(expected + ".refused", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600, dir_fd=folder.fd)
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(f"{problem}\n")
         return
-    worker = Worker(folder, name, ident, lock, idle)
-    worker.bind()
     worker.loop()
