@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import io
+from . import encode, io
 from .errors import ImageTooLargeError, InputError
 from .memory import as_memory_error, is_out_of_memory
 from .options import DEFAULT_MAX_PIXELS
@@ -178,15 +178,26 @@ def threshold_alpha(images: list[Image.Image]) -> tuple[list[Image.Image], bool]
 
 def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames, *,
           transparent_index: int | None, compress_level: int, strip: bool,
-          n_colors: int = 256) -> None:
+          n_colors: int = 256, optimize: int = 0, keep_order: bool = False) -> None:
     """Encode quantized ``"P"`` frames (one shared palette) in ``fmt`` to ``handle``.
 
     PNG (APNG), GIF, TIFF and BMP keep the palette; WebP is lossless RGB(A); TIFF falls back to
     RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
     over white; JPEG is RGB. Formats without frames get the first frame only (the caller
-    warns). ``n_colors`` (the palette size) picks the PNG zlib strategy.
+    warns). A single-frame PNG is written by :mod:`colorquant.encode` (at ``compress_level``,
+    and ``optimize``; ``keep_order``: the palette order is the user's), an APNG by Pillow.
     """
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
+    if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
+        channels = 4 if has_alpha else 3
+        palette = np.frombuffer(bytes(images[0].getpalette("RGBA" if has_alpha else "RGB")),
+                                dtype=np.uint8).reshape(-1, channels)[:n_colors]
+        metadata = encode.Metadata() if strip else encode.Metadata(frames.icc_profile,
+                                                                   frames.dpi)
+        handle.write(encode.optimized(np.asarray(images[0]), palette, level=compress_level,
+                                      optimize=optimize, metadata=metadata,
+                                      keep_order=keep_order))
+        return
     params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level,
                                                     n_colors=n_colors))
     if not strip:

@@ -574,20 +574,12 @@ def _put_new(tmp: str, dst: Path) -> None:
     os.unlink(tmp)
 
 
-#: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as
-#: small as level 9 and faster than level 1 on every image measured (see README, Performance).
-Z_RLE = 3
-
-
 def save_params(fmt: str, *, compress_level: int, n_colors: int = 256) -> dict[str, object]:
-    """Encoder arguments for a format: deterministic, lossless where the format allows.
-
-    ``n_colors`` (the palette size) picks the PNG zlib strategy: run-length matching for
-    palettes of at most 16 colors, zlib's default above.
+    """Pillow's encoder arguments for a format: deterministic, lossless where the format
+    allows. Single-frame PNGs are written by :mod:`colorquant.encode` instead; these are
+    for animated PNGs (zlib at ``compress_level``). ``n_colors`` is not used any more.
     """
     if fmt == "PNG":
-        if compress_level > 0 and n_colors <= 16:
-            return {"compress_level": compress_level, "compress_type": Z_RLE}
         return {"compress_level": compress_level}
     if fmt == "WEBP":
         # exact: keep the RGB of fully transparent pixels (the documented transparent color)

@@ -39,6 +39,8 @@ class QuantizeResult:
         Error against the input (0–255 scale, per channel) and its PSNR in dB.
     timings : dict of str to float
         Seconds spent in each stage.
+    size : int or None
+        Bytes of the file written (:func:`quantize_file`; None in memory).
     delta_e : float
         Mean CIEDE2000 difference against the input, per pixel; computed when first read
         (about 1 µs per distinct color, more than the whole mapping costs), so runs that do
@@ -51,6 +53,7 @@ class QuantizeResult:
     psnr: float
     timings: dict[str, float] = field(default_factory=dict)
     measure_delta_e: Callable[[], float] = field(default=lambda: float("nan"), repr=False)
+    size: int | None = None
 
     @cached_property
     def delta_e(self) -> float:
@@ -164,8 +167,9 @@ def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette
 
 def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, *,
                  outside: tuple[int, int] = (0, 0)) -> tuple[Palette, np.ndarray]:
-    """Exactly ``k`` colors (or every distinct color, when fewer) fitted to a histogram, most
-    frequent first, and each color's label (palette control: :mod:`palettecontrol`).
+    """Exactly ``k`` colors (or every distinct color, when fewer) fitted to a histogram, in
+    storage order (:meth:`Palette.storage_order`), and each color's label (palette
+    control: :mod:`palettecontrol`).
 
     ``outside`` is the (pixels, squared error) of the entries not fitted here (the
     transparent one), which a PSNR target counts.
@@ -202,7 +206,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
     counts = np.bincount(labels, weights=histogram.counts, minlength=len(centers))
     kept = np.flatnonzero((counts > 0) | (np.arange(len(centers)) < len(pins)))
     used = Palette(centers, counts.astype(np.int64)).take(kept)
-    order = used.frequency_order()
+    order = used.storage_order()
     relabel = np.zeros(len(centers), dtype=np.uint8)
     relabel[kept[order]] = np.arange(len(order), dtype=np.uint8)
     return used.take(order), relabel[labels]
@@ -452,6 +456,7 @@ def quantize_file(
             and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
     clock = _Clock()
+    keep_order = palette is not None  # a given palette's order is the user's
     if palette is None:
         memory.load_fit_backend()  # under ulimit -v: before the pixels take the memory
     input_size = None
@@ -466,6 +471,10 @@ def quantize_file(
     clock.add(stage_times)
     if fmt in ("BMP", "JPEG") and palette.has_alpha and log:
         log(f"warning: {shown_dst}: {fmt} keeps no transparency; shown over white")
+    if options.optimize and log and (fmt != "PNG" or len(images) > 1):
+        what = "an animated PNG" if fmt == "PNG" else fmt
+        log(f"warning: {shown_dst}: --optimize applies to single-frame PNG only; {what} "
+            "written as without it")
     if fmt in io.LOSSY_FORMATS and log:
         log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
             "back")
@@ -473,14 +482,20 @@ def quantize_file(
     if palette.has_alpha and (palette.colors[:, 3] == 0).any():
         transparent = int(np.flatnonzero(palette.colors[:, 3] == 0)[0])
 
+    written = [0]
+
     def write(handle: BinaryIO) -> None:
+        start = handle.tell()
         try:
             frames.write(handle, [r.image for r in results], fmt, decoded,
                          transparent_index=transparent, compress_level=options.compress_level,
-                         strip=options.strip, n_colors=len(palette))
+                         strip=options.strip, n_colors=len(palette), optimize=options.optimize,
+                         keep_order=keep_order)
         except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
             raise OutputError(f"{shown_dst}: the {fmt} encoder refused the image "
                               f"({str(exc).strip() or type(exc).__name__})") from None
+        handle.seek(0, os.SEEK_END)
+        written[0] = handle.tell() - start
 
     buffer = None
     if to_stream or input_size is not None:
@@ -507,13 +522,13 @@ def quantize_file(
     clock.lap("write")
     first = results[0]
     result = QuantizeResult(first.image, palette, first.mse, first.psnr, dict(clock.timings),
-                            lambda: first.delta_e)
+                            lambda: first.delta_e, written[0])
     if len(results) > 1:
         weights = np.array([r.palette.total for r in results], dtype=np.float64)
         mse = float(np.average([r.mse for r in results], weights=weights))
         result = QuantizeResult(first.image, palette, mse, metrics.psnr(mse), result.timings,
                                 lambda: np.average([r.delta_e for r in results],
-                                                   weights=weights))
+                                                   weights=weights), written[0])
     if plot is not None or compare is not None:
         from . import plots
 
