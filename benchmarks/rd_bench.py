@@ -8,8 +8,9 @@
 For every image and k in ``--ks`` it runs each colorquant mode (``--mode NAME=ARGS``: extra
 command-line arguments, so any option can be measured; default: ``default`` and ``fs``),
 ``pngquant --nofs`` and pngquant with its default dithering, and each of them followed by
-oxipng at level 2 (``pyoxipng``; ``+ox`` in the tables). colorquant and pngquant run as
-commands, one call per file, timed as wall time of the process; colorquant is served by its
+oxipng at level 2 (``pyoxipng``; ``+ox`` in the tables; not after ``--optimize`` modes).
+colorquant and pngquant run as commands, one call per file, timed as wall time of the
+process; colorquant is served by its
 warm worker (``--no-worker``: ``COLORQUANT_WORKER=0``, every call pays the start-up).
 
 Quality against the input: PSNR (0–255); blurred PSNR (both images filtered with a Gaussian
@@ -189,6 +190,11 @@ def oxipng(data: bytes) -> tuple[bytes, float]:
     return out, time.perf_counter() - start
 
 
+def optimizes(args: list[str]) -> bool:
+    """Whether colorquant arguments ask for ``--optimize`` (oxipng after it is not run)."""
+    return any(a in ("-O", "--optimize") or a.startswith(("-O", "--optimize=")) for a in args)
+
+
 def measure(paths: list[Path], ks: list[int], modes: dict[str, list[str]], *, worker: bool,
             with_oxipng: bool, log=print) -> list[dict]:
     """One record per (image, variant, k): bytes, quality, seconds."""
@@ -229,7 +235,7 @@ def measure(paths: list[Path], ks: list[int], modes: dict[str, list[str]], *, wo
                             "tool": "colorquant" if name in modes else "pngquant"}
                     records.append({**base, "variant": name, "bytes": len(data),
                                     "seconds": seconds, **quality})
-                    if with_oxipng:
+                    if with_oxipng and not optimizes(modes.get(name, [])):
                         smaller, extra = oxipng(data)
                         records.append({**base, "variant": name + "+ox", "bytes": len(smaller),
                                         "seconds": seconds + extra, **quality})

@@ -199,7 +199,7 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
                                       keep_order=keep_order))
         return
     params: dict[str, object] = dict(io.save_params(fmt, compress_level=compress_level,
-                                                    n_colors=n_colors))
+                                                    optimize=optimize))
     if not strip:
         if frames.icc_profile and fmt in PROFILE_FORMATS:
             params["icc_profile"] = frames.icc_profile

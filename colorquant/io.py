@@ -574,16 +574,23 @@ def _put_new(tmp: str, dst: Path) -> None:
     os.unlink(tmp)
 
 
-def save_params(fmt: str, *, compress_level: int, n_colors: int = 256) -> dict[str, object]:
+def save_params(fmt: str, *, compress_level: int, optimize: int = 0) -> dict[str, object]:
     """Pillow's encoder arguments for a format: deterministic, lossless where the format
     allows. Single-frame PNGs are written by :mod:`colorquant.encode` instead; these are
-    for animated PNGs (zlib at ``compress_level``). ``n_colors`` is not used any more.
+    for animated PNGs (zlib at ``compress_level``) and the other formats.
+
+    TIFF is deflated (Adobe Deflate, compression 8, which libtiff and the common readers
+    decode): far smaller than uncompressed strips and than LZW. Lossless WebP takes
+    libwebp's slowest, smallest method with ``optimize``.
     """
     if fmt == "PNG":
         return {"compress_level": compress_level}
+    if fmt == "TIFF":
+        return {"compression": "tiff_adobe_deflate"}
     if fmt == "WEBP":
         # exact: keep the RGB of fully transparent pixels (the documented transparent color)
-        return {"lossless": True, "quality": 100, "method": 4, "exact": True}
+        return {"lossless": True, "quality": 100, "method": 6 if optimize else 4,
+                "exact": True}
     if fmt == "JPEG":
         return {"quality": 95}
     return {}

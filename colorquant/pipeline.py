@@ -471,10 +471,10 @@ def quantize_file(
     clock.add(stage_times)
     if fmt in ("BMP", "JPEG") and palette.has_alpha and log:
         log(f"warning: {shown_dst}: {fmt} keeps no transparency; shown over white")
-    if options.optimize and log and (fmt != "PNG" or len(images) > 1):
+    if options.optimize and log and fmt != "WEBP" and (fmt != "PNG" or len(images) > 1):
         what = "an animated PNG" if fmt == "PNG" else fmt
-        log(f"warning: {shown_dst}: --optimize applies to single-frame PNG only; {what} "
-            "written as without it")
+        log(f"warning: {shown_dst}: --optimize applies to single-frame PNG and WebP only; "
+            f"{what} written as without it")
     if fmt in io.LOSSY_FORMATS and log:
         log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
             "back")

@@ -302,7 +302,7 @@ def test_an_unknown_optimize_level_is_a_usage_error(small_png, tmp_path):
 def test_optimize_with_another_format_works_and_says_so_once(small_png, tmp_path):
     done = run(small_png, "-k", 4, "-O", 1, "-o", tmp_path / "x.gif")
     assert done.returncode == 0
-    assert done.stderr.decode().count("--optimize applies to single-frame PNG only") == 1
+    assert done.stderr.decode().count("--optimize applies to single-frame PNG and WebP only") == 1
     assert (tmp_path / "x.gif").exists()
     done = run(small_png, "-k", 4, "-O", 1, "-o", tmp_path / "x.png")
     assert done.returncode == 0 and done.stderr == b""
@@ -347,3 +347,22 @@ def test_json_and_verbose_report_the_bytes_written(small_png, tmp_path):
     tif = tmp_path / "r.tif"
     record = json.loads(run(small_png, "-k", 8, "-o", tif, "--json").stdout)
     assert record["bytes"] == tif.stat().st_size
+
+
+def test_tiff_is_deflated_and_decodes_to_the_png_pixels(tmp_path, flower):
+    png, tif = tmp_path / "a.png", tmp_path / "a.tif"
+    for out in (png, tif):
+        assert run(flower, "-k", 32, "-o", out).returncode == 0
+    with Image.open(tif) as image:
+        assert image.info["compression"] == "tiff_adobe_deflate"
+        assert np.array_equal(_decoded(tif.read_bytes()), _decoded(png.read_bytes()))
+        assert tif.stat().st_size < image.width * image.height // 2
+
+
+def test_optimized_webp_has_the_same_pixels_and_bytes_each_run(tmp_path, small_png):
+    outs = [tmp_path / name for name in ("a.webp", "b.webp", "c.webp")]
+    for out, level in zip(outs, (0, 1, 1), strict=True):
+        done = run(small_png, "-k", 8, "-O", level, "-o", out)
+        assert done.returncode == 0 and done.stderr == b""
+    assert outs[1].read_bytes() == outs[2].read_bytes()
+    assert np.array_equal(_decoded(outs[0].read_bytes()), _decoded(outs[1].read_bytes()))
