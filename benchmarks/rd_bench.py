@@ -4,6 +4,7 @@
     python benchmarks/rd_bench.py --plot docs/rd-curves.png --save /tmp/rd.json
     python benchmarks/rd_bench.py --mode fs='--dither fs' --mode O2='-O 2' IMAGES_OR_FOLDERS
     python benchmarks/rd_bench.py --load /tmp/rd.json   # tables and plot again, no runs
+    python benchmarks/rd_bench.py --speed /tmp/photo-24mp.png --rounds 3 --base /tmp/old-checkout
 
 For every image and k in ``--ks`` it runs each colorquant mode (``--mode NAME=ARGS``: extra
 command-line arguments, so any option can be measured; default: ``default`` and ``fs``),
@@ -24,6 +25,11 @@ the k of each of the two curves, integrated over the quality range both cover; t
 difference as a rate change (negative: fewer bytes for the same quality). Reported per
 colorquant variant against each peer, per group of images (opaque, transparent): mean,
 median and wins (images with a negative BD-rate), on PSNR and on blurred PSNR.
+
+``--speed IMAGE``: wall time of whole calls on one image, side by side in interleaved rounds
+(medians): pngquant --nofs, colorquant with each mode, and with ``--base DIR`` the colorquant
+package found in DIR (an older checkout, run with ``PYTHONPATH=DIR``) in its default mode;
+printed as ratios to pngquant and to the base.
 
 Needs pngquant on PATH and ``pip install pyoxipng`` (the benchmark may; the tests do not).
 """
@@ -387,6 +393,51 @@ def plot(records: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def speed(image: Path, ks: list[int], modes: dict[str, list[str]], *, rounds: int,
+          worker: bool, base: Path | None) -> None:
+    """Median wall time of whole calls, interleaved, with their ratios to pngquant."""
+    env = dict(os.environ)
+    if not worker:
+        env["COLORQUANT_WORKER"] = "0"
+    envs = {name: env for name in modes}
+    if base is not None:
+        modes = {**modes, "base": []}
+        envs["base"] = {**env, "PYTHONPATH": str(base)}
+    times: dict[tuple[str, int], list[float]] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    with tempfile.TemporaryDirectory(prefix="rd_bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        out = tmp / "out.png"
+        if worker:
+            tiny = tmp / "tiny.png"
+            Image.new("RGB", (16, 16), (200, 10, 10)).save(tiny)
+            for each in {id(e): e for e in envs.values()}.values():
+                warm_up(each, tiny, tmp)
+        for round_ in range(rounds):
+            for k in ks:
+                runs = [(name, [*colorquant_command(), str(image), "-k", str(k), "-o", str(out),
+                                *args]) for name, args in modes.items()]
+                runs.append(("pngquant-nofs", ["pngquant", str(k), "--nofs", "--force",
+                                               "--output", str(out), str(image)]))
+                for name, cmd in runs:
+                    out.unlink(missing_ok=True)
+                    seconds = run_timed(cmd, envs.get(name, env))
+                    times.setdefault((name, k), []).append(seconds)
+                    sizes[name, k] = out.stat().st_size
+            print(f"round {round_ + 1} of {rounds} done", file=sys.stderr, flush=True)
+    with Image.open(image) as im:
+        size = f"{im.width}x{im.height}"
+    print(f"\n{image.name} ({size}), {rounds} rounds, colorquant "
+          f"{'warm worker' if worker else 'COLORQUANT_WORKER=0'}: median seconds")
+    print(f"{'variant':<16}{'k':>4}{'seconds':>9}{'× pngquant':>12}{'× base':>9}{'bytes':>11}")
+    for (name, k), values in sorted(times.items(), key=lambda item: (item[0][1], item[0][0])):
+        med = statistics.median(values)
+        ratio = med / statistics.median(times["pngquant-nofs", k])
+        to_base = (f"{med / statistics.median(times['base', k]):>9.2f}"
+                   if ("base", k) in times else f"{'-':>9}")
+        print(f"{name:<16}{k:>4}{med:>9.2f}{ratio:>12.2f}{to_base}{sizes[name, k]:>11}")
+
+
 def parse_modes(values: list[str]) -> dict[str, list[str]]:
     modes: dict[str, list[str]] = {}
     for value in values:
@@ -413,10 +464,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-image", action="store_true", help="print every BD-rate")
     parser.add_argument("--plot", type=Path, help="write the R–D curves to this PNG")
     parser.add_argument("--save", type=Path, help="write the raw records (JSON)")
+    parser.add_argument("--speed", type=Path, metavar="IMAGE",
+                        help="time whole calls on IMAGE instead (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="--speed: interleaved rounds")
+    parser.add_argument("--base", type=Path, metavar="DIR",
+                        help="--speed: also time the colorquant package in DIR")
     parser.add_argument("--load", type=Path, action="append", default=[],
                         help="read records saved before instead of running (repeatable: "
                              "records of several runs are merged; a later variant wins)")
     args = parser.parse_args(argv)
+    if args.speed:
+        speed(args.speed, [int(k) for k in args.ks.split(",")],
+              parse_modes(args.mode) or {"default": []}, rounds=args.rounds,
+              worker=not args.no_worker, base=args.base)
+        return
     if args.load:
         merged: dict[tuple, dict] = {}
         for path in args.load:
