@@ -202,7 +202,8 @@ def optimizes(args: list[str]) -> bool:
 
 
 def measure(paths: list[Path], ks: list[int], modes: dict[str, list[str]], *, worker: bool,
-            with_oxipng: bool, log=print) -> list[dict]:
+            with_oxipng: bool, peers: tuple[str, ...] = tuple(PNGQUANT), log=print,
+            ) -> list[dict]:
     """One record per (image, variant, k): bytes, quality, seconds."""
     if shutil.which("pngquant") is None:
         raise SystemExit("pngquant is not on PATH (apt-get install pngquant)")
@@ -230,7 +231,8 @@ def measure(paths: list[Path], ks: list[int], modes: dict[str, list[str]], *, wo
                     (name, [*colorquant_command(), str(png), "-k", str(k), "-o", str(out),
                             *args]) for name, args in modes.items()]
                 runs += [(name, ["pngquant", str(k), "--force", "--output", str(out), *args,
-                                 str(png)]) for name, args in PNGQUANT.items()]
+                                 str(png)]) for name, args in PNGQUANT.items()
+                         if name in peers]
                 for name, cmd in runs:
                     out.unlink(missing_ok=True)
                     seconds = run_timed(cmd, env)
@@ -460,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: default= and fs='--dither fs')")
     parser.add_argument("--no-worker", action="store_true",
                         help="COLORQUANT_WORKER=0: every call starts Python and imports")
+    parser.add_argument("--peers", default=",".join(PNGQUANT),
+                        help="pngquant variants to run, comma-separated (default: all)")
     parser.add_argument("--no-oxipng", action="store_true", help="no +ox variants")
     parser.add_argument("--per-image", action="store_true", help="print every BD-rate")
     parser.add_argument("--plot", type=Path, help="write the R–D curves to this PNG")
