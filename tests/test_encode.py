@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorquant import QuantizeOptions, encode, frames, pipeline
+from colorquant import QuantizeOptions, core, encode, frames
 from colorquant.palette import Palette
 from tests.conftest import random_image, run
 
@@ -191,7 +191,7 @@ def test_storage_order_puts_entries_that_are_not_opaque_first():
 
 def test_a_fitted_graphic_keeps_its_trns_as_short_as_its_translucent_entries(corpus):
     path = next(iter(sorted((corpus / "graphics").glob("*.png"))))
-    result = pipeline.quantize(Image.open(path), QuantizeOptions(colors=32))
+    result = core.quantize(Image.open(path), QuantizeOptions(colors=32))
     alpha = result.palette.colors[:, 3]
     translucent = int((alpha < 255).sum())
     assert translucent > 1
@@ -214,7 +214,7 @@ def test_any_palette_order_gives_the_same_pixels_in_every_format(fmt, alpha, flo
         array[:20, :, 3] = 0
         array[20:30, :, 3] = 255 if fmt == "GIF" else 120
         image = Image.fromarray(array, "RGBA")
-    result = pipeline.quantize(image, QuantizeOptions(colors=24))
+    result = core.quantize(image, QuantizeOptions(colors=24))
     n = len(result.palette)
     outputs = []
     for seed in range(3):
@@ -226,7 +226,7 @@ def test_any_palette_order_gives_the_same_pixels_in_every_format(fmt, alpha, flo
         shuffled.putpalette(colors.tobytes(), "RGBA" if alpha else "RGB")
         clear = np.flatnonzero(colors[:, 3] == 0) if alpha else []
         buffer = io.BytesIO()
-        frames.write(buffer, [shuffled], fmt, frames.Frames([image]),
+        encode.write(buffer, [shuffled], fmt, frames.Frames([image]),
                      transparent_index=int(clear[0]) if len(clear) else None,
                      compress_level=8, strip=True, n_colors=n)
         outputs.append(_decoded(buffer.getvalue()))
@@ -261,8 +261,8 @@ def test_optimize_levels_give_the_same_pixels_and_the_same_bytes_twice(tmp_path,
 def test_oxipng_gives_the_same_bytes_with_one_thread_or_many(tmp_path, corpus):
     """oxipng searches in parallel (rayon); its choice must not depend on the threads."""
     src = _graphic(corpus)
-    script = ("import sys; from colorquant import pipeline, QuantizeOptions; "
-              "pipeline.quantize_file(sys.argv[1], sys.argv[2], "
+    script = ("import sys; from colorquant import files, QuantizeOptions; "
+              "files.quantize_file(sys.argv[1], sys.argv[2], "
               "options=QuantizeOptions(colors=64, optimize=2))")
     found = []
     for threads in ("1", "2", "4"):
