@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{'in-process per call (COLORQUANT_WORKER=0)' if args.no_worker else 'warm worker'}"
               f", modes {modes}", file=sys.stderr)
         records = measure(paths, ks, modes, worker=not args.no_worker,
-                          with_oxipng=not args.no_oxipng)
+                          with_oxipng=not args.no_oxipng,
+                           peers=tuple(args.peers.split(",")))
     if args.save:
         args.save.write_text(json.dumps(records, indent=0))
     report(records, per_image=args.per_image)
