@@ -2,7 +2,7 @@
 
     python benchmarks/dither_bench.py --quality      # PSNR, ΔE2000, blurred PSNR, FLIP
     python benchmarks/dither_bench.py --speed        # 24 MP photo: vs pngquant and none
-    python benchmarks/dither_bench.py --speed --compress-level 5   # the same, zlib level 5
+    python benchmarks/dither_bench.py --speed --compress-level 5   # the same, deflate level 5
     python benchmarks/dither_bench.py --figure docs/china-16c-dither.png   # the docs picture
     python benchmarks/dither_bench.py --pillow       # is Pillow's palette lookup exact?
     python benchmarks/dither_bench.py --bound        # how low ΔE2000 gets with a space's palette
@@ -219,6 +219,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     from io import BytesIO
 
     from colorquant import encode
+    from colorquant.frames import Frames
 
     Image.MAX_IMAGE_PIXELS = None
     decoded = {}
@@ -229,10 +230,10 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     taken: dict[str, list[float]] = {method: [] for method in outputs}
     for _ in range(rounds):
         for method, image in decoded.items():
-            params = encode.save_params("PNG", compress_level=level,
-                                    n_colors=len(image.getpalette()) // 3)
             start = time.perf_counter()
-            image.save(BytesIO(), format="PNG", **params)
+            encode.write(BytesIO(), [image], "PNG", Frames([image]), transparent_index=None,
+                         compress_level=level, strip=True,
+                         n_colors=len(image.getpalette()) // 3)
             taken[method].append(time.perf_counter() - start)
     return {method: statistics.median(values) for method, values in taken.items()}
 

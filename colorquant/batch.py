@@ -49,6 +49,8 @@ class FileResult:
     code: int | None = None
     #: The ``--target-psnr`` (MIN, MAX) that chose ``k``, if any.
     target: tuple[float, float] | None = None
+    #: Bytes of the output file written (None when nothing was written).
+    size: int | None = None
 
     @property
     def colors_used(self) -> int:
@@ -70,6 +72,7 @@ class FileResult:
             "psnr": self.psnr if self.psnr is None or self.psnr != float("inf") else None,
             "delta_e": self.delta_e,
             "seconds": round(self.seconds, 4),
+            "bytes": self.size,
         } | ({"target_psnr": list(self.target)} if self.target is not None else {})
 
 
@@ -170,7 +173,7 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
                       delta_e=float(result.delta_e) if job.delta_e else None,
                       seconds=time.perf_counter() - start,
                       warnings=notes, timings=dict(result.timings),
-                      target=options.target_psnr)
+                      target=options.target_psnr, size=result.size)
 
 
 def _skip_code(exc: SkippedError) -> ExitCode:

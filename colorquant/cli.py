@@ -23,6 +23,7 @@ from .errors import ColorquantError
 from .options import (
     DEFAULT_MAX_PIXELS,
     MAX_COLORS,
+    MAX_OPTIMIZE,
     MAX_SEED,
     MIN_COLORS,
     ColorSpace,
@@ -71,7 +72,8 @@ def _verbose(result: batch.FileResult) -> None:
         f" (fewest for --target-psnr {result.target[0]:g}-{result.target[1]:g})")
     _message(f"{result.input} -> {result.output}: {result.colors_used} colors{target}, "
              f"MSE {result.mse:.2f}, PSNR {result.psnr:.2f} dB, "
-             f"mean ΔE2000 {result.delta_e:.2f}")
+             f"mean ΔE2000 {result.delta_e:.2f}"
+             + ("" if result.size is None else f", {result.size:,} bytes"))
     _message("palette (color, share of pixels):")
     for line in _describe_palette(result):
         _message(line)
@@ -160,8 +162,12 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
               help="Also write the RGB scatter plot of the pixel cloud before and after.")
 @click.option("--compare", metavar="PATH",
               help="Also write the original and quantized images side by side.")
-@click.option("--compress-level", type=click.IntRange(0, 9), default=6, show_default=True,
-              help="PNG zlib level: 0 fastest, 9 smallest.")
+@click.option("--compress-level", type=click.IntRange(0, 9), default=8, show_default=True,
+              help="PNG deflate level: 0 fastest, 9 smallest.")
+@click.option("-O", "--optimize", type=click.IntRange(0, MAX_OPTIMIZE), default=0,
+              show_default=True, metavar="LEVEL",
+              help="Spend more time for a smaller PNG with the same pixels: 1 strongest "
+                   "deflate, 2 also oxipng (needs the 'optimize' extra).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse images with more pixels (decompression bombs).")
 @click.option("--frame", type=click.IntRange(min=0), default=None, metavar="N",
@@ -191,7 +197,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         space: str, dither: str, dither_strength: float, shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
-        compare: str | None, compress_level: int, max_pixels: int, frame: int | None,
+        compare: str | None, compress_level: int, optimize: int, max_pixels: int,
+        frame: int | None,
         to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int],
         target_psnr: tuple[float, float] | None, keep: tuple[tuple[int, int, int], ...],
         keep_file: str | None, skip_if_larger: bool, quiet: bool, verbose: bool) -> int:
@@ -222,6 +229,12 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             palettefile.check_path(save_palette, writing=True)
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
+    if optimize >= 2:
+        from .encode import oxipng_missing
+
+        if oxipng_missing():
+            raise click.BadParameter(f"{optimize} runs oxipng: pip install 'colorquant[optimize]'"
+                                     " (pyoxipng)", param_hint="'-O' / '--optimize'")
     if palette_file is not None and (keep or keep_file or target_psnr):
         raise click.UsageError("--palette maps to a given palette: no --keep, --keep-file or "
                                "--target-psnr")
@@ -255,7 +268,8 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               fit_method=FitMethod(fit_method), space=ColorSpace(space),
                               dither=Dither(dither), dither_strength=dither_strength,
-                              compress_level=compress_level, max_pixels=max_pixels, frame=frame,
+                              compress_level=compress_level, optimize=optimize,
+                              max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
                               target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
     from . import batch

@@ -96,8 +96,9 @@ def _fit(histogram: pixels.Histogram, options: QuantizeOptions) -> tuple[Palette
 
 def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, *,
                  outside: tuple[int, int] = (0, 0)) -> tuple[Palette, np.ndarray]:
-    """Exactly ``k`` colors (or every distinct color, when fewer) fitted to a histogram, most
-    frequent first, and each color's label (palette control: :mod:`palettecontrol`).
+    """Exactly ``k`` colors (or every distinct color, when fewer) fitted to a histogram, in
+    storage order (:meth:`Palette.storage_order`), and each color's label (palette
+    control: :mod:`palettecontrol`).
 
     ``outside`` is the (pixels, squared error) of the entries not fitted here (the
     transparent one), which a PSNR target counts.
@@ -134,7 +135,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
     counts = np.bincount(labels, weights=histogram.counts, minlength=len(centers))
     kept = np.flatnonzero((counts > 0) | (np.arange(len(centers)) < len(pins)))
     used = Palette(centers, counts.astype(np.int64)).take(kept)
-    order = used.frequency_order()
+    order = used.storage_order()
     relabel = np.zeros(len(centers), dtype=np.uint8)
     relabel[kept[order]] = np.arange(len(order), dtype=np.uint8)
     return used.take(order), relabel[labels]

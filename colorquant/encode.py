@@ -1,18 +1,25 @@
 """Encoding quantized frames into an output format: the writers and their encoder settings.
 
 What each format can hold is :mod:`colorquant.formats`; this module turns the indexed frames
-(one shared palette) into the bytes of that format, through Pillow's encoders.
+(one shared palette) into the bytes of that format. Single-frame PNGs are written here chunk
+by chunk (Pillow's PNG writer offers neither libdeflate nor a choice of row layout): IHDR,
+iCCP, PLTE, a trimmed tRNS, pHYs, the IDAT data (unfiltered rows deflated by libdeflate),
+IEND; ``--optimize`` searches further (:func:`optimized`). The other formats, and animated
+PNGs, go through Pillow's encoders.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from . import formats
+from .options import MAX_OPTIMIZE
 
 if TYPE_CHECKING:
     from .frames import Frames
@@ -21,38 +28,39 @@ if TYPE_CHECKING:
 _GIF_DISPOSAL = {"none": 1, "background": 2, "previous": 3}
 
 
-#: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as
-#: small as level 9 and faster than level 1 on every image measured (see docs/performance.md).
-Z_RLE = 3
-
-
-def save_params(fmt: str, *, compress_level: int, n_colors: int = 256) -> dict[str, object]:
-    """Encoder arguments for a format: deterministic, lossless where the format allows.
-
-    ``n_colors`` (the palette size) picks the PNG zlib strategy: run-length matching for
-    palettes of at most 16 colors, zlib's default above.
-    """
+def save_params(fmt: str, *, compress_level: int, optimize: int = 0) -> dict[str, object]:
+    """Pillow's encoder arguments for a format: deterministic, lossless where the format
+    allows (for animated PNGs: zlib at ``compress_level``; single-frame PNGs are written by
+    :func:`png_bytes`), with the format's ``--optimize`` settings when ``optimize``."""
     if fmt == "PNG":
-        if compress_level > 0 and n_colors <= 16:
-            return {"compress_level": compress_level, "compress_type": Z_RLE}
         return {"compress_level": compress_level}
-    return dict(formats.get(fmt).params)
+    row = formats.get(fmt)
+    return {**row.params, **(row.optimized if optimize else {})}
 
 
 def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames, *,
           transparent_index: int | None, compress_level: int, strip: bool,
-          n_colors: int = 256) -> None:
+          n_colors: int = 256, optimize: int = 0, keep_order: bool = False) -> None:
     """Encode quantized ``"P"`` frames (one shared palette) in ``fmt`` to ``handle``.
 
     PNG (APNG), GIF, TIFF and BMP keep the palette; WebP is lossless RGB(A); TIFF falls back to
     RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
     over white; JPEG is RGB. Formats without frames get the first frame only (the caller
-    warns). ``n_colors`` (the palette size) picks the PNG zlib strategy.
+    warns). A single-frame PNG is written by :func:`optimized` (at ``compress_level`` and
+    ``optimize``; ``keep_order``: the palette order is the user's), an APNG by Pillow.
     """
     row = formats.get(fmt)
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
+    if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
+        channels = 4 if has_alpha else 3
+        palette = np.frombuffer(bytes(images[0].getpalette("RGBA" if has_alpha else "RGB")),
+                                dtype=np.uint8).reshape(-1, channels)[:n_colors]
+        metadata = Metadata() if strip else Metadata(frames.icc_profile, frames.dpi)
+        handle.write(optimized(np.asarray(images[0]), palette, level=compress_level,
+                               optimize=optimize, metadata=metadata, keep_order=keep_order))
+        return
     params: dict[str, object] = dict(save_params(fmt, compress_level=compress_level,
-                                                 n_colors=n_colors))
+                                                 optimize=optimize))
     if not strip:
         if frames.icc_profile and row.icc:
             params["icc_profile"] = frames.icc_profile
@@ -203,3 +211,205 @@ def _merge_repeats(images: list[Image.Image], durations: list[int] | None,
         keep.append(i)
     return ([images[i] for i in keep], [merged[i] for i in keep] if merged else None,
             [disposal[i] for i in keep] if disposal else None)
+
+
+# --- the PNG encoder ------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG row filter types (PNG specification, section 9).
+NONE, SUB, UP, AVERAGE, PAETH = range(5)
+FILTERS = (NONE, SUB, UP, AVERAGE, PAETH)
+#: Largest IDAT chunk written: the deflated stream is cut in pieces of this size.
+IDAT_SIZE = 1 << 20
+
+
+def bit_depth(n_colors: int) -> int:
+    """Fewest bits per index (1, 2, 4 or 8) that hold ``n_colors`` palette entries."""
+    for bits in (1, 2, 4):
+        if n_colors <= 1 << bits:
+            return bits
+    return 8
+
+
+def pack_rows(indices: np.ndarray, bits: int) -> np.ndarray:
+    """Palette indices (H, W) uint8 packed ``bits`` to a pixel, most significant first, each
+    row padded to whole bytes: the scanlines of a PNG of that bit depth, (H, ceil(W·bits/8))."""
+    if bits == 8:
+        return np.ascontiguousarray(indices, dtype=np.uint8)
+    height, width = indices.shape
+    per = 8 // bits
+    padded = -(-width // per) * per
+    rows = np.zeros((height, padded), dtype=np.uint8)
+    rows[:, :width] = indices
+    rows = rows.reshape(height, padded // per, per)
+    out = np.zeros(rows.shape[:2], dtype=np.uint8)
+    for i in range(per):
+        out |= rows[:, :, i] << np.uint8(8 - bits * (i + 1))
+    return out
+
+
+def unpack_rows(rows: np.ndarray, bits: int, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`: (H, W) indices from packed scanlines."""
+    if bits == 8:
+        return rows[:, :width]
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    parts = [(rows >> np.uint8(8 - bits * (i + 1))) & mask for i in range(per)]
+    return np.stack(parts, axis=2).reshape(rows.shape[0], -1)[:, :width]
+
+
+def filter_rows(rows: np.ndarray, kind: int) -> np.ndarray:
+    """Every scanline filtered with one PNG filter type (one byte a pixel unit, as for
+    palette images of any bit depth), uint8 of the same shape."""
+    raw = rows.astype(np.int16)
+    if kind == NONE:
+        return rows.copy()
+    left = np.zeros_like(raw)
+    left[:, 1:] = raw[:, :-1]
+    up = np.zeros_like(raw)
+    up[1:] = raw[:-1]
+    if kind == SUB:
+        out = raw - left
+    elif kind == UP:
+        out = raw - up
+    elif kind == AVERAGE:
+        out = raw - (left + up) // 2
+    elif kind == PAETH:
+        upleft = np.zeros_like(raw)
+        upleft[1:, 1:] = raw[:-1, :-1]
+        guess = left + up - upleft
+        da, db, dc = np.abs(guess - left), np.abs(guess - up), np.abs(guess - upleft)
+        out = raw - np.where((da <= db) & (da <= dc), left, np.where(db <= dc, up, upleft))
+    else:
+        raise ValueError(f"unknown PNG filter type {kind!r}")
+    return (out & 0xFF).astype(np.uint8)
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC of type and data."""
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+
+def trns(palette: np.ndarray) -> bytes:
+    """The tRNS alpha values: up to the last entry that is not opaque (readers take missing
+    entries as opaque), empty when every entry is opaque or the palette has no alpha."""
+    if palette.shape[1] != 4:
+        return b""
+    return bytes(palette[:, 3]).rstrip(b"\xff")
+
+
+def deflate_level(level: int) -> int:
+    """The libdeflate level of a colorquant PNG level (0–12, the same numbers)."""
+    if not 0 <= level <= 12:
+        raise ValueError(f"PNG level must be from 0 to 12, got {level}")
+    return level
+
+
+def compress(data: bytes | bytearray | memoryview, level: int) -> bytes:
+    """A zlib stream (RFC 1950, as IDAT holds) of ``data`` from libdeflate at ``level``.
+
+    libdeflate's output depends only on the data, the level and its version (pinned by the
+    wheel), never on threads or the machine, so outputs stay byte-identical.
+    """
+    import deflate
+
+    return bytes(deflate.zlib_compress(data, deflate_level(level)))
+
+
+def scanlines(rows: np.ndarray, kind: int = NONE) -> bytes:
+    """The filtered image data: each packed row prefixed by its filter type byte."""
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    out[:, 0] = kind
+    out[:, 1:] = filter_rows(rows, kind) if kind != NONE else rows
+    return out.tobytes()
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a PNG keeps of its source besides the pixels."""
+
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
+
+
+def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int,
+              bits: int | None = None, row_filter: int = NONE,
+              metadata: Metadata = Metadata()) -> bytes:
+    """An indexed PNG of ``indices`` (H, W) uint8 with ``palette`` (k, 3|4) uint8.
+
+    Every row takes ``row_filter`` (filter type 0, none, by default: indexed data has no
+    numeric order for a difference to exploit); ``bits`` per index defaults to the fewest
+    that hold the palette. The data are deflated by libdeflate at ``level``; the palette is
+    written as given, and tRNS only up to its last entry that is not opaque.
+    """
+    indices = np.asarray(indices, dtype=np.uint8)
+    palette = np.asarray(palette, dtype=np.uint8)
+    height, width = indices.shape
+    if not 1 <= len(palette) <= 256 or palette.ndim != 2 or palette.shape[1] not in (3, 4):
+        raise ValueError(f"palette must be (1–256, 3|4) uint8, got shape {palette.shape}")
+    bits = bits or bit_depth(len(palette))
+    if len(palette) > 1 << bits:
+        raise ValueError(f"{len(palette)} palette entries do not fit in {bits} bits")
+    parts = [PNG_SIGNATURE,
+             chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, 3, 0, 0, 0))]
+    if metadata.icc_profile:
+        parts.append(chunk(b"iCCP", b"ICC Profile\x00\x00"
+                           + zlib.compress(metadata.icc_profile, 9)))
+    parts.append(chunk(b"PLTE", palette[:, :3].tobytes()))
+    alpha = trns(palette)
+    if alpha:
+        parts.append(chunk(b"tRNS", alpha))
+    if metadata.dpi:
+        per_metre = (int(metadata.dpi[0] / 0.0254 + 0.5), int(metadata.dpi[1] / 0.0254 + 0.5))
+        parts.append(chunk(b"pHYs", struct.pack(">IIB", *per_metre, 1)))
+    data = compress(scanlines(pack_rows(indices, bits), row_filter), level)
+    parts += [chunk(b"IDAT", data[i:i + IDAT_SIZE]) for i in range(0, len(data), IDAT_SIZE)]
+    parts.append(chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+#: The libdeflate level of every ``--optimize`` level above 0 (its strongest).
+OPTIMIZE_DEFLATE = 12
+
+
+def needs_oxipng(optimize: int) -> bool:
+    """Whether an ``--optimize`` level runs oxipng (the ``optimize`` extra)."""
+    return optimize >= 2
+
+
+def oxipng_missing() -> bool:
+    """Whether oxipng (``pyoxipng``) cannot be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("oxipng") is None
+
+
+def optimized(indices: np.ndarray, palette: np.ndarray, *, level: int, optimize: int,
+              metadata: Metadata = Metadata(), keep_order: bool = False) -> bytes:
+    """The smallest PNG of these indices found at an ``--optimize`` level; every candidate
+    decodes to the same pixels.
+
+    0: the default encoder at ``level``. 1: libdeflate's strongest level, with the rows
+    both packed (at 16 colors or fewer) and one byte a pixel, the smaller kept. 2: level 1,
+    then oxipng's full search (row filters, palette orders and reductions, its own
+    deflate), the smaller kept; with ``keep_order`` oxipng may not reorder the palette.
+    Each step is deterministic (oxipng's result does not depend on its thread count).
+    """
+    if not 0 <= optimize <= MAX_OPTIMIZE:
+        raise ValueError(f"optimize must be from 0 to {MAX_OPTIMIZE}, got {optimize!r}")
+    if optimize == 0:
+        return png_bytes(indices, palette, level=level, metadata=metadata)
+    best = png_bytes(indices, palette, level=OPTIMIZE_DEFLATE, metadata=metadata)
+    if bit_depth(len(palette)) < 8:
+        wide = png_bytes(indices, palette, level=OPTIMIZE_DEFLATE, bits=8, metadata=metadata)
+        best = wide if len(wide) < len(best) else best
+    if needs_oxipng(optimize):
+        import oxipng
+
+        found = oxipng.optimize_from_memory(
+            best, level=2, fast_evaluation=False, palette_reduction=not keep_order,
+            color_type_reduction=not keep_order, grayscale_reduction=not keep_order,
+            deflate=oxipng.Deflaters.libdeflater(OPTIMIZE_DEFLATE))
+        best = found if len(found) < len(best) else best
+    return best

@@ -145,12 +145,13 @@ def quantize_file(
         src, input_size = input_bytes(src)
     decoded, images = _read_frames(src, target.fmt, options, shown_dst=target.shown, log=log)
     clock.lap("read")
+    keep_order = palette is not None  # a given palette's order is the user's
     results, palette, stage_times = _quantize(images, options, palette, target, log)
     clock.add(stage_times)
-    writer = _encoder(results, palette, decoded, options, target)
-    _write(writer, target, input_size=input_size, replace=replace)
+    writer = _encoder(results, palette, decoded, options, target, keep_order=keep_order)
+    size = _write(writer, target, input_size=input_size, replace=replace)
     clock.lap("write")
-    result = _summary(results, palette, clock.timings)
+    result = _summary(results, palette, clock.timings, size)
     if plot is not None or compare is not None:
         _side_outputs(images[0], results[0], options, plot=plot, compare=compare)
         clock.lap("plots")
@@ -199,6 +200,11 @@ def _quantize(images: list[Image.Image], options: QuantizeOptions, palette: Pale
     row = formats.get(target.fmt)
     if row.alpha == "none" and palette.has_alpha and log:
         log(f"warning: {target.shown}: {target.fmt} keeps no transparency; shown over white")
+    if (options.optimize and log and not row.optimized
+            and (target.fmt != "PNG" or len(images) > 1)):
+        what = "an animated PNG" if target.fmt == "PNG" else target.fmt
+        log(f"warning: {target.shown}: --optimize applies to single-frame PNG and WebP only; "
+            f"{what} written as without it")
     if row.lossy and log:
         log(f"warning: {target.shown}: {target.fmt} cannot store a palette; its compression "
             "adds colors back")
@@ -206,8 +212,11 @@ def _quantize(images: list[Image.Image], options: QuantizeOptions, palette: Pale
 
 
 def _encoder(results: list[QuantizeResult], palette: Palette, decoded: frames.Frames,
-             options: QuantizeOptions, target: _Target) -> Callable[[BinaryIO], None]:
-    """The encode step: a function that encodes the quantized frames into a binary handle."""
+             options: QuantizeOptions, target: _Target, *, keep_order: bool = False,
+             ) -> Callable[[BinaryIO], None]:
+    """The encode step: a function that encodes the quantized frames into a binary handle
+    (``keep_order``: the palette's order is the user's, not to be changed by ``--optimize``).
+    """
     transparent = None
     if palette.has_alpha and (palette.colors[:, 3] == 0).any():
         transparent = int(np.flatnonzero(palette.colors[:, 3] == 0)[0])
@@ -216,7 +225,8 @@ def _encoder(results: list[QuantizeResult], palette: Palette, decoded: frames.Fr
         try:
             encode.write(handle, [r.image for r in results], target.fmt, decoded,
                          transparent_index=transparent, compress_level=options.compress_level,
-                         strip=options.strip, n_colors=len(palette))
+                         strip=options.strip, n_colors=len(palette), optimize=options.optimize,
+                         keep_order=keep_order)
         except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
             raise OutputError(f"{target.shown}: the {target.fmt} encoder refused the image "
                               f"({str(exc).strip() or type(exc).__name__})") from None
@@ -225,13 +235,22 @@ def _encoder(results: list[QuantizeResult], palette: Palette, decoded: frames.Fr
 
 
 def _write(encoded: Callable[[BinaryIO], None], target: _Target, *, input_size: int | None,
-           replace: bool) -> None:
+           replace: bool) -> int:
     """The write step: the encoded image to a stream in one write, or to a file atomically
-    (encoded in memory first when its size decides whether it is written)."""
+    (encoded in memory first when its size decides whether it is written); returns the
+    bytes written."""
+    written = [0]
+
+    def counted(handle: BinaryIO) -> None:
+        start = handle.tell()
+        encoded(handle)
+        handle.seek(0, os.SEEK_END)  # TIFF's writer seeks back to patch its color maps
+        written[0] = handle.tell() - start
+
     buffer = None
     if target.to_stream or input_size is not None:
         buffer = BytesIO()
-        encoded(buffer)
+        counted(buffer)
         if input_size is not None and buffer.tell() > input_size:
             # Decided before anything is written: no file, no temporary file.
             raise NotSmallerError(f"{target.label}: the output would be larger than the input "
@@ -246,25 +265,27 @@ def _write(encoded: Callable[[BinaryIO], None], target: _Target, *, input_size: 
             raise
         except OSError as exc:
             raise OutputError(f"{target.shown}: cannot write: {exc.strerror or exc}") from None
-        return
+        return written[0]
     kept = buffer
     atomic.atomic_write(target.dst,  # type: ignore[arg-type]
-                        encoded if kept is None else lambda handle: handle.write(kept.getvalue()),
+                        counted if kept is None else lambda handle: handle.write(kept.getvalue()),
                         replace=replace)
+    return written[0]
 
 
 def _summary(results: list[QuantizeResult], palette: Palette, timings: dict[str, float],
-             ) -> QuantizeResult:
+             size: int | None = None) -> QuantizeResult:
     """The result of the file: its first frame, with the palette counts of all frames and
-    the error averaged over them, weighted by their pixels."""
+    the error averaged over them, weighted by their pixels, and the bytes written."""
     first = results[0]
     if len(results) == 1:
         return QuantizeResult(first.image, palette, first.mse, first.psnr, dict(timings),
-                              lambda: first.delta_e)
+                              lambda: first.delta_e, size)
     weights = np.array([r.palette.total for r in results], dtype=np.float64)
     mse = float(np.average([r.mse for r in results], weights=weights))
     return QuantizeResult(first.image, palette, mse, metrics.psnr(mse), dict(timings),
-                          lambda: np.average([r.delta_e for r in results], weights=weights))
+                          lambda: np.average([r.delta_e for r in results], weights=weights),
+                          size)
 
 
 def _side_outputs(original: Image.Image, first: QuantizeResult, options: QuantizeOptions, *,

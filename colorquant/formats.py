@@ -50,6 +50,9 @@ class OutputFormat:
     params : mapping
         Pillow encoder arguments beyond the compression level: deterministic, lossless where
         the format allows.
+    optimized : mapping
+        The arguments that ``--optimize`` changes (single-frame PNGs are optimized by
+        :mod:`colorquant.encode` itself).
     """
 
     name: str
@@ -64,6 +67,7 @@ class OutputFormat:
     dpi: bool
     lossy: bool = False
     params: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    optimized: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def extension(self) -> str:
@@ -86,9 +90,14 @@ TABLE: tuple[OutputFormat, ...] = (
     OutputFormat("WEBP", (".webp",), "webp", max_side=16383, palette=False,
                  palette_alpha=False, alpha="full", frames="animation", icc=True, dpi=False,
                  params=MappingProxyType(
-                     {"lossless": True, "quality": 100, "method": 4, "exact": True})),
+                     {"lossless": True, "quality": 100, "method": 4, "exact": True}),
+                 # libwebp's slowest, smallest lossless method
+                 optimized=MappingProxyType({"method": 6})),
+    # Adobe Deflate (compression 8, read by libtiff and the common readers): far smaller
+    # than uncompressed strips and than LZW
     OutputFormat("TIFF", (".tif", ".tiff"), "tiff", max_side=2**32 - 1, palette=True,
-                 palette_alpha=False, alpha="full", frames="pages", icc=True, dpi=True),
+                 palette_alpha=False, alpha="full", frames="pages", icc=True, dpi=True,
+                 params=MappingProxyType({"compression": "tiff_adobe_deflate"})),
     OutputFormat("BMP", (".bmp",), "bmp", max_side=2**31 - 1, palette=True,
                  palette_alpha=False, alpha="none", frames="one", icc=False, dpi=True),
     OutputFormat("JPEG", (".jpg", ".jpeg"), "jpeg", max_side=65500, palette=False,

@@ -28,11 +28,14 @@ class QuantizeResult:
     image : PIL.Image.Image
         The quantized image, mode ``"P"`` with the palette attached.
     palette : Palette
-        Colors used, most frequent first, with their pixel counts.
+        Colors used, in storage order (see :meth:`Palette.storage_order`), with their
+        pixel counts.
     mse, psnr : float
         Error against the input (0–255 scale, per channel) and its PSNR in dB.
     timings : dict of str to float
         Seconds spent in each stage.
+    size : int or None
+        Bytes of the file written (:func:`colorquant.files.quantize_file`; None in memory).
     delta_e : float
         Mean CIEDE2000 difference against the input, per pixel; computed when first read
         (it costs more than the whole mapping), so runs that do not report it do not pay
@@ -45,6 +48,7 @@ class QuantizeResult:
     psnr: float
     timings: dict[str, float] = field(default_factory=dict)
     measure_delta_e: Callable[[], float] = field(default=lambda: float("nan"), repr=False)
+    size: int | None = None
 
     @cached_property
     def delta_e(self) -> float:

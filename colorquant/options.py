@@ -16,6 +16,8 @@ MAX_COLORS = 256
 MAX_SEED = 2**32 - 1
 #: Default pixel limit: room for 100-megapixel photos, far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 200_000_000
+#: Strongest ``--optimize`` level (see :func:`colorquant.encode.optimized`).
+MAX_OPTIMIZE = 2
 
 
 class ColorSpace(enum.Enum):
@@ -111,7 +113,10 @@ class QuantizeOptions:
     space : ColorSpace
         Color space of the fit and of the nearest-color search.
     compress_level : int
-        zlib level for PNG output, 0 (fast, large) to 9 (slow, small).
+        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 9 (slow, small).
+    optimize : int
+        Extra effort for smaller PNG files with the same pixels, 0 (none) to 2
+        (see :func:`colorquant.encode.optimized`).
     max_pixels : int
         Refuse inputs with more pixels than this (decompression bombs); for an animation,
         width × height × frames.
@@ -142,7 +147,7 @@ class QuantizeOptions:
     seed: int = 0
     fit_method: FitMethod = FitMethod.MINIBATCH
     space: ColorSpace = ColorSpace.RGB
-    compress_level: int = 6
+    compress_level: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     transparent_color: tuple[int, int, int] = (0, 0, 0)
     frame: int | None = None
@@ -153,6 +158,7 @@ class QuantizeOptions:
     skip_if_larger: bool = False
     dither: Dither = Dither.NONE
     dither_strength: float = 1.0
+    optimize: int = 0
 
     def __repr__(self) -> str:
         """The fields that differ from the defaults, as they would be written in a call."""
@@ -181,6 +187,10 @@ class QuantizeOptions:
             raise ValueError(f"space must be a ColorSpace, got {self.space!r}")
         if not 0 <= self.compress_level <= 9:
             raise ValueError(f"compress_level must be between 0 and 9, got {self.compress_level}")
+        if (isinstance(self.optimize, bool) or not isinstance(self.optimize, int)
+                or not 0 <= self.optimize <= MAX_OPTIMIZE):
+            raise ValueError(f"optimize must be an integer from 0 to {MAX_OPTIMIZE}, got "
+                             f"{self.optimize!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         rgb = self.transparent_color

@@ -116,6 +116,18 @@ class Palette:
         channels = [self.colors[:, c] for c in range(self.colors.shape[1] - 1, -1, -1)]
         return np.lexsort([*channels, -self.counts])
 
+    def storage_order(self) -> np.ndarray:
+        """Permutation of the order a fitted palette is stored in: entries that are not opaque
+        first, then by descending count, ties by color value (deterministic).
+
+        In a PNG only the entries up to the last one that is not opaque need a tRNS value,
+        so this order keeps that chunk shortest; the order changes no pixel, only the index
+        each color has.
+        """
+        channels = [self.colors[:, c] for c in range(self.colors.shape[1] - 1, -1, -1)]
+        opaque = (self.colors[:, 3] == 255) if self.has_alpha else np.ones(len(self), bool)
+        return np.lexsort([*channels, -self.counts, opaque])
+
     def take(self, order: np.ndarray) -> Palette:
         """The palette with its entries picked (and reordered) by ``order``."""
         return Palette(self.colors[order], self.counts[order])

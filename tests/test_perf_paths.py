@@ -7,7 +7,6 @@ indices, byte-identical files, and no scikit-learn import when no fit is needed.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorquant import QuantizeOptions, core, encode, fit, pixels, quantize_image
+from colorquant import QuantizeOptions, core, fit, pixels, quantize_image
 from colorquant.colorspace import RGBSpace
 from tests.conftest import palette_image, random_image
 
@@ -202,19 +201,6 @@ def test_the_command_runs_openblas_on_one_thread_unless_told(tmp_path, given):
                           env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"[{given or 1}]"
-
-
-@pytest.mark.parametrize("k", [4, 16, 17, 256])
-def test_png_strategy_is_lossless(k):
-    array = photo_like(90, 120, seed=k)
-    result = quantize_image(array, k)
-    params = encode.save_params("PNG", compress_level=6, n_colors=len(result.palette))
-    assert ("compress_type" in params) == (len(result.palette) <= 16)
-    buffer = io.BytesIO()
-    result.image.save(buffer, format="PNG", **params)
-    with Image.open(io.BytesIO(buffer.getvalue())) as back:
-        assert np.array_equal(np.asarray(back.convert("RGB")),
-                              np.asarray(result.image.convert("RGB")))
 
 
 def test_prepared_keeps_no_copy_of_the_pixel_keys():
