@@ -184,11 +184,11 @@ def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: 
                 weighted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean coordinates of each cell (``inverse`` gives each point's cell) and the
     cell's total weight; ``weighted`` is ``weights[:, None] * coords`` if already formed."""
-    if weighted is None:
-        weighted = weights[:, None] * coords
     total = np.bincount(inverse, weights=weights, minlength=n_cells)
-    means = np.stack([np.bincount(inverse, weights=weighted[:, c], minlength=n_cells)
-                      for c in range(coords.shape[1])], 1)
+    # channel by channel unless formed: a large histogram's (m, C) products are not needed
+    means = np.stack([np.bincount(inverse, minlength=n_cells, weights=(
+        weighted[:, c] if weighted is not None else weights * coords[:, c]))
+        for c in range(coords.shape[1])], 1)
     means /= total[:, None]
     return means, total
 
@@ -289,32 +289,47 @@ def fit_centers(
     ndarray of uint8, shape (k', C), k' <= k
         Distinct rounded centers (centers that round to the same color are merged).
     """
-    coords = space.encode(colors)
     w = np.asarray(weights, dtype=np.float64)
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if method is FitMethod.MINIBATCH and k > FAST_COLORS and space.integer_metric:
-            # (no grid reduction: this route starts from pixel draws of the refinement points)
-            fine_colors, fine_w, _ = _refine_points(colors, w, coords, space)
-            metric = space.metric(fine_colors)
-            start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
-            # fast_lloyd ends on the exact objective: lloyd_refine after it gained 0.000 dB
-            # on every image measured, for 10% of the time.
-            return np.unique(fast_lloyd(metric, fine_w, start), axis=0)
+        if method is FitMethod.MINIBATCH and space.integer_metric:
+            return _fit_exact(colors, w, k, seed, space)
+        coords = space.encode(colors)
         points, point_w = reduce_points(colors, w, coords, fit_points_limit(k))
         k = min(k, len(points))
         centers = _fit_points(points, point_w, k, seed, method)
-        if method is FitMethod.MINIBATCH and space.integer_metric:
-            # the exact passes of the large palettes finish here too: they reach a lower
-            # error than the plain Lloyd steps below, in fewer passes
-            fine_colors, fine_w, _ = _refine_points(colors, w, coords, space)
-            start = space.metric(space.decode(centers)).astype(np.float64)
-            return np.unique(fast_lloyd(space.metric(fine_colors), fine_w, start), axis=0)
         fine = _refine_points(colors, w, coords, space)
         if len(fine[0]) > len(points):
             centers = _lloyd(fine[2], fine[1], centers).cluster_centers_
         centers = lloyd_refine(*fine, centers, space=space, steps=REFINE_STEPS)
     return np.unique(space.decode(centers), axis=0)
+
+
+def _fit_exact(colors: np.ndarray, w: np.ndarray, k: int, seed: int, space: Space
+               ) -> np.ndarray:
+    """The ``MINIBATCH`` fit in an integer-metric space: mini-batch k-means for a start, then
+    the exact passes of :func:`fast_lloyd` on the refinement points.
+
+    The grid means are taken in color units channel by channel, so a large histogram is
+    never held as (m, C) floats.
+    """
+    fine_colors, fine_w = colors, w
+    if len(colors) > REFINE_POINTS:
+        means, fine_w = reduce_points(colors, w, colors, REFINE_POINTS)
+        fine_colors = space.decode(space.encode(means))
+    metric = space.metric(fine_colors)
+    if k > FAST_COLORS:
+        # (no grid reduction: this route starts from pixel draws of the refinement points)
+        start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
+    else:
+        points, point_w = reduce_points(colors, w, colors, fit_points_limit(k))
+        points = space.encode(points)
+        k = min(k, len(points))
+        start = space.metric(space.decode(_fit_points(points, point_w, k, seed,
+                                                      FitMethod.MINIBATCH)))
+    # fast_lloyd ends on the exact objective, in fewer passes than plain Lloyd steps reach a
+    # higher error; exact Lloyd steps after it gained nothing on the images measured.
+    return np.unique(fast_lloyd(metric, fine_w, np.asarray(start, dtype=np.float64)), axis=0)
 
 
 def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
