@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 PY = sys.executable
+#: The installed command (``python -m colorquant`` never uses a warm worker).
+COMMAND = str(Path(PY).parent / "colorquant")
 Image.MAX_IMAGE_PIXELS = None  # the benchmark reads its own 96 MP images
 STAGES = ("read", "histogram", "fit", "map", "metrics", "write")
 
@@ -143,10 +145,10 @@ def tools(k: int, jpg: Path, png: Path, out: Path, cap: float,
     peak RSS is the whole call's) and, with ``runtime`` (a warm worker's folder), through
     the warm worker (the peak RSS is then the client's only)."""
     cq = [PY, "-m", "colorquant", str(jpg), "-k", str(k), "-o", str(out / "cq.png"), "-v"]
-    found = {"colorquant": ["env", "COLORQUANT_WORKER=0", *cq]}
+    found = {"colorquant": ["env", "COLORQUANT_WORKER=0", COMMAND, *cq[3:]]}
     if runtime is not None:
-        found["colorquant, warm worker"] = ["env", f"XDG_RUNTIME_DIR={runtime}", *cq[:-3],
-                                            str(out / "cqw.png"), "-v"]
+        found["colorquant, warm worker"] = ["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND,
+                                            *cq[3:-2], str(out / "cqw.png"), "-v"]
     if shutil.which("pngquant"):
         found["pngquant --nofs"] = ["pngquant", "--nofs", "--force", "--output",
                                     str(out / "pq.png"), str(k), str(png)]
@@ -182,15 +184,15 @@ def bench_large(args: argparse.Namespace) -> None:
     if args.warm:
         runtime = folder / "runtime"
         runtime.mkdir(mode=0o700, exist_ok=True)
-        subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", PY, "-m", "colorquant",
-                        "--worker-start"], check=True)
+        subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND, "--worker-start"],
+                       check=True)
     try:
         for size, jpg, png in photos:
             bench_photo(args, folder, size, jpg, png, runtime)
     finally:
         if runtime is not None:
-            subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", PY, "-m", "colorquant",
-                            "--worker-stop"], check=False)
+            subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND, "--worker-stop"],
+                           check=False)
 
 
 def bench_photo(args: argparse.Namespace, folder: Path, size: str, jpg: Path, png: Path,
