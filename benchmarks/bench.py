@@ -5,6 +5,7 @@ Run from the repository root (after ``pip install -e .``)::
     python benchmarks/bench.py                 # 24 MP and 96 MP photos, k=16 and 256, 3 rounds
     python benchmarks/bench.py --sizes 24MP -k 16 --kodak 4   # + four Kodak photos at 24 MP
     python benchmarks/bench.py --small         # start-up floor on small images and --help
+    python benchmarks/bench.py --first-fit     # a fresh interpreter's first fit, the next ones
     python benchmarks/bench.py --quality       # PSNR vs pngquant and an exact Lloyd fit
     python benchmarks/bench.py --sizes 24MP --kodak 0 --warm --tools colorquant pngquant
                                                # in-process and warm, peak RSS, stages
@@ -287,6 +288,42 @@ def bench_small(args: argparse.Namespace) -> None:
         print(f"| {name} | {median:.3f} | {median / base:.2f} |")
 
 
+FIRST_FIT = """
+import sys, time
+import colorquant
+from PIL import Image
+image = Image.open(sys.argv[1]).convert("RGB")
+image.load()
+start = time.perf_counter()
+if sys.argv[3] == "preimport":
+    import sklearn.cluster
+imported = time.perf_counter() - start
+fits = [colorquant.quantize_image(image, int(sys.argv[2])).timings["fit"] for _ in range(4)]
+print(imported, *fits)
+"""
+
+
+def bench_first_fit(args: argparse.Namespace) -> None:
+    """A library user's first fit in a fresh interpreter against the fits after it, with
+    scikit-learn imported by the first fit and imported before it (its import apart)."""
+    photo = SAMPLES / "china.jpg"
+    rows: dict[str, list[list[float]]] = {"imported by the fit": [], "imported before": []}
+    for _ in range(max(args.rounds, 5)):
+        for name, how in (("imported by the fit", "lazy"), ("imported before", "preimport")):
+            out = subprocess.run([PY, "-c", FIRST_FIT, str(photo), "16", how],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            rows[name].append([float(v) for v in out])
+    print(f"\n### First fit in a fresh interpreter ({photo.name}, k=16, medians of "
+          f"{len(rows['imported before'])})\n")
+    print("| scikit-learn | its import s | first fit s | later fits s | first − later s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in rows.items():
+        imported = statistics.median(r[0] for r in runs)
+        first = statistics.median(r[1] for r in runs)
+        later = statistics.median(statistics.median(r[2:]) for r in runs)
+        print(f"| {name} | {imported:.3f} | {first:.3f} | {later:.3f} | {first - later:.3f} |")
+
+
 def lloyd_reference(colors: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
     """An exact weighted Lloyd fit on every distinct color (k-means++, 3 starts), uint8."""
     from sklearn.cluster import KMeans
@@ -375,12 +412,16 @@ def main() -> None:
                         help="also colorquant through a warm worker (started in --folder)")
     parser.add_argument("--tools", nargs="+", default=[],
                         help="only the tools whose names start so (e.g. colorquant pngquant)")
+    parser.add_argument("--first-fit", action="store_true",
+                        help="only a fresh interpreter's first fit against the next ones")
     parser.add_argument("--per-photo", action="store_true",
                         help="with --quality: each photo's PSNR beside pngquant's")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"numpy {np.__version__}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
-    if args.quality:
+    if args.first_fit:
+        bench_first_fit(args)
+    elif args.quality:
         bench_quality(args)
     elif args.small:
         bench_small(args)
