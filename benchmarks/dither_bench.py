@@ -218,7 +218,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     the floor: the ratio to ``none`` the method would have if its mapping cost nothing."""
     from io import BytesIO
 
-    from colorquant import io
+    from colorquant import encode
 
     Image.MAX_IMAGE_PIXELS = None
     decoded = {}
@@ -229,7 +229,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     taken: dict[str, list[float]] = {method: [] for method in outputs}
     for _ in range(rounds):
         for method, image in decoded.items():
-            params = io.save_params("PNG", compress_level=level,
+            params = encode.save_params("PNG", compress_level=level,
                                     n_colors=len(image.getpalette()) // 3)
             start = time.perf_counter()
             image.save(BytesIO(), format="PNG", **params)

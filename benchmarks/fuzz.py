@@ -7,7 +7,7 @@
 Targets:
 
 ``image``
-    The read path of ``pipeline.quantize_file`` on the input's bytes (``io.open_image`` →
+    The read path of ``pipeline.quantize_file`` on the input's bytes (``imagefile.open_image`` →
     ``frames.read`` → the frames an output holds), then the histogram of every frame, with a
     small pixel limit; one input in four goes on through the fit, the mapping and the
     encoder (``quantize_file`` into memory, k = 2–9; a format, dithering method, strength and

@@ -65,8 +65,8 @@ class RGBSpace:
 
     def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Index of the nearest center of each point (metric coordinates); ties to the
-        lowest index. Exact: see :func:`colorquant.remap.nearest`."""
-        from .remap import nearest
+        lowest index. Exact: see :func:`colorquant.nearest.nearest`."""
+        from .nearest import nearest
 
         return nearest(points, centers)
 

@@ -16,7 +16,19 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from . import dither, fit, frames, io, memory, metrics, palettecontrol, pixels
+from . import (
+    atomic,
+    dither,
+    encode,
+    fit,
+    formats,
+    frames,
+    imagefile,
+    memory,
+    metrics,
+    palettecontrol,
+    pixels,
+)
 from .colorspace import get_space
 from .errors import NotSmallerError, OutputError, PaletteError, QualityTooLowError
 from .options import QuantizeOptions
@@ -126,7 +138,7 @@ class Prepared:
 
 def prepare(image: Image.Image | np.ndarray) -> Prepared:
     """Upright RGB(A) image and its histogram of distinct colors."""
-    return _prepare_frame(io.to_rgb(_as_image(image)))
+    return _prepare_frame(imagefile.to_rgb(_as_image(image)))
 
 
 def fit_palette(histogram: pixels.Histogram, options: QuantizeOptions) -> Palette:
@@ -364,18 +376,19 @@ def frames_to_write(decoded: frames.Frames, fmt: str, *, label: str, shown_dst: 
     """The decoded frames an output of format ``fmt`` will hold (one, unless it holds
     several of that size); GIF alpha is cut at 50%."""
     images = decoded.images
-    if len(images) > 1 and fmt not in frames.MULTI_FRAME_FORMATS:
+    row = formats.get(fmt)
+    if len(images) > 1 and not row.multi_frame:
         if log:
             log(f"warning: {shown_dst}: {fmt} holds one frame; wrote frame 0 of {len(images)} "
                 "(use --frame N to choose)")
         images = images[:1]
-    elif len({im.size for im in images}) > 1 and fmt != "TIFF":
+    elif len({im.size for im in images}) > 1 and row.frames != "pages":
         part = "page" if decoded.pages else "frame"  # frames: a GIF's that grow its canvas
         if log:
             log(f"warning: {label}: {part}s differ in size and {fmt} holds one size; wrote "
                 f"{part} 0 (use --frame N to choose, or a TIFF output for all {part}s)")
         images = images[:1]
-    if fmt == "GIF":
+    if row.alpha == "binary":
         images, partial = frames.threshold_alpha(images)
         if partial and log:
             log(f"warning: {label}: GIF has no partial transparency; alpha cut at 50%")
@@ -394,7 +407,7 @@ def histogram_file(src: str | os.PathLike[str], fmt: str, options: QuantizeOptio
 def _to_srgb(options: QuantizeOptions, fmt: str) -> bool:
     """Whether to convert the pixels to sRGB through their ICC profile: when asked, or when
     the output format cannot embed the profile that describes them."""
-    return options.to_srgb or fmt not in frames.PROFILE_FORMATS
+    return options.to_srgb or not formats.get(fmt).icc
 
 
 def _read_frames(src: str | os.PathLike[str] | BinaryIO, fmt: str, options: QuantizeOptions,
@@ -402,15 +415,15 @@ def _read_frames(src: str | os.PathLike[str] | BinaryIO, fmt: str, options: Quan
                  ) -> tuple[frames.Frames, list[Image.Image]]:
     """Decode ``src`` and pick the frames an output of format ``fmt`` will hold, refusing
     (when ``check_size``) an image too large for that format before any work on it."""
-    label = io.display_name(src)
-    source = io.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
+    label = imagefile.display_name(src)
+    source = imagefile.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
     try:
         decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label, log=log)
     finally:
         source.close()
     if check_size:
-        io.check_output_size(fmt, decoded.images[0].size, shown_dst)
+        formats.check_output_size(fmt, decoded.images[0].size, shown_dst)
     return decoded, frames_to_write(decoded, fmt, label=label, shown_dst=shown_dst, log=log)
 
 
@@ -443,11 +456,11 @@ def quantize_file(
     written, when the encoded output is larger than ``src`` (standard input: the bytes read).
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
-    to_stream = not isinstance(dst, (str, os.PathLike)) or io.is_stdio(dst)
-    fmt = io.output_format(io.STDIO if to_stream else dst, fmt)  # type: ignore[arg-type]
-    label = io.display_name(src)
+    to_stream = not isinstance(dst, (str, os.PathLike)) or imagefile.is_stdio(dst)
+    fmt = formats.output_format(imagefile.STDIO if to_stream else dst, fmt)  # type: ignore[arg-type]
+    label = imagefile.display_name(src)
     shown_dst = "<stdout>" if to_stream else os.fspath(dst)  # type: ignore[arg-type]
-    if (not to_stream and isinstance(src, (str, os.PathLike)) and not io.is_stdio(src)
+    if (not to_stream and isinstance(src, (str, os.PathLike)) and not imagefile.is_stdio(src)
             and os.path.exists(dst) and os.path.exists(src)  # type: ignore[arg-type]
             and os.path.samefile(src, dst)):  # type: ignore[arg-type]
         raise OutputError(f"{dst}: output would overwrite the input")
@@ -464,9 +477,10 @@ def quantize_file(
     except PaletteError as exc:
         raise PaletteError(f"{label}: {exc}") from None
     clock.add(stage_times)
-    if fmt in ("BMP", "JPEG") and palette.has_alpha and log:
+    row = formats.get(fmt)
+    if row.alpha == "none" and palette.has_alpha and log:
         log(f"warning: {shown_dst}: {fmt} keeps no transparency; shown over white")
-    if fmt in io.LOSSY_FORMATS and log:
+    if row.lossy and log:
         log(f"warning: {shown_dst}: {fmt} cannot store a palette; its compression adds colors "
             "back")
     transparent = None
@@ -475,7 +489,7 @@ def quantize_file(
 
     def write(handle: BinaryIO) -> None:
         try:
-            frames.write(handle, [r.image for r in results], fmt, decoded,
+            encode.write(handle, [r.image for r in results], fmt, decoded,
                          transparent_index=transparent, compress_level=options.compress_level,
                          strip=options.strip, n_colors=len(palette))
         except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
@@ -491,7 +505,7 @@ def quantize_file(
             raise NotSmallerError(f"{label}: the output would be larger than the input "
                                   f"({buffer.tell()} > {input_size} bytes, --skip-if-larger)")
     if to_stream:
-        stream = sys.stdout.buffer if io.is_stdio(dst) else dst
+        stream = sys.stdout.buffer if imagefile.is_stdio(dst) else dst
         try:
             stream.write(buffer.getvalue())  # type: ignore[union-attr]
             stream.flush()  # type: ignore[union-attr]
@@ -501,7 +515,7 @@ def quantize_file(
             raise OutputError(f"{shown_dst}: cannot write: {exc.strerror or exc}") from None
     else:
         encoded = buffer
-        io.atomic_write(dst, write if encoded is None  # type: ignore[arg-type]
+        atomic.atomic_write(dst, write if encoded is None  # type: ignore[arg-type]
                         else lambda handle: handle.write(encoded.getvalue()),
                         replace=replace)
     clock.lap("write")
@@ -531,19 +545,19 @@ def input_bytes(src: str | os.PathLike[str] | BinaryIO,
                 ) -> tuple[str | os.PathLike[str] | BinaryIO, int]:
     """The input to read and its size in bytes: a file's size, or the bytes of standard input
     (or an unseekable stream), read whole into memory once."""
-    if isinstance(src, (str, os.PathLike)) and not io.is_stdio(src):
+    if isinstance(src, (str, os.PathLike)) and not imagefile.is_stdio(src):
         try:
             return src, os.path.getsize(src)
         except OSError:
             return src, -1  # missing or unreadable: reading it reports why
-    stream = sys.stdin.buffer if io.is_stdio(src) else src
-    if not io.is_stdio(src) and stream.seekable():  # type: ignore[union-attr]
+    stream = sys.stdin.buffer if imagefile.is_stdio(src) else src
+    if not imagefile.is_stdio(src) and stream.seekable():  # type: ignore[union-attr]
         here = stream.tell()  # type: ignore[union-attr]
         size = stream.seek(0, os.SEEK_END) - here  # type: ignore[union-attr]
         stream.seek(here)  # type: ignore[union-attr]
         return stream, size
-    data = io.read_stream(stream).getvalue()  # type: ignore[arg-type]
-    return named_bytes(data, io.display_name(src)), len(data)
+    data = imagefile.read_stream(stream).getvalue()  # type: ignore[arg-type]
+    return named_bytes(data, imagefile.display_name(src)), len(data)
 
 
 def named_bytes(data: bytes, name: str) -> BytesIO:

@@ -236,12 +236,12 @@ def test_sixteen_bit_rgb_color_key(corpus, tmp_path):
                                   "sharp-animated-loop-3.webp", "pillow-iss634.webp"])
 @pytest.mark.parametrize("fmt", ["gif", "png", "webp"])
 def test_corpus_animations_keep_their_frames(name, fmt, corpus, tmp_path):
-    from colorquant import frames, io
+    from colorquant import frames, imagefile
 
     src = corpus / "tricky" / name
     dst = tmp_path / f"out.{fmt}"
     pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=16))
-    with io.open_image(src, max_pixels=10**8) as source:
+    with imagefile.open_image(src, max_pixels=10**8) as source:
         decoded = frames.read(source)
     with Image.open(src) as im:
         loop = im.info.get("loop")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageSequence
 
-from colorquant import InputError, QuantizeOptions, frames, io, pipeline
+from colorquant import InputError, QuantizeOptions, encode, frames, imagefile, pipeline
 from colorquant.errors import ImageTooLargeError
 from colorquant.options import parse_rgb
 from tests.conftest import palette_image, random_image, run
@@ -456,7 +456,7 @@ def test_multi_page_tiff_is_pillows_file_in_linear_time():
         images[0].save(reference, format="TIFF", save_all=True, append_images=images[1:],
                        dpi=(72.0, 72.0))
         written = _CountingFile()
-        frames._save_tiff_pages(pages(n), written, {"dpi": (72.0, 72.0)})
+        encode._save_tiff_pages(pages(n), written, {"dpi": (72.0, 72.0)})
         assert written.getvalue() == reference.getvalue()
         reads[n] = written.reads
     assert reads[200] <= 2.1 * reads[100]  # Pillow's appender: 4x
@@ -667,7 +667,7 @@ def test_frames_read_refuses_nothing_it_can_convert():
         decoded = frames.read(im)
         assert decoded.mode in ("RGB", "RGBA") and decoded.images[0].size == (3, 2), mode
     with pytest.raises(InputError, match="no standard display range"):
-        io.to_rgba(Image.new("I", (2, 2), 5))
+        imagefile.to_rgba(Image.new("I", (2, 2), 5))
 
 
 def test_image_too_wide_for_the_output_format_is_refused(tmp_path):

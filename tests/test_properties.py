@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from colorquant import batch, pipeline, pixels, remap
+from colorquant import batch, nearest, pipeline, pixels
 from colorquant.batch import PlanError
 from colorquant.options import QuantizeOptions
 from colorquant.palette import Palette
@@ -127,7 +127,7 @@ def squared(a, b) -> int:
 @given(data=points_and_centers())
 def test_remap_nearest_is_exact_and_ties_go_to_the_lowest_index(data):
     points, centers = data
-    found = remap.nearest(points.astype(np.float32), centers.astype(np.float32))
+    found = nearest.nearest(points.astype(np.float32), centers.astype(np.float32))
     assert found.dtype == np.uint8 and found.shape == (len(points),)
     for point, index in zip(points, found, strict=True):
         distances = [squared(point, c) for c in centers]
