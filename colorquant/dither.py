@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,7 +35,7 @@ from .options import ColorSpace, Dither, QuantizeOptions
 from .palette import Palette
 
 if TYPE_CHECKING:
-    from .pipeline import Prepared
+    from .imagedata import Prepared
 
 #: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
 BAND_PIXELS = 1 << 20
@@ -228,11 +227,9 @@ def map_threads() -> int:
     """The threads a threshold mapping may use in this process."""
     if _thread_limit is not None:
         return max(1, _thread_limit)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_THREADS, cpus))
+    from .memory import available_cpus
+
+    return max(1, min(MAX_THREADS, available_cpus()))
 
 
 def _rows(prepared: Prepared, band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:

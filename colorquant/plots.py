@@ -18,7 +18,7 @@ from PIL import Image
 from . import atomic
 
 if TYPE_CHECKING:
-    from .pipeline import QuantizeResult
+    from .imagedata import QuantizeResult
 
 #: Pixels drawn in the scatter plot.
 SAMPLE = 10_000

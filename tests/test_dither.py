@@ -15,7 +15,7 @@ import pytest
 from conftest import random_image, run
 from PIL import Image
 
-from colorquant import dither, metrics, pipeline
+from colorquant import core, dither, metrics
 from colorquant.colorspace import cielab_to_srgb, get_space, srgb_to_cielab
 from colorquant.options import ColorSpace, Dither, QuantizeOptions
 from colorquant.palette import Palette
@@ -108,7 +108,7 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
     return out
 
 
-def _indices(result: pipeline.QuantizeResult) -> np.ndarray:
+def _indices(result: core.QuantizeResult) -> np.ndarray:
     return np.asarray(result.image)
 
 
@@ -127,7 +127,7 @@ def _fixed_palette(k: int, channels: int, seed: int) -> Palette:
 def test_fs_is_the_reference_loop(space, strength, k):
     image = _gradient(23, 37, seed=k)
     opts = QuantizeOptions(colors=k, dither=Dither.FS, dither_strength=strength, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), reference_fs(image, result.palette.colors, strength, space))
 
@@ -138,7 +138,7 @@ def test_fs_edge_limit_is_the_reference_loop(monkeypatch, edge):
     monkeypatch.setattr(dither, "FS_EDGE", edge)
     image = _gradient(21, 25, seed=8)
     image[:, 12:] = 255 - image[:, 12:]
-    result = pipeline.quantize(image, QuantizeOptions(colors=6, dither=Dither.FS))
+    result = core.quantize(image, QuantizeOptions(colors=6, dither=Dither.FS))
     np.testing.assert_array_equal(_indices(result),
                                   reference_fs(image, result.palette.colors, 1.0))
 
@@ -148,7 +148,7 @@ def test_fs_across_bands_and_with_a_given_palette(monkeypatch):
     monkeypatch.setattr(dither, "BAND_PIXELS", 3 * 29)
     image = random_image(17, 29, seed=5)
     palette = _fixed_palette(12, 3, seed=9)
-    result = pipeline.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette)
+    result = core.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette)
     np.testing.assert_array_equal(_indices(result), reference_fs(image, palette.colors, 1.0))
     np.testing.assert_array_equal(result.palette.colors, palette.colors)  # kept as given
 
@@ -160,7 +160,7 @@ def test_fs_transparency():
     image[rng.random((19, 21)) < 0.3, 3] = 0
     image[rng.random((19, 21)) < 0.2, 3] = 128
     opts = QuantizeOptions(colors=8, dither=Dither.FS)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     palette = result.palette.colors
     out = _indices(result)
     np.testing.assert_array_equal(out, reference_fs(image, palette, 1.0))
@@ -211,7 +211,7 @@ def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, sp
     if channels == 4:
         image[::3, ::4, 3] = 0
     opts = QuantizeOptions(colors=10, dither=method, dither_strength=0.8, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result),
         _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
@@ -228,7 +228,7 @@ def test_threshold_methods_on_the_large_image_grid_are_the_exact_nearest(monkeyp
     image = _gradient(20, 70, seed=5)
     opts = QuantizeOptions(colors=48, dither=method, space=space)  # above SMALL_PALETTE
     dither._target_of.cache_clear()
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), _reference_threshold(image, result.palette.colors, matrix(), 1.0, space))
     hits = dither._target_of.cache_info().hits
@@ -279,14 +279,14 @@ def test_the_grid_is_made_once_per_palette_and_space_and_never_reused_for_anothe
     for palette, space in ((first, ColorSpace.RGB), (second, ColorSpace.RGB),
                            (first, ColorSpace.OKLAB), (first, ColorSpace.RGB)):
         for method, matrix in ((Dither.ORDERED, dither.bayer8), (Dither.FS, None)):
-            result = pipeline.quantize(image, QuantizeOptions(dither=method, space=space),
+            result = core.quantize(image, QuantizeOptions(dither=method, space=space),
                                        palette=palette)
             expected = (reference_fs(image, palette.colors, 1.0, space) if matrix is None
                         else _reference_threshold(image, palette.colors, matrix(), 1.0, space))
             np.testing.assert_array_equal(_indices(result), expected)
     frames = [Image.fromarray(np.roll(image, i, axis=1)) for i in range(10)]
     dither._target_of.cache_clear()
-    pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=Dither.BLUE_NOISE))
+    core.quantize_frames(frames, QuantizeOptions(colors=8, dither=Dither.BLUE_NOISE))
     assert dither._target_of.cache_info()[:2] == (9, 1)  # hits, misses
 
 
@@ -299,7 +299,7 @@ def test_ties_go_to_the_color_that_sorts_first():
         want = order.index([90] * 3)
         for method in Dither:
             opts = QuantizeOptions(dither=method, dither_strength=0.0)
-            out = _indices(pipeline.quantize(image, opts, palette=palette))
+            out = _indices(core.quantize(image, opts, palette=palette))
             assert (out == want).all(), method
 
 
@@ -320,18 +320,19 @@ def test_threshold_methods_are_stable_across_frames():
     second[:8, :8] = (255, 0, 0)
     frames = [Image.fromarray(first), Image.fromarray(second)]
     for method in (Dither.ORDERED, Dither.BLUE_NOISE):
-        results, _, _ = pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=method))
+        results, _, _ = core.quantize_frames(frames, QuantizeOptions(colors=8, dither=method))
         a, b = (_indices(r) for r in results)
         same = (first == second).all(axis=2)
         np.testing.assert_array_equal(a[same], b[same])
 
 
-def test_mapping_threads_follow_the_cpus_and_the_workers_limit():
-    """A single call may use the CPUs it is given (up to MAX_THREADS); a batch worker
-    process, which runs beside the others, one thread."""
-    code = ("import os; from colorquant import batch, dither; os.sched_setaffinity(0, {0}); "
+def test_mapping_threads_follow_the_cpus_and_the_pool_limit():
+    """A single call may use the CPUs it is given (up to MAX_THREADS); a pool process, which
+    runs beside the others, one thread."""
+    code = ("import os; from colorquant import dither, executors; os.sched_setaffinity(0, {0}); "
             "a = dither.map_threads(); os.sched_setaffinity(0, set(range(os.cpu_count()))); "
-            "b = dither.map_threads(); batch._init_worker(); print(a, b, dither.map_threads())")
+            "b = dither.map_threads(); executors._init_pool_process(); "
+            "print(a, b, dither.map_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     cpus = len(os.sched_getaffinity(0))
@@ -343,7 +344,7 @@ def test_warm_compiles_every_loop_the_mappers_call():
     compiles anything new: every method, both spaces, RGB and RGBA, in and out of threads."""
     code = """
 import numpy as np
-from colorquant import dither, ditherkernel, pipeline
+from colorquant import dither, ditherkernel, core
 from colorquant.options import ColorSpace, Dither, QuantizeOptions
 ditherkernel.warm()
 loops = (ditherkernel.candidate_grid, ditherkernel.map_band, ditherkernel.threshold_band)
@@ -357,7 +358,7 @@ for channels in (3, 4):
         for space in ColorSpace:
             for threads in (1, 2):
                 dither.MIN_THREAD_PIXELS, dither._thread_limit = 1, threads
-                pipeline.quantize(image, QuantizeOptions(colors=6, dither=method, space=space))
+                core.quantize(image, QuantizeOptions(colors=6, dither=method, space=space))
 print([list(loop.signatures) for loop in loops] == before, [len(b) for b in before])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -366,8 +367,8 @@ print([list(loop.signatures) for loop in loops] == before, [len(b) for b in befo
 
 
 def test_none_imports_no_numba(tmp_path):
-    code = ("import sys, numpy as np; from colorquant import pipeline; "
-            "pipeline.quantize_image(np.random.default_rng(0).integers(0, 256, (16, 16, 3), "
+    code = ("import sys, numpy as np; from colorquant import core; "
+            "core.quantize_image(np.random.default_rng(0).integers(0, 256, (16, 16, 3), "
             "dtype=np.uint8), 4); print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -442,7 +443,7 @@ def test_error_measures_and_counts_of_a_result_are_over_its_pixels(monkeypatch, 
     if channels == 4:
         image[2:5, 3:9, 3] = 0  # fully transparent: transparent black in the measures
         image[2:5, 3:9, :3] = 200
-    result = pipeline.quantize(image, QuantizeOptions(colors=5, dither=method))
+    result = core.quantize(image, QuantizeOptions(colors=5, dither=method))
     indices = _indices(result).reshape(-1)
     shown = image.reshape(-1, channels).copy()
     if channels == 4:
@@ -479,7 +480,7 @@ def test_perceptual_round_trip_and_exact_search(name):
 @pytest.mark.parametrize("k", [12, 100])  # 100: above fit.FAST_COLORS (the k > 64 route)
 def test_perceptual_fit_maps_every_color_to_its_nearest_in_the_space(k, name):
     image = _gradient(30, 40, seed=6)
-    result = pipeline.quantize(image, QuantizeOptions(colors=k, space=name))
+    result = core.quantize(image, QuantizeOptions(colors=k, space=name))
     assert len(result.palette) == min(k, len(np.unique(image.reshape(-1, 3), axis=0)))
     space = get_space(name)
     centers = space.metric(result.palette.colors[_allowed(result.palette.colors)]).tolist()
