@@ -5,7 +5,10 @@ Run from the repository root (after ``pip install -e .``)::
     python benchmarks/bench.py                 # 24 MP and 96 MP photos, k=16 and 256, 3 rounds
     python benchmarks/bench.py --sizes 24MP -k 16 --kodak 4   # + four Kodak photos at 24 MP
     python benchmarks/bench.py --small         # start-up floor on small images and --help
+    python benchmarks/bench.py --first-fit     # a fresh interpreter's first fit, the next ones
     python benchmarks/bench.py --quality       # PSNR vs pngquant and an exact Lloyd fit
+    python benchmarks/bench.py --sizes 24MP --kodak 0 --warm --tools colorquant pngquant
+                                               # in-process and warm, peak RSS, stages
 
 The large photos are made once into ``--folder`` (default ``/tmp/colorquant-bench``) by
 upscaling ``sample_images/china.jpg`` (and, with ``--kodak N``, the first N Kodak photos of the
@@ -36,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 PY = sys.executable
+#: The installed command (``python -m colorquant`` never uses a warm worker).
+COMMAND = str(Path(PY).parent / "colorquant")
 Image.MAX_IMAGE_PIXELS = None  # the benchmark reads its own 96 MP images
 STAGES = ("read", "histogram", "fit", "map", "metrics", "write")
 
@@ -135,9 +140,16 @@ def parse_stages(stderr: str) -> dict[str, float]:
     return {}
 
 
-def tools(k: int, jpg: Path, png: Path, out: Path, cap: float) -> dict[str, list[str]]:
+def tools(k: int, jpg: Path, png: Path, out: Path, cap: float,
+          runtime: Path | None = None) -> dict[str, list[str]]:
+    """The commands of one case. colorquant runs in-process (``COLORQUANT_WORKER=0``: its
+    peak RSS is the whole call's) and, with ``runtime`` (a warm worker's folder), through
+    the warm worker (the peak RSS is then the client's only)."""
     cq = [PY, "-m", "colorquant", str(jpg), "-k", str(k), "-o", str(out / "cq.png"), "-v"]
-    found = {"colorquant": cq}
+    found = {"colorquant": ["env", "COLORQUANT_WORKER=0", COMMAND, *cq[3:]]}
+    if runtime is not None:
+        found["colorquant, warm worker"] = ["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND,
+                                            *cq[3:-2], str(out / "cqw.png"), "-v"]
     if shutil.which("pngquant"):
         found["pngquant --nofs"] = ["pngquant", "--nofs", "--force", "--output",
                                     str(out / "pq.png"), str(k), str(png)]
@@ -150,7 +162,8 @@ def tools(k: int, jpg: Path, png: Path, out: Path, cap: float) -> dict[str, list
     return found
 
 
-OUTPUTS = {"colorquant": "cq.png", "pngquant --nofs": "pq.png", "ImageMagick": "im.png",
+OUTPUTS = {"colorquant": "cq.png", "colorquant, warm worker": "cqw.png",
+           "pngquant --nofs": "pq.png", "ImageMagick": "im.png",
            "textbook MiniBatchKMeans": "tb.png"}
 
 
@@ -168,32 +181,52 @@ def bench_large(args: argparse.Namespace) -> None:
     if missing:
         print(f"not installed, left out: {', '.join(missing)} "
               "(apt-get install pngquant imagemagick)")
-    for size, jpg, png in photos:
-        with Image.open(png) as im:
-            reference = np.asarray(im.convert("RGB"))
-        for k in args.k:
-            cases = tools(k, jpg, png, folder, args.cap)
-            results = {name: Runs() for name in cases}
-            for _ in range(args.rounds):
-                for name, cmd in cases.items():
-                    runs = results[name]
-                    if runs.failed:
-                        continue  # a tool that hit the cap is not run again
-                    wall, rss, err, note = run(cmd, args.cap)
-                    if note:
-                        runs.failed = note
-                        continue
-                    runs.times.append(wall)
-                    runs.rss_mb.append(rss)
-                    runs.stages.append(parse_stages(err))
-            for name, runs in results.items():
-                output = folder / OUTPUTS[name]
-                if runs.times and output.exists():
-                    runs.psnr = psnr(reference, output)
-                    runs.size = output.stat().st_size
-                    output.unlink()
-            report(f"{size} ({reference.shape[1]}x{reference.shape[0]}), k={k}", results)
-            del cases
+    runtime = None
+    if args.warm:
+        runtime = folder / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND, "--worker-start"],
+                       check=True)
+    try:
+        for size, jpg, png in photos:
+            bench_photo(args, folder, size, jpg, png, runtime)
+    finally:
+        if runtime is not None:
+            subprocess.run(["env", f"XDG_RUNTIME_DIR={runtime}", COMMAND, "--worker-stop"],
+                           check=False)
+
+
+def bench_photo(args: argparse.Namespace, folder: Path, size: str, jpg: Path, png: Path,
+                runtime: Path | None) -> None:
+    """Every tool on one photo at every k, alternating round by round."""
+    with Image.open(png) as im:
+        reference = np.asarray(im.convert("RGB"))
+    for k in args.k:
+        cases = tools(k, jpg, png, folder, args.cap, runtime)
+        if args.tools:
+            cases = {name: cmd for name, cmd in cases.items()
+                     if any(name.startswith(t) for t in args.tools)}
+        results = {name: Runs() for name in cases}
+        for _ in range(args.rounds):
+            for name, cmd in cases.items():
+                runs = results[name]
+                if runs.failed:
+                    continue  # a tool that hit the cap is not run again
+                wall, rss, err, note = run(cmd, args.cap)
+                if note:
+                    runs.failed = note
+                    continue
+                runs.times.append(wall)
+                runs.rss_mb.append(rss)
+                runs.stages.append(parse_stages(err))
+        for name, runs in results.items():
+            output = folder / OUTPUTS[name]
+            if runs.times and output.exists():
+                runs.psnr = psnr(reference, output)
+                runs.size = output.stat().st_size
+                output.unlink()
+        report(f"{size} ({reference.shape[1]}x{reference.shape[0]}), k={k}", results)
+        del cases
 
 
 def report(title: str, results: dict[str, Runs]) -> None:
@@ -208,13 +241,14 @@ def report(title: str, results: dict[str, Runs]) -> None:
             continue
         print(f"| {name} | {runs.median:.2f} | {runs.median / base_time:.2f} | "
               f"{max(runs.rss_mb):.0f} | {runs.psnr:.2f} | {runs.size // 1000} |")
-    stages = results["colorquant"].stages
-    if stages and stages[0]:
-        medians = {s: statistics.median(st.get(s, 0.0) for st in stages) for s in STAGES}
-        total = results["colorquant"].median
-        rest = total - sum(medians.values())
-        cells = ", ".join(f"{s} {v:.2f}" for s, v in medians.items())
-        print(f"\ncolorquant stages (median s): {cells}, start-up and imports {rest:.2f}")
+    for name in ("colorquant", "colorquant, warm worker"):
+        stages = results[name].stages if name in results else []
+        if stages and stages[0]:
+            medians = {s: statistics.median(st.get(s, 0.0) for st in stages) for s in STAGES}
+            total = results[name].median
+            rest = total - sum(medians.values())
+            cells = ", ".join(f"{s} {v:.2f}" for s, v in medians.items())
+            print(f"\n{name} stages (median s): {cells}, start-up and imports {rest:.2f}")
 
 
 def bench_small(args: argparse.Namespace) -> None:
@@ -254,6 +288,42 @@ def bench_small(args: argparse.Namespace) -> None:
         print(f"| {name} | {median:.3f} | {median / base:.2f} |")
 
 
+FIRST_FIT = """
+import sys, time
+import colorquant
+from PIL import Image
+image = Image.open(sys.argv[1]).convert("RGB")
+image.load()
+start = time.perf_counter()
+if sys.argv[3] == "preimport":
+    import sklearn.cluster
+imported = time.perf_counter() - start
+fits = [colorquant.quantize_image(image, int(sys.argv[2])).timings["fit"] for _ in range(4)]
+print(imported, *fits)
+"""
+
+
+def bench_first_fit(args: argparse.Namespace) -> None:
+    """A library user's first fit in a fresh interpreter against the fits after it, with
+    scikit-learn imported by the first fit and imported before it (its import apart)."""
+    photo = SAMPLES / "china.jpg"
+    rows: dict[str, list[list[float]]] = {"imported by the fit": [], "imported before": []}
+    for _ in range(max(args.rounds, 5)):
+        for name, how in (("imported by the fit", "lazy"), ("imported before", "preimport")):
+            out = subprocess.run([PY, "-c", FIRST_FIT, str(photo), "16", how],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            rows[name].append([float(v) for v in out])
+    print(f"\n### First fit in a fresh interpreter ({photo.name}, k=16, medians of "
+          f"{len(rows['imported before'])})\n")
+    print("| scikit-learn | its import s | first fit s | later fits s | first − later s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in rows.items():
+        imported = statistics.median(r[0] for r in runs)
+        first = statistics.median(r[1] for r in runs)
+        later = statistics.median(statistics.median(r[2:]) for r in runs)
+        print(f"| {name} | {imported:.3f} | {first:.3f} | {later:.3f} | {first - later:.3f} |")
+
+
 def lloyd_reference(colors: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
     """An exact weighted Lloyd fit on every distinct color (k-means++, 3 starts), uint8."""
     from sklearn.cluster import KMeans
@@ -291,6 +361,7 @@ def bench_quality(args: argparse.Namespace) -> None:
     print("| k | colorquant | colorquant --fit lloyd | pngquant --nofs | exact weighted Lloyd "
           "| colorquant − Lloyd (worst image) | --fit lloyd − Lloyd (worst image) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
+    rows: list[str] = []
     for k in args.quality_k:
         cq, cl, pq, ll, gaps, lgaps = [], [], [], [], [], []
         for path in paths:
@@ -311,10 +382,17 @@ def bench_quality(args: argparse.Namespace) -> None:
                 subprocess.run(["pngquant", "--nofs", "--force", "--output", str(out / "q.png"),
                                 str(k), str(src)], check=True)
                 pq.append(psnr(array, out / "q.png"))
+            if args.per_photo:
+                rows.append(f"| {k} | {path.name} | {cq[-1]:.3f} | "
+                            f"{pq[-1] if has_pq else float('nan'):.3f} |")
         pq_cell = f"{np.mean(pq):.2f}" if pq else "not installed"
         print(f"| {k} | {np.mean(cq):.2f} | {np.mean(cl):.2f} | {pq_cell} | {np.mean(ll):.2f} | "
               f"{np.mean(gaps):+.2f} ({min(gaps):+.2f}) | "
               f"{np.mean(lgaps):+.2f} ({min(lgaps):+.2f}) |")
+    if rows:
+        print("\n| k | photo | colorquant PSNR dB | pngquant --nofs PSNR dB |")
+        print("|---:|---|---:|---:|")
+        print("\n".join(rows))
 
 
 def main() -> None:
@@ -330,10 +408,20 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="only the small-image table")
     parser.add_argument("--quality", action="store_true", help="only the quality table")
     parser.add_argument("--quality-k", nargs="+", type=int, default=[8, 16, 64, 256])
+    parser.add_argument("--warm", action="store_true",
+                        help="also colorquant through a warm worker (started in --folder)")
+    parser.add_argument("--tools", nargs="+", default=[],
+                        help="only the tools whose names start so (e.g. colorquant pngquant)")
+    parser.add_argument("--first-fit", action="store_true",
+                        help="only a fresh interpreter's first fit against the next ones")
+    parser.add_argument("--per-photo", action="store_true",
+                        help="with --quality: each photo's PSNR beside pngquant's")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"numpy {np.__version__}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
-    if args.quality:
+    if args.first_fit:
+        bench_first_fit(args)
+    elif args.quality:
         bench_quality(args)
     elif args.small:
         bench_small(args)

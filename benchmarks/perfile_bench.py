@@ -13,6 +13,8 @@ tools rotates each round), it times over the same files:
   call cost before the worker) and ``colorquant`` with a warm worker (started before the
   timing, in a private ``XDG_RUNTIME_DIR``), at every ``--colors``;
 - (``--off-files N`` times the worker-off calls on the first N photos only: they are slow);
+- the stages of a warm call (``-v``: read, histogram, fit, map, write), medians of
+  ``--stage-calls`` calls at each ``--stage-colors``;
 - the first call with no worker running (the call runs in-process and starts a worker just
   before it exits) against today's in-process entry point (``colorquant.cli:main``), on one
   photo, the worker stopped between trials (goal 2: at most 5% slower);
@@ -117,6 +119,26 @@ def run_form(form: str, script: Path, src: Path, out: Path, env: dict[str, str])
                   f"OUT={out}", f"TOOL={script}"], env)
 
 
+STAGES = ("read", "histogram", "fit", "map", "write")
+
+
+def warm_stages(photos: list[Path], k: int, calls: int, env: dict[str, str], work: Path,
+                ) -> dict[str, float]:
+    """Median seconds of each stage (the ``-v`` line) of ``calls`` warm calls at ``k``, one
+    photo after another."""
+    seen: dict[str, list[float]] = {}
+    for i in range(calls):
+        proc = subprocess.run([str(COMMAND), str(photos[i % len(photos)]), "-k", str(k), "-v",
+                               "-o", str(work / "stage.png")], env=env, capture_output=True,
+                              text=True, check=True)
+        for line in proc.stderr.splitlines():
+            if line.startswith("time: "):
+                for item in line[6:].split(", "):
+                    name, sec = item.split()
+                    seen.setdefault(name, []).append(float(sec.rstrip("s")))
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
 def worker_rss_mb(runtime: Path) -> float | None:
     """The resident memory of the (idle) worker under ``runtime``, from /proc."""
     out = subprocess.run(["pgrep", "-f", f"colorquant.worker {runtime}"], capture_output=True,
@@ -136,6 +158,9 @@ def main() -> None:
     parser.add_argument("--first-rounds", type=int, default=7,
                         help="trials of the first-call comparison (goal 2)")
     parser.add_argument("--forms", nargs="+", default=["for loop", "make -j2"])
+    parser.add_argument("--stage-calls", type=int, default=20,
+                        help="warm calls timed stage by stage (-v), per --stage-colors")
+    parser.add_argument("--stage-colors", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--off-files", type=int, default=None, metavar="N",
                         help="time the worker-off calls on the first N photos only (slow)")
     parser.add_argument("--cold-start", type=int, default=0, metavar="ROUNDS",
@@ -181,6 +206,8 @@ def main() -> None:
                         times.setdefault((k, form, name), []).append(sec)
                         print(f"round {r + 1} k={k} {form} {name}: {sec:.3f} s a file "
                               f"({files} files)", flush=True)
+        stage_rows = {k: warm_stages(photos, k, args.stage_calls, envs["warm worker"], work)
+                      for k in args.stage_colors}
         time.sleep(1.0)  # idle
         rss = worker_rss_mb(runtime)
         subprocess.run([str(COMMAND), "--worker-stop"], env=envs["warm worker"], check=True)
@@ -196,6 +223,14 @@ def main() -> None:
                 print(f"| {k} | {form} | {pq:.3f} | {med['worker off']:.3f} | "
                       f"{med['worker off'] / pq:.2f} | {med['warm worker']:.3f} | "
                       f"{med['warm worker'] / pq:.2f} |")
+        print()
+        print(f"stages of a warm call (`-v`, through the warm worker), median of "
+              f"{args.stage_calls} calls, seconds:")
+        print()
+        print("| k | " + " | ".join(STAGES) + " |")
+        print("|---:|" + "---:|" * len(STAGES))
+        for k, row in stage_rows.items():
+            print(f"| {k} | " + " | ".join(f"{row.get(s, 0.0):.3f}" for s in STAGES) + " |")
         today, start = first
         print()
         print(f"first call, no worker (in-process, starts one): {start:.3f} s; today's "

@@ -68,7 +68,7 @@ _KERNEL: Any = None
 
 
 def load_kernel() -> None:
-    """Use the compiled assignment for the k>64 fits of this process and of its forks.
+    """Use the compiled assignment for the fits of this process and of its forks.
 
     Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
     loading numba costs about 0.4 s, so only processes that fit many palettes (the warm
@@ -95,6 +95,8 @@ def grid_cells(colors: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
     cells of the previous (far fewer than the colors of a large photo).
     """
     bits = GRID_BITS[0]
+    if colors.shape[1] == 3:
+        return _grid_cells_dense(colors, limit)
     occupied, inverse = np.unique(_cells(colors, bits), return_inverse=True)
     for coarser in GRID_BITS[1:]:
         if len(occupied) <= limit:
@@ -103,6 +105,27 @@ def grid_cells(colors: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
                                    return_inverse=True)
         inverse, bits = step[inverse], coarser
     return inverse.reshape(-1), len(occupied)
+
+
+def _grid_cells_dense(colors: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
+    """:func:`grid_cells` of RGB colors by occupancy tables (2**21 cells at most) instead of
+    sorting; the same cell numbers, as the occupied cells come out in ascending order."""
+    bits = GRID_BITS[0]
+    occupied = _occupied(_cells(colors, bits), bits)
+    for coarser in GRID_BITS[1:]:
+        if len(occupied) <= limit:
+            break
+        occupied, bits = _occupied(_coarsen(occupied, bits, coarser, 3), coarser), coarser
+    index = np.zeros(1 << (3 * bits), dtype=np.int64)
+    index[occupied] = np.arange(len(occupied))
+    return index[_cells(colors, bits)], len(occupied)
+
+
+def _occupied(cells: np.ndarray, bits: int) -> np.ndarray:
+    """The distinct cells of an RGB grid of ``bits`` bits a channel, ascending."""
+    present = np.zeros(1 << (3 * bits), dtype=bool)
+    present[cells] = True
+    return np.flatnonzero(present)
 
 
 def reduce_points(
@@ -161,11 +184,11 @@ def _cell_means(inverse: np.ndarray, n_cells: int, weights: np.ndarray, coords: 
                 weighted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean coordinates of each cell (``inverse`` gives each point's cell) and the
     cell's total weight; ``weighted`` is ``weights[:, None] * coords`` if already formed."""
-    if weighted is None:
-        weighted = weights[:, None] * coords
     total = np.bincount(inverse, weights=weights, minlength=n_cells)
-    means = np.stack([np.bincount(inverse, weights=weighted[:, c], minlength=n_cells)
-                      for c in range(coords.shape[1])], 1)
+    # channel by channel unless formed: a large histogram's (m, C) products are not needed
+    means = np.stack([np.bincount(inverse, minlength=n_cells, weights=(
+        weighted[:, c] if weighted is not None else weights * coords[:, c]))
+        for c in range(coords.shape[1])], 1)
     means /= total[:, None]
     return means, total
 
@@ -238,9 +261,13 @@ def fit_centers(
        - ``LLOYD``: scikit-learn ``KMeans`` (k-means++, Lloyd; three starts up to 64 colors).
 
     2. Lloyd iterations on the finer refinement points (every distinct color up to
-       :data:`REFINE_POINTS`), which the coarse grid alone misses at large k (0.1–0.2 dB at
-       k=256, measured), then up to :data:`REFINE_STEPS` exact weighted Lloyd steps that
-       assign each color to its nearest *rounded* center.
+       :data:`REFINE_POINTS`), which the coarse grid alone misses at large k: in an
+       integer-metric space (RGB) with ``MINIBATCH``, the over-relaxed exact passes of
+       :func:`fast_lloyd` (compiled once :func:`load_kernel` ran, with the same result);
+       otherwise full-batch Lloyd then up to :data:`REFINE_STEPS` exact weighted Lloyd steps
+       that assign each color to its nearest *rounded* center.
+       Above :data:`FAST_COLORS` colors (RGB, ``MINIBATCH``) step 1 is a single mini-batch
+       run on pixel draws (:func:`_fast_start`) instead.
 
     Parameters
     ----------
@@ -262,18 +289,12 @@ def fit_centers(
     ndarray of uint8, shape (k', C), k' <= k
         Distinct rounded centers (centers that round to the same color are merged).
     """
-    coords = space.encode(colors)
     w = np.asarray(weights, dtype=np.float64)
     with one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if method is FitMethod.MINIBATCH and k > FAST_COLORS and space.integer_metric:
-            # (no grid reduction: this route starts from pixel draws of the refinement points)
-            fine_colors, fine_w, _ = _refine_points(colors, w, coords, space)
-            metric = space.metric(fine_colors)
-            start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
-            # fast_lloyd ends on the exact objective: lloyd_refine after it gained 0.000 dB
-            # on every image measured, for 10% of the time.
-            return np.unique(fast_lloyd(metric, fine_w, start), axis=0)
+        if method is FitMethod.MINIBATCH and space.integer_metric:
+            return _fit_exact(colors, w, k, seed, space)
+        coords = space.encode(colors)
         points, point_w = reduce_points(colors, w, coords, fit_points_limit(k))
         k = min(k, len(points))
         centers = _fit_points(points, point_w, k, seed, method)
@@ -282,6 +303,33 @@ def fit_centers(
             centers = _lloyd(fine[2], fine[1], centers).cluster_centers_
         centers = lloyd_refine(*fine, centers, space=space, steps=REFINE_STEPS)
     return np.unique(space.decode(centers), axis=0)
+
+
+def _fit_exact(colors: np.ndarray, w: np.ndarray, k: int, seed: int, space: Space
+               ) -> np.ndarray:
+    """The ``MINIBATCH`` fit in an integer-metric space: mini-batch k-means for a start, then
+    the exact passes of :func:`fast_lloyd` on the refinement points.
+
+    The grid means are taken in color units channel by channel, so a large histogram is
+    never held as (m, C) floats.
+    """
+    fine_colors, fine_w = colors, w
+    if len(colors) > REFINE_POINTS:
+        means, fine_w = reduce_points(colors, w, colors, REFINE_POINTS)
+        fine_colors = space.decode(space.encode(means))
+    metric = space.metric(fine_colors)
+    if k > FAST_COLORS:
+        # (no grid reduction: this route starts from pixel draws of the refinement points)
+        start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
+    else:
+        points, point_w = reduce_points(colors, w, colors, fit_points_limit(k))
+        points = space.encode(points)
+        k = min(k, len(points))
+        start = space.metric(space.decode(_fit_points(points, point_w, k, seed,
+                                                      FitMethod.MINIBATCH)))
+    # fast_lloyd ends on the exact objective, in fewer passes than plain Lloyd steps reach a
+    # higher error; exact Lloyd steps after it gained nothing on the images measured.
+    return np.unique(fast_lloyd(metric, fine_w, np.asarray(start, dtype=np.float64)), axis=0)
 
 
 def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
@@ -376,13 +424,12 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
     coords = np.asarray(points, dtype=np.float64)
     centers = np.array(centers, dtype=np.float64)
     assign = _Assignment(coords, weights)
-    weighted = weights[:, None] * coords  # the means' sums, formed once
     top = float(coords.max(initial=0.0))
     previous = None  # (error, centers, plain step) of the last accepted pass
     beta = np.ones(len(centers))
     last_step = np.zeros_like(centers)
     for _ in range(FAST_PASSES):
-        labels, error = assign(centers, FAST_SCALE)
+        _, error = assign(centers, FAST_SCALE)
         if previous is not None and error > previous[0]:
             centers, previous = previous[1] + previous[2], None
             beta[:] = 1.0
@@ -390,7 +437,7 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
             continue
         if previous is not None and previous[0] - error <= FAST_TOL * error:
             break
-        means, total = _cell_means(labels, len(centers), weights, coords, weighted)
+        means, total = assign.means(len(centers))
         step = np.zeros_like(centers)
         used = total > 0  # an emptied center keeps its place
         step[used] = means[used] - centers[used]
@@ -401,10 +448,10 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
     best, best_error = None, np.inf
     for _ in range(2):
         rounded = np.clip(np.rint(centers), 0.0, top)
-        labels, error = assign(rounded, 1)
+        _, error = assign(rounded, 1)
         if error < best_error:
             best, best_error = rounded, error
-        means, total = _cell_means(labels, len(centers), weights, coords, weighted)
+        means, total = assign.means(len(centers))
         used = total > 0
         centers = rounded.copy()
         centers[used] = means[used]
@@ -413,39 +460,60 @@ def fast_lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> 
 
 class _Assignment:
     """The exact assignment of :func:`fast_lloyd`, pass after pass: each point's nearest
-    center (ties to the lowest index) and the weighted error, for centers rounded to
-    1/``scale`` units.
+    center (ties to the lowest index), the weighted error, for centers rounded to 1/``scale``
+    units, and the weighted means of each center's points.
 
-    The first pass, and every pass without the compiled kernel, is :func:`_assign_exact`;
-    later passes with :func:`load_kernel` done search each point's previous center and its
-    :data:`FAST_NEIGHBORS` nearest (``fitkernel.assign``). Both give the same labels and the
-    same error bit for bit when the weights are whole numbers (pixel counts), as the error is
-    then a sum of whole numbers below 2**53; other weights keep the BLAS route.
+    The first pass, and every pass without the compiled kernel, is :func:`_assign_exact`
+    (means by :func:`_cell_means`); later passes with :func:`load_kernel` done search from
+    each point's previous center, skipping the points whose bound shows it is still the
+    nearest (``fitkernel.assign``). Both give the same labels, the same error and the same
+    means bit for bit when the weights are whole numbers (pixel counts): the error is then a
+    sum of whole numbers below 2**53, and the kernel adds each center's sums in point order,
+    as ``numpy.bincount`` does; other weights keep the BLAS route.
     """
 
     def __init__(self, points: np.ndarray, weights: np.ndarray) -> None:
         self.points = np.asarray(points, dtype=np.float64)
         self.weights = weights
+        self.weighted = weights[:, None] * self.points  # the means' sums, formed once
         self.labels: np.ndarray | None = None
         self.compiled = _KERNEL is not None and bool(np.all(weights == np.rint(weights)))
         self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._grids: dict[int, np.ndarray] = {}
+        self._sums: tuple[np.ndarray, np.ndarray] | None = None
+        self._bounds: tuple[int, np.ndarray, np.ndarray] | None = None  # scale, lower, quant
 
     def __call__(self, centers: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
         if self.compiled and self.labels is not None:
             if scale not in self._grids:
                 self._grids[scale] = np.rint(self.points) * scale
             quant = np.rint(centers * scale)
+            if self._bounds is None or self._bounds[0] != scale:  # no bound known yet
+                lower, shift = np.full(len(self.points), -np.inf), np.zeros(len(quant))
+            else:
+                lower, shift = self._bounds[1], np.sqrt(((quant - self._bounds[2]) ** 2).sum(1))
             found = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
-            error, _ = _KERNEL.assign(self._grids[scale], self.weights, quant, self.labels,
-                                      *found)
+            error, _, sums, totals = _KERNEL.assign(self._grids[scale], self.weights,
+                                                    self.weighted, quant, self.labels, *found,
+                                                    lower, shift)
+            self._bounds = (scale, lower, quant)
+            self._sums = (sums, totals)
             return self.labels, float(error)
         if scale not in self._rows:
             self._rows[scale] = _exact_rows(self.points, scale)
         labels, error = _assign_exact(self._rows[scale], self.weights, centers, scale)
-        if self.compiled:  # the kernel's start for the next pass
-            self.labels = labels.astype(np.int64)
+        self.labels = labels.astype(np.int64)  # also the kernel's start for the next pass
+        self._sums = None
         return labels, error
+
+    def means(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted mean of the points of each of the ``k`` centers, by the last pass's
+        labels, and their total weight (a center without points: nan, 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self._sums is None:
+                return _cell_means(self.labels, k, self.weights, self.points, self.weighted)
+            sums, total = self._sums
+            return sums / total[:, None], total
 
 
 def _exact_rows(points: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:

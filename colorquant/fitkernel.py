@@ -1,4 +1,4 @@
-"""The exact assignment loop of the k>64 fit, compiled with numba.
+"""The exact assignment loop of the fit's Lloyd passes, compiled with numba.
 
 Loaded only where its start-up cost is paid once for many fits (the warm worker, a batch of
 several files: :func:`colorquant.fit.load_kernel`); elsewhere the fit uses its BLAS blocks.
@@ -63,22 +63,44 @@ def center_neighbors(quant, count):
 
 
 @cached
-def assign(grid, weights, quant, labels, neighbors, gaps, radius):
-    """Nearest center of every point, starting from its previous center; the weighted error.
+def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lower, shift):
+    """Nearest center of every point, starting from its previous center; the weighted error
+    and each center's sums for the means.
 
     ``grid`` (m, C) and ``quant`` (k, C) are whole numbers in float64; ``labels`` (m,) holds
     each point's previous center and is overwritten with its nearest (ties to the lowest
-    index); ``neighbors``, ``gaps`` and ``radius`` come from :func:`center_neighbors`. By the
-    triangle inequality a center ``j`` is farther from the point ``x`` than its previous
-    center ``a`` when ``d(a, j) > 2 d(x, a)``, so the neighbors, nearest first, are compared
-    only up to that distance; and the nearest found is the nearest of all when ``d(x, best) +
-    d(x, a) < radius[a]``, as any other center ``j`` has ``d(x, j) >= d(a, j) - d(x, a) >=
-    radius[a] - d(x, a) > d(x, best)``. Otherwise every center is compared. Returns (sum of
-    weight * squared distance in point order, full searches).
+    index); ``neighbors``, ``gaps`` and ``radius`` come from :func:`center_neighbors`.
+
+    Two tests spare most points most of the search, and both only decide whether to search,
+    never the answer:
+
+    - ``lower`` (m,) holds, per point, a lower bound on its distance to every center but its
+      own, as left by the previous call, and ``shift`` (k,) how far each center moved since
+      (``lower`` -inf where unknown). When the point's own center is still nearer than that
+      bound, less the largest move of another center, it is the nearest (Hamerly's bound).
+    - Otherwise, by the triangle inequality a center ``j`` is farther from the point ``x``
+      than its previous center ``a`` when ``d(a, j) > 2 d(x, a)``, so the neighbors, nearest
+      first, are compared only up to that distance; and the nearest found is the nearest of
+      all when ``d(x, best) + d(x, a) < radius[a]``, as any other center ``j`` has ``d(x, j)
+      >= d(a, j) - d(x, a) >= radius[a] - d(x, a) > d(x, best)``. Otherwise every center is
+      compared. The bound of the point is then set again from what was compared.
+
+    ``weighted`` is ``weights[:, None] * grid`` (any coordinates of the points): the sums
+    of each center's points are added in point order, as ``numpy.bincount`` adds them.
+    Returns (sum of weight * squared distance in point order, full searches, sums (k, C'),
+    total weight of each center (k,)).
     """
     m, channels = grid.shape
     k = quant.shape[0]
     count = neighbors.shape[1]
+    top, runner, top_j = 0.0, 0.0, -1  # the largest move, and the largest of the others
+    for j in range(k):
+        if shift[j] > top:
+            top, runner, top_j = shift[j], top, j
+        elif shift[j] > runner:
+            runner = shift[j]
+    sums = np.zeros((k, weighted.shape[1]))
+    totals = np.zeros(k)
     error = 0.0
     full = 0
     for i in range(m):
@@ -87,36 +109,55 @@ def assign(grid, weights, quant, labels, neighbors, gaps, radius):
         for c in range(channels):
             diff = grid[i, c] - quant[a, c]
             d_a += diff * diff
+        root_a = np.sqrt(d_a)
+        bound = lower[i] - (runner if a == top_j else top) - MARGIN
         best, best_d = a, d_a
-        reach = 2.0 * np.sqrt(d_a) + MARGIN
-        for t in range(count):
-            if gaps[a, t] > reach:
-                break
-            j = neighbors[a, t]
-            d = 0.0
-            for c in range(channels):
-                diff = grid[i, c] - quant[j, c]
-                d += diff * diff
-            if d < best_d or (d == best_d and j < best):
-                best, best_d = j, d
-        if np.sqrt(best_d) + np.sqrt(d_a) + MARGIN >= radius[a]:
-            full += 1
-            best, best_d = 0, np.inf
-            for j in range(k):
+        if root_a + MARGIN < bound:
+            lower[i] = bound
+        else:
+            second = np.inf  # the nearest compared center other than the best
+            beyond = radius[a]  # no center left uncompared is nearer to a than this
+            reach = 2.0 * root_a + MARGIN
+            for t in range(count):
+                if gaps[a, t] > reach:
+                    beyond = gaps[a, t]
+                    break
+                j = neighbors[a, t]
                 d = 0.0
                 for c in range(channels):
                     diff = grid[i, c] - quant[j, c]
                     d += diff * diff
-                if d < best_d:
+                if d < best_d or (d == best_d and j < best):
+                    second = min(second, np.sqrt(best_d))
                     best, best_d = j, d
+                else:
+                    second = min(second, np.sqrt(d))
+            if np.sqrt(best_d) + root_a + MARGIN >= radius[a]:
+                full += 1
+                best, best_d, second_d = 0, np.inf, np.inf
+                for j in range(k):
+                    d = 0.0
+                    for c in range(channels):
+                        diff = grid[i, c] - quant[j, c]
+                        d += diff * diff
+                    if d < best_d:
+                        best, best_d, second_d = j, d, best_d
+                    elif d < second_d:
+                        second_d = d
+                lower[i] = np.sqrt(second_d) - MARGIN
+            else:
+                lower[i] = min(second, beyond - root_a) - MARGIN
         labels[i] = best
         error += best_d * weights[i]
-    return error, full
+        totals[best] += weights[i]
+        for c in range(weighted.shape[1]):
+            sums[best, c] += weighted[i, c]
+    return error, full, sums, totals
 
 
 def warm() -> None:
     """Load the compiled loops now (from numba's cache: a few tenths of a second once)."""
     quant = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
     neighbors, gaps, radius = center_neighbors(quant, 1)
-    assign(np.zeros((1, 3)), np.ones(1), quant, np.zeros(1, dtype=np.int64), neighbors, gaps,
-           radius)
+    assign(np.zeros((1, 3)), np.ones(1), np.zeros((1, 3)), quant, np.zeros(1, dtype=np.int64),
+           neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2))

@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 
+#: Distinct colors a step of :func:`weighted_sse`.
+BLOCK = 1 << 16
+
 
 def weighted_sse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> int:
     """Sum of squared 0–255 channel differences, each row weighted by a pixel count (exact
@@ -18,9 +21,14 @@ def weighted_sse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) 
     weights : ndarray of int, shape (m,)
         Pixels of each distinct color.
     """
-    diff = original.astype(np.int64) - approx.astype(np.int64)
-    per_color = np.einsum("ij,ij->i", diff, diff)
-    return int(np.dot(per_color, np.asarray(weights, dtype=np.int64)))
+    weights = np.asarray(weights, dtype=np.int64)
+    total = 0
+    for start in range(0, len(original), BLOCK):  # bounded temporaries for large histograms
+        stop = start + BLOCK
+        diff = original[start:stop].astype(np.int32) - approx[start:stop].astype(np.int32)
+        per_color = np.einsum("ij,ij->i", diff, diff).astype(np.int64)
+        total += int(np.dot(per_color, weights[start:stop]))
+    return total
 
 
 def weighted_mse(original: np.ndarray, approx: np.ndarray, weights: np.ndarray) -> float:

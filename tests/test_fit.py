@@ -186,10 +186,51 @@ def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
         found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
         for start in (rng.integers(0, k, len(points)), truth.copy()):  # any previous centers
             labels = start.astype(np.int64)
-            error, full = fitkernel.assign(points * scale, weights, quant, labels, *found)
+            lower = np.full(len(points), -np.inf)  # no bound known
+            error, full, sums, totals = fitkernel.assign(
+                points * scale, weights, weights[:, None] * points, quant, labels, *found,
+                lower, np.zeros(k))
             assert np.array_equal(labels, truth) and error == truth_error
+            assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
+            assert np.array_equal(sums[:, 1], np.bincount(truth, weights=weights * points[:, 1],
+                                                          minlength=k))
         if k > 4 * fit.FAST_NEIGHBORS and top == 255:
             assert full < 0.2 * len(points)  # centers spread like the points: few full searches
+
+
+@pytest.mark.parametrize("k", [3, 16, 64, 256])
+def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
+    """Pass after pass, the bounds the kernel keeps (and the points they let it skip) never
+    change an answer: labels, error and sums equal a brute-force pass at every step, with
+    centers moving by small and large steps, some not at all, some onto each other."""
+    from colorquant import fitkernel
+
+    rng = np.random.default_rng(100 + k)
+    points = rng.integers(0, 256, (4000, 3)).astype(np.float64)
+    weights = rng.integers(1, 40, len(points)).astype(np.float64)
+    weighted = weights[:, None] * points
+    centers = rng.uniform(0, 255, (k, 3))
+    scale = fit.FAST_SCALE
+    labels = _brute_assignment(points, weights, centers, scale)[0]
+    lower, previous = np.full(len(points), -np.inf), None
+    for step in range(12):
+        quant = np.rint(centers * scale)
+        shift = (np.zeros(k) if previous is None
+                 else np.sqrt(((quant - previous) ** 2).sum(axis=1)))
+        found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
+        error, _, sums, totals = fitkernel.assign(points * scale, weights, weighted, quant,
+                                                     labels, *found, lower, shift)
+        truth, truth_error = _brute_assignment(points, weights, centers, scale)
+        assert np.array_equal(labels, truth) and error == truth_error, step
+        assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
+        assert np.array_equal(sums[:, 2], np.bincount(truth, weights=weighted[:, 2],
+                                                      minlength=k))
+        previous = quant
+        moves = rng.normal(0, 0.3 if step % 3 else 6.0, centers.shape)
+        moves[rng.random(k) < 0.3] = 0.0  # some centers stay
+        centers = np.clip(centers + moves, 0, 255)
+        if k > 3 and step == 5:
+            centers[1] = centers[0]  # two centers meet: exact ties
 
 
 @pytest.mark.parametrize("k", [2, 5, 17, 40])
@@ -210,7 +251,7 @@ def test_center_neighbors_are_the_nearest_and_radius_the_next(k):
         assert radius[a] == (np.sqrt(others[count]) if count < k - 1 else np.inf)
 
 
-@pytest.mark.parametrize("k", [65, 200, 256])
+@pytest.mark.parametrize("k", [8, 16, 64, 65, 200, 256])
 def test_fit_is_the_same_with_the_compiled_assignment(monkeypatch, k, flower):
     from PIL import Image
 
