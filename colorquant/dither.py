@@ -12,8 +12,9 @@ mappers work on bands of rows, per pixel, in the color space's search coordinate
   matrix at the pixel's position, added to R, G and B; ``spread`` the median distance from a
   palette color to its nearest other palette color, in sRGB 0–255 units).
 
-Exact nearest means: float64 squared distance summed channel by channel, ties to the palette
-color that sorts first by (R, G, B[, A]). Fully transparent pixels take the palette's
+Exact nearest means: float64 squared distance summed channel by channel (premultiplied by
+alpha for RGBA: :class:`colorquant.colorspace.Premultiplied`), ties to the palette color that
+sorts first by (R, G, B[, A]). Fully transparent pixels take the palette's
 transparent entry and no part in the diffusion; visible pixels only visible entries.
 """
 
@@ -157,7 +158,7 @@ def _cube_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]
     """The per-channel bounds of the cube's lattice (:func:`_cube`) in the search coordinates
     of ``space``: the same for every palette, so made once per process (encoding the lattice
     was most of a small frame's mapping: an animation maps each frame on its own)."""
-    cube = get_space(space).dither_coords(_cube(channels))
+    cube = get_space(space, channels).dither_coords(_cube(channels))
     lo, hi = cube.min(axis=0), cube.max(axis=0)
     lo.flags.writeable = hi.flags.writeable = False  # shared between calls
     return lo, hi
@@ -190,7 +191,8 @@ def _target_of(data: bytes, shape: tuple[int, int], space: ColorSpace,
     if shape[1] == 4 and (colors[:, 3] > 0).any():
         allowed = np.flatnonzero(colors[:, 3] > 0)
     allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
-    coords = np.ascontiguousarray(get_space(space).metric(colors[allowed]), dtype=np.float64)
+    coords = np.ascontiguousarray(get_space(space, shape[1]).metric(colors[allowed]),
+                                  dtype=np.float64)
     cube_lo, cube_hi = _cube_box(space, shape[1])
     lo = np.minimum(coords.min(axis=0), cube_lo)
     hi = np.maximum(coords.max(axis=0), cube_hi)
@@ -211,7 +213,7 @@ def fs_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]:
     corners in the search coordinates of ``space``, widened by :data:`FS_OVERFLOW` of its size
     on each side (in ``rgb``, -25.5 to 280.5)."""
     corners = np.array(list(itertools.product((0.0, 255.0), repeat=channels)))
-    coords = get_space(space).dither_coords(corners)
+    coords = get_space(space, channels).dither_coords(corners)
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     margin = FS_OVERFLOW * (hi - lo)
     return lo - margin, hi + margin
@@ -365,7 +367,7 @@ def _transparent(prepared: Prepared, labels: np.ndarray) -> int | None:
 def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
     """Floyd–Steinberg, serpentine, error diffused in the space's search coordinates."""
-    space = get_space(options.space)
+    space = get_space(options.space, prepared.histogram.channels)
 
     def points(top: int, band: np.ndarray) -> np.ndarray:
         return space.dither_coords(band.reshape(-1, band.shape[2])).reshape(band.shape)
@@ -380,7 +382,7 @@ def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:
 
     def mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
-        space = get_space(options.space)
+        space = get_space(options.space, prepared.histogram.channels)
         offsets = matrix() * (THRESHOLD_SCALE * float(options.dither_strength)
                               * spread(palette))
         size = offsets.shape[0]

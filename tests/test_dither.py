@@ -54,25 +54,59 @@ def _brute_nearest(point: list[float], centers: list[list[float]]) -> int:
     return best
 
 
-def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
-                 space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
-    """Floyd–Steinberg as README and dither.py document it, one pixel at a time."""
-    strategy = get_space(space)
+def search_point(color: list[float], space: ColorSpace) -> list[float]:
+    """The search coordinates of one sRGB(A) color (0–255 values) as docs/
+    transparency-and-dithering.md defines them: the space's coordinates of R, G, B (in ``rgb``
+    the values themselves); with alpha A, premultiplied: those times A, and ``unit × A`` (unit
+    255 in ``rgb``, 1 in ``oklab`` and ``lab``)."""
+    base = get_space(space)
+    rgb = [float(v) for v in color[:3]]
+    point = rgb if space is ColorSpace.RGB else base.dither_coords(np.array([rgb]))[0].tolist()
+    if len(color) == 3:
+        return point
+    alpha = float(color[3])
+    unit = 255.0 if space is ColorSpace.RGB else 1.0
+    return [v * alpha for v in point] + [unit * alpha]
+
+
+def reference_nearest(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> np.ndarray:
+    """The undithered mapping, one pixel at a time: alpha 0 to the first transparent entry,
+    others to the first (in value order) of the visible entries nearest in search
+    coordinates."""
     h, w, channels = image.shape
     allowed = _allowed(palette)
-    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
+    clear = [i for i in range(len(palette)) if channels == 4 and palette[i, 3] == 0]
+    out = np.zeros((h, w), dtype=np.uint8)
+    for y in range(h):
+        for x in range(w):
+            if channels == 4 and image[y, x, 3] == 0 and clear:
+                out[y, x] = clear[0]
+            else:
+                out[y, x] = allowed[_brute_nearest(search_point(image[y, x].tolist(), space),
+                                                   centers)]
+    return out
+
+
+def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
+                 space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
+    """Floyd–Steinberg as docs/transparency-and-dithering.md and dither.py document it, one
+    pixel at a time."""
+    h, w, channels = image.shape
+    allowed = _allowed(palette)
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
+
     lo = [min(c[i] for c in centers) for i in range(channels)]
     hi = [max(c[i] for c in centers) for i in range(channels)]
-    corners = strategy.dither_coords(
-        np.array(list(itertools.product([0.0, 255.0], repeat=channels)))).tolist()
+    corners = [search_point(list(corner), space)
+               for corner in itertools.product([0.0, 255.0], repeat=channels)]
     clamp_lo, clamp_hi = [], []  # the cube corners' box, widened by FS_OVERFLOW a side
     for c in range(channels):
         low, high = min(p[c] for p in corners), max(p[c] for p in corners)
         clamp_lo.append(low - dither.FS_OVERFLOW * (high - low))
         clamp_hi.append(high + dither.FS_OVERFLOW * (high - low))
     keep = strength * dither.FS_KEEP
-    coords = strategy.metric(image.reshape(-1, channels)).astype(np.float64)
-    coords = coords.reshape(h, w, channels).tolist()
+    coords = [[search_point(image[y, x].tolist(), space) for x in range(w)] for y in range(h)]
     span = 0.0
     for a, b in zip(lo, hi, strict=True):
         span += (b - a) * (b - a)
@@ -177,10 +211,9 @@ def _threads(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
 def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndarray,
                          strength: float, space: ColorSpace) -> np.ndarray:
     """Each pixel: the exactly nearest palette color of clip(pixel + t × strength × spread)."""
-    strategy = get_space(space)
     h, w, channels = image.shape
     allowed = _allowed(palette)
-    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
     amount = dither.THRESHOLD_SCALE * strength * dither.spread(
         Palette(palette, np.ones(len(palette), np.int64)))
     out = np.zeros((h, w), dtype=np.uint8)
@@ -192,8 +225,7 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
             t = matrix[y % len(matrix), x % len(matrix)]
             want = [min(max(float(v) + (t * amount if c < 3 else 0.0), 0.0), 255.0)
                     for c, v in enumerate(image[y, x])]
-            point = strategy.dither_coords(np.array([want]))[0].tolist()
-            out[y, x] = allowed[_brute_nearest(point, centers)]
+            out[y, x] = allowed[_brute_nearest(search_point(want, space), centers)]
     return out
 
 
@@ -543,3 +575,65 @@ def test_palette_file_with_blue_noise(tmp_path):
     out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).reshape(-1, 3)
     palette = {(0, 0, 0), (255, 255, 255), (128, 64, 32), (20, 200, 90)}
     assert {tuple(c) for c in out.tolist()} <= palette
+
+
+# --- transparency: premultiplied alpha ----------------------------------------------------
+
+
+def _translucent(h: int, w: int, seed: int) -> np.ndarray:
+    """A gradient with every alpha: clear, faint, half and opaque pixels."""
+    image = _gradient(h, w, channels=4, seed=seed)
+    rng = np.random.default_rng(seed)
+    image[:, :, 3] = rng.choice([0, 1, 7, 40, 128, 200, 255], size=(h, w))
+    return image
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+@pytest.mark.parametrize("given", [False, True])
+def test_rgba_nearest_is_the_premultiplied_reference(space, given):
+    """The undithered mapping of an image with every alpha (a fitted palette, or a given one
+    with faint and half-transparent entries) is the plain loop over premultiplied
+    coordinates."""
+    image = _translucent(17, 23, seed=11)
+    if given:
+        palette = _fixed_palette(20, 4, seed=5)
+        result = pipeline.quantize(image, QuantizeOptions(space=space), palette=palette)
+    else:
+        result = pipeline.quantize(image, QuantizeOptions(colors=12, space=space))
+    np.testing.assert_array_equal(_indices(result),
+                                  reference_nearest(image, result.palette.colors, space))
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_a_faint_pixel_takes_the_entry_nearest_after_compositing(space):
+    """A faint red pixel (alpha 10) is nearer to faint black than to nearly opaque red once
+    premultiplied (either shows as almost nothing over any background, the red one as red);
+    unpremultiplied, with alpha a fourth coordinate, it was the red."""
+    image = np.array([[[255, 0, 0, 10]]], dtype=np.uint8)
+    palette = Palette(np.array([[255, 0, 0, 200], [0, 0, 0, 10]], np.uint8), np.ones(2, np.int64))
+    assert _indices(pipeline.quantize(image, QuantizeOptions(space=space),
+                                      palette=palette)).item() == 1
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_premultiplied_colors_round_trip(space):
+    """Every visible color of a lattice of the sRGBA cube decodes back to itself."""
+    strategy = get_space(space, 4)
+    axis = np.arange(0, 256, 15, dtype=np.uint8)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, np.array([1, 3, 128, 255], np.uint8),
+                                   indexing="ij"), axis=-1).reshape(-1, 4)
+    np.testing.assert_array_equal(strategy.decode(strategy.encode(lattice)), lattice)
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_rgba_fs_and_threshold_methods_are_the_reference(space):
+    image = _translucent(15, 19, seed=3)
+    opts = QuantizeOptions(colors=9, dither=Dither.FS, space=space)
+    result = pipeline.quantize(image, opts)
+    np.testing.assert_array_equal(_indices(result),
+                                  reference_fs(image, result.palette.colors, 1.0, space))
+    opts = QuantizeOptions(colors=9, dither=Dither.ORDERED, space=space)
+    result = pipeline.quantize(image, opts)
+    np.testing.assert_array_equal(
+        _indices(result), _reference_threshold(image, result.palette.colors, dither.bayer8(),
+                                               1.0, space))
