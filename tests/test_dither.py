@@ -69,6 +69,17 @@ def search_point(color: list[float], space: ColorSpace) -> list[float]:
     return [v * alpha for v in point] + [unit * alpha]
 
 
+def undithered_error(color: list[int], entry: list[int]) -> int:
+    """255² × the squared 0–255 error of a color against a palette entry, premultiplied when
+    there is alpha (plain integers)."""
+    if len(color) == 3:
+        return 255 * 255 * sum((a - b) * (a - b) for a, b in zip(color, entry, strict=True))
+    total = 255 * 255 * (color[3] - entry[3]) ** 2
+    for c in range(3):
+        total += (color[c] * color[3] - entry[c] * entry[3]) ** 2
+    return total
+
+
 def reference_nearest(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> np.ndarray:
     """The undithered mapping, one pixel at a time: alpha 0 to the first transparent entry,
     others to the first (in value order) of the visible entries nearest in search
@@ -88,6 +99,37 @@ def reference_nearest(image: np.ndarray, palette: np.ndarray, space: ColorSpace)
     return out
 
 
+def reference_quiet(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> list:
+    """Whether each pixel is left undithered by ``fs``: its undithered error is at most
+    FS_QUIET (docs: selective dithering)."""
+    h, w, _ = image.shape
+    near = reference_nearest(image, palette, space)
+    return [[undithered_error(image[y, x].tolist(), palette[near[y, x]].tolist())
+             <= dither.FS_QUIET * 255 * 255 for x in range(w)] for y in range(h)]
+
+
+def reference_mse(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> float:
+    """The undithered mapping's mean squared distance (search coordinates) over the visible
+    pixels: each distinct color's count × distance, summed exactly (math.fsum)."""
+    near = reference_nearest(image, palette, space)
+    found: dict[tuple[int, ...], list[int]] = {}
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            color = tuple(int(v) for v in image[y, x])
+            if len(color) == 4 and color[3] == 0:
+                continue
+            found.setdefault(color, [0, int(near[y, x])])[0] += 1
+    terms, total = [], 0
+    for color, (count, index) in found.items():
+        a, b = search_point(list(color), space), search_point(palette[index].tolist(), space)
+        d = 0.0
+        for c in range(len(a)):
+            d += (a[c] - b[c]) ** 2
+        terms.append(count * d)
+        total += count
+    return math.fsum(terms) / total if total else 0.0
+
+
 def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
                  space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
     """Floyd–Steinberg as docs/transparency-and-dithering.md and dither.py document it, one
@@ -95,7 +137,8 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
     h, w, channels = image.shape
     allowed = _allowed(palette)
     centers = [search_point(palette[i].tolist(), space) for i in allowed]
-
+    quiet = reference_quiet(image, palette, space)
+    damp = dither.FS_DAMP * reference_mse(image, palette, space)
     lo = [min(c[i] for c in centers) for i in range(channels)]
     hi = [max(c[i] for c in centers) for i in range(channels)]
     corners = [search_point(list(corner), space)
@@ -129,11 +172,15 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
             if skip[y][x]:
                 out[y, x] = clear[0]
                 continue
-            want = [min(max(coords[y][x][c] + error[y][x][c], clamp_lo[c]), clamp_hi[c])
-                    for c in range(channels)]
+            want = [min(max(coords[y][x][c] + (0.0 if quiet[y][x] else error[y][x][c]),
+                            clamp_lo[c]), clamp_hi[c]) for c in range(channels)]
             j = _brute_nearest(want, centers)
             out[y, x] = allowed[j]
-            err = [(want[c] - centers[j][c]) * keep for c in range(channels)]
+            big = 0.0
+            for c in range(channels):
+                big += (want[c] - centers[j][c]) * (want[c] - centers[j][c])
+            scale = keep * 0.75 if big > damp else keep
+            err = [(want[c] - centers[j][c]) * scale for c in range(channels)]
             for yy, xx, weight in ((y, x + d, 7), (y + 1, x - d, 3), (y + 1, x, 5),
                                    (y + 1, x + d, 1)):
                 if yy < h and 0 <= xx < w and not skip[yy][xx] and near(y, x, yy, xx):
@@ -637,3 +684,47 @@ def test_rgba_fs_and_threshold_methods_are_the_reference(space):
     np.testing.assert_array_equal(
         _indices(result), _reference_threshold(image, result.palette.colors, dither.bayer8(),
                                                1.0, space))
+
+
+# --- selective dithering --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_fs_quiet_pixels_are_the_reference(channels):
+    """With a palette holding the color of a flat patch (quiet) and a gradient (mostly not)."""
+    image = _translucent(14, 18, seed=2) if channels == 4 else _gradient(14, 18, seed=2)
+    image[3:9, 4:12] = (90, 90, 90, 255)[:channels]
+    image[3:5, 4:6, :3] = (91, 90, 89)  # squared error 2: still quiet
+    fixed = _fixed_palette(6, channels, seed=3).colors
+    colors = np.vstack([fixed, np.array([(90, 90, 90, 255)[:channels]], np.uint8)])
+    palette = Palette(colors, np.ones(len(colors), np.int64))
+    prepared = pipeline.prepare(image)
+    labels = pipeline._labels(prepared.histogram.colors, palette, QuantizeOptions())
+    got = dither.fs_quiet(prepared, palette, labels)
+    assert got.astype(bool).tolist() == reference_quiet(image, palette.colors, ColorSpace.RGB)
+    assert got[3:9, 4:12].all() and not got.all()
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_fs_damping_is_the_reference(monkeypatch, space):
+    """A low damping bound (most errors damped) and the default, in every space."""
+    image = _gradient(16, 22, seed=7)
+    for damp in (0.3, dither.FS_DAMP):
+        monkeypatch.setattr(dither, "FS_DAMP", damp)
+        result = pipeline.quantize(image, QuantizeOptions(colors=5, dither=Dither.FS,
+                                                          space=space))
+        np.testing.assert_array_equal(
+            _indices(result), reference_fs(image, result.palette.colors, 1.0, space))
+
+
+def test_fs_leaves_a_nearly_exact_flat_area_undithered():
+    """A flat area within FS_QUIET of a palette color takes that color everywhere, even with
+    a strong error arriving from a dithered gradient beside it; plain diffusion would spread
+    that error into it."""
+    image = _gradient(20, 40, seed=1)
+    image[:, 20:] = (101, 99, 100)
+    palette = Palette(np.array([[0, 0, 0], [100, 100, 100], [255, 255, 255], [255, 0, 0],
+                                [0, 255, 0], [0, 0, 255]], np.uint8), np.ones(6, np.int64))
+    out = _indices(pipeline.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette))
+    assert (out[:, 20:] == 1).all()
+    assert len(np.unique(out[:, :20])) > 3  # the gradient is dithered
