@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from colorquant import dither, metrics, pipeline  # noqa: E402
+from colorquant import core, dither, metrics  # noqa: E402
 from colorquant.colorspace import srgb_to_cielab  # noqa: E402
 from colorquant.options import ColorSpace, Dither, FitMethod, QuantizeOptions  # noqa: E402
 
@@ -119,14 +119,14 @@ def quality(methods: dict[str, tuple[ColorSpace, Dither, dict]]) -> None:
                 palettes = {}
                 for name, (space, method, patch) in methods.items():
                     if space not in palettes:
-                        palettes[space] = pipeline.fit_palette(
-                            pipeline.prepare(original).histogram,
+                        palettes[space] = core.fit_palette(
+                            core.prepare(original).histogram,
                             QuantizeOptions(colors=k, space=space))
                     saved = {key: getattr(dither, key) for key in patch}
                     for key, value in patch.items():
                         setattr(dither, key, value)
                     try:
-                        result = pipeline.quantize(
+                        result = core.quantize(
                             original, QuantizeOptions(colors=k, space=space, dither=method),
                             palette=palettes[space])
                     finally:
@@ -218,7 +218,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     the floor: the ratio to ``none`` the method would have if its mapping cost nothing."""
     from io import BytesIO
 
-    from colorquant import io
+    from colorquant import encode
 
     Image.MAX_IMAGE_PIXELS = None
     decoded = {}
@@ -229,7 +229,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
     taken: dict[str, list[float]] = {method: [] for method in outputs}
     for _ in range(rounds):
         for method, image in decoded.items():
-            params = io.save_params("PNG", compress_level=level,
+            params = encode.save_params("PNG", compress_level=level,
                                     n_colors=len(image.getpalette()) // 3)
             start = time.perf_counter()
             image.save(BytesIO(), format="PNG", **params)
@@ -251,7 +251,7 @@ def figure(path: Path) -> None:
     for label, method in (("colorquant (none)", Dither.NONE), ("colorquant --dither fs",
                                                                Dither.FS),
                           ("colorquant --dither blue-noise", Dither.BLUE_NOISE)):
-        result = pipeline.quantize(original, QuantizeOptions(colors=16, dither=method))
+        result = core.quantize(original, QuantizeOptions(colors=16, dither=method))
         panels.append((label, np.asarray(result.image.convert("RGB"))))
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "in.png"
@@ -319,7 +319,7 @@ def bound() -> None:
             original = np.asarray(Image.open(path).convert("RGB"))
             png = Path(tmp) / "in.png"
             Image.fromarray(original).save(png)
-            histogram = pipeline.prepare(original).histogram
+            histogram = core.prepare(original).histogram
             for k in KS:
                 rows.setdefault(("pngquant --nofs", k), []).append(
                     delta_e(original, pngquant(png, k, ["--nofs"])))
@@ -328,8 +328,8 @@ def bound() -> None:
                     for label, fit in (("", FitMethod.MINIBATCH),
                                        (" --fit lloyd", FitMethod.LLOYD)):
                         options = QuantizeOptions(colors=k, space=space, fit_method=fit)
-                        palette = pipeline.fit_palette(histogram, options)
-                        out = pipeline.quantize(original, options, palette=palette).image
+                        palette = core.fit_palette(histogram, options)
+                        out = core.quantize(original, options, palette=palette).image
                         rows.setdefault((name + label, k), []).append(
                             delta_e(original, np.asarray(out.convert("RGB"))))
                         if fit is FitMethod.MINIBATCH:

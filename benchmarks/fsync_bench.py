@@ -2,13 +2,13 @@
 
     python benchmarks/fsync_bench.py [--files 100] [--rounds 5] [--dir DIR]
 
-Two cases, each timed with ``colorquant.io.DURABLE`` on and off in interleaved rounds (the
+Two cases, each timed with ``colorquant.atomic.DURABLE`` on and off in interleaved rounds (the
 order alternates), medians and their ratio printed:
 
-- ``100 small``: 100 outputs (0.1 MP PNGs, already encoded) written with ``io.atomic_write``
+- ``100 small``: 100 outputs (0.1 MP PNGs, already encoded) written with ``atomic.atomic_write``
   one after another, as a batch writes them; and the whole batch (decode, quantize, encode,
-  write: ``pipeline.quantize_file`` per file) to show what share of a batch the flushes are;
-- ``24 MP``: ``pipeline.quantize_file`` of one 24 MP JPEG photo (6000x4000, upscaled from
+  write: ``files.quantize_file`` per file) to show what share of a batch the flushes are;
+- ``24 MP``: ``files.quantize_file`` of one 24 MP JPEG photo (6000x4000, upscaled from
   ``sample_images/china.jpg``), whole run and its write stage.
 
 The outputs go to ``--dir`` (default: a temporary folder under /tmp), which should be on the
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from colorquant import QuantizeOptions, io, pipeline
+from colorquant import QuantizeOptions, atomic, core, files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def _inputs(folder: Path, files: int) -> list[Path]:
 
 
 def _timed(durable: bool, work) -> float:
-    io.DURABLE = durable
+    atomic.DURABLE = durable
     start = time.perf_counter()
     work()
     return time.perf_counter() - start
@@ -65,7 +65,7 @@ def main() -> None:
         encoded = []
         for src in srcs:
             buffer = BytesIO()
-            pipeline.quantize_image(np.asarray(Image.open(src)), 16).image.save(buffer, "PNG")
+            core.quantize_image(np.asarray(Image.open(src)), 16).image.save(buffer, "PNG")
             encoded.append(buffer.getvalue())
         photo = folder / "photo.jpg"
         with Image.open(ROOT / "sample_images" / "china.jpg") as image:
@@ -75,17 +75,17 @@ def main() -> None:
 
         def small_writes() -> None:
             for i, data in enumerate(encoded):
-                io.atomic_write(out / f"o{i:03d}.png", lambda h, d=data: h.write(d))
+                atomic.atomic_write(out / f"o{i:03d}.png", lambda h, d=data: h.write(d))
 
         def small_batch() -> None:
             for i, src in enumerate(srcs):
-                pipeline.quantize_file(src, out / f"b{i:03d}.png", options=options)
+                files.quantize_file(src, out / f"b{i:03d}.png", options=options)
 
         write_stage: dict[bool, list[float]] = {True: [], False: []}
 
         def big() -> None:
-            result = pipeline.quantize_file(photo, out / "photo.png", options=options)
-            write_stage[io.DURABLE].append(result.timings["write"])
+            result = files.quantize_file(photo, out / "photo.png", options=options)
+            write_stage[atomic.DURABLE].append(result.timings["write"])
 
         cases = {"100 small: writes": small_writes, "100 small: whole batch": small_batch,
                  "24 MP: whole run": big}
@@ -94,7 +94,7 @@ def main() -> None:
             for name, work in cases.items():
                 for durable in ((True, False) if round_ % 2 == 0 else (False, True)):
                     times[name][durable].append(_timed(durable, work))
-        io.DURABLE = True
+        atomic.DURABLE = True
     times["24 MP: write stage"] = write_stage
     print(f"{'case':<24} {'fsync s':>9} {'no fsync s':>11} {'ratio':>7} {'extra ms':>9}")
     for name, runs in times.items():

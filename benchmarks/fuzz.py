@@ -7,7 +7,7 @@
 Targets:
 
 ``image``
-    The read path of ``pipeline.quantize_file`` on the input's bytes (``io.open_image`` →
+    The read path of ``files.quantize_file`` on the input's bytes (``imagefile.open_image`` →
     ``frames.read`` → the frames an output holds), then the histogram of every frame, with a
     small pixel limit; one input in four goes on through the fit, the mapping and the
     encoder (``quantize_file`` into memory, k = 2–9; a format, dithering method, strength and
@@ -86,7 +86,7 @@ def _check(condition: bool, message: str) -> None:
 def _image_target(data: bytes) -> None:
     from PIL import Image
 
-    from colorquant import pipeline
+    from colorquant import core, files
     from colorquant.options import ColorSpace, Dither, QuantizeOptions
 
     crc = zlib.crc32(data)
@@ -97,18 +97,18 @@ def _image_target(data: bytes) -> None:
                               dither=methods[(crc >> 12) % len(methods)],
                               space=spaces[(crc >> 15) % len(spaces)],
                               dither_strength=1.0 if crc & (1 << 18) else 0.5)
-    _, images = pipeline._read_frames(BytesIO(data), fmt, options, shown_dst="<fuzz>")
+    _, images = files._read_frames(BytesIO(data), fmt, options, shown_dst="<fuzz>")
     _check(len(images) >= 1, "no frames")
     _check(len({im.mode for im in images}) == 1 and images[0].mode in ("RGB", "RGBA"),
            f"frame modes {[im.mode for im in images]}")
     _check(sum(im.width * im.height for im in images) <= MAX_PIXELS, "over the pixel limit")
     for im in images:
-        prepared = pipeline.prepare(im)
+        prepared = core.prepare(im)
         _check(prepared.histogram.n_pixels == im.width * im.height, "histogram count")
     if crc & 3:
         return
     out = BytesIO()
-    result = pipeline.quantize_file(BytesIO(data), out, options=options, fmt=fmt)
+    result = files.quantize_file(BytesIO(data), out, options=options, fmt=fmt)
     _check(1 <= result.n_colors <= options.colors, f"{result.n_colors} colors")
     out.seek(0)
     with Image.open(out) as decoded:
@@ -183,16 +183,17 @@ def _child(target: str, findings: Path, libfuzzer_args: list[str]) -> None:
         from PIL import Image, ImageCms, ImageOps  # noqa: F401
 
         import colorquant.batch
+        import colorquant.core
+        import colorquant.files
         import colorquant.frames
         import colorquant.palettefile
-        import colorquant.pipeline
 
         Image.init()  # every format plugin, inside the instrumented block
     if target == "image":
         # Import scikit-learn now (seconds, once) rather than inside the first input's time limit.
         import numpy as np
 
-        colorquant.pipeline.quantize_image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), 2)
+        colorquant.core.quantize_image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), 2)
     import resource
 
     seen: set[str] = set()

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from colorquant import fit, metrics, palettecontrol, pipeline
+from colorquant import core, fit, metrics, palettecontrol
 from colorquant.colorspace import get_space
 from colorquant.options import ColorSpace, QuantizeOptions
 
@@ -39,7 +39,7 @@ OPTIONS = QuantizeOptions()
 
 
 def nearest(colors: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return pipeline._nearest(colors, centers, OPTIONS)
+    return core._nearest(colors, centers, OPTIONS)
 
 
 def photos(corpus: Path) -> dict[str, Image.Image]:
@@ -91,12 +91,12 @@ def target_cost(images: dict[str, Image.Image], repeats: int, target: tuple[floa
     for name, image in images.items():
         with (Counter(fit, "fit_centers") as fits, Counter(fit, "lloyd_refine") as refines,
               Counter(palettecontrol, "_split") as fills):
-            result = pipeline.quantize(image, target_opt)
+            result = core.quantize(image, target_opt)
         times: dict[str, list[float]] = {"plain": [], "target": []}
         for _ in range(repeats):  # interleaved rounds
             for label, options in (("plain", plain_opt), ("target", target_opt)):
                 start = time.perf_counter()
-                pipeline.quantize(image, options)
+                core.quantize(image, options)
                 times[label].append(time.perf_counter() - start)
         plain, timed = statistics.median(times["plain"]), statistics.median(times["target"])
         ratios.append(timed / plain)
@@ -114,11 +114,11 @@ def brute_force(images: dict[str, Image.Image], k: int, targets: list[float]) ->
     differ, gaps, total = 0, [], 0
     for name, image in images.items():
         small = image.resize((96, 64), Image.Resampling.BOX)
-        psnr_of = {n: pipeline.quantize(small, QuantizeOptions(colors=max(n, 2))).psnr
+        psnr_of = {n: core.quantize(small, QuantizeOptions(colors=max(n, 2))).psnr
                    if n > 1 else _one_color_psnr(small) for n in range(1, k + 1)}
         for target in targets:
             try:
-                chosen = len(pipeline.quantize(small, QuantizeOptions(
+                chosen = len(core.quantize(small, QuantizeOptions(
                     colors=k, target_psnr=(target, target))).palette)
             except palettecontrol_errors() as exc:
                 print(f"| {name} | {target:g} | {exc} | | |")
@@ -141,7 +141,7 @@ def palettecontrol_errors() -> type[Exception]:
 
 
 def _one_color_psnr(image: Image.Image) -> float:
-    h = pipeline.prepare(image).histogram
+    h = core.prepare(image).histogram
     hist = palettecontrol.Histogram(h.colors, h.counts)
     mean = np.average(h.colors.astype(np.float64), axis=0, weights=h.counts)
     center = np.rint(mean).astype(np.uint8)[None]
@@ -155,7 +155,7 @@ def exact_n(images: dict[str, Image.Image], ks: list[int]) -> None:
     print("|---|---|---|---|---|---|")
     checked = short = 0
     for name, image in images.items():
-        h = pipeline.prepare(image).histogram
+        h = core.prepare(image).histogram
         for k in ks:
             if len(h) <= k:
                 continue
@@ -167,7 +167,7 @@ def exact_n(images: dict[str, Image.Image], ks: list[int]) -> None:
                 continue
             short += 1
             before = metrics.psnr(metrics.weighted_mse(h.colors, plain[labels], h.counts))
-            result = pipeline.quantize(image, QuantizeOptions(colors=k))
+            result = core.quantize(image, QuantizeOptions(colors=k))
             print(f"| {name} | {k} | {used} | {before:.2f} | {len(result.palette)} | "
                   f"{result.psnr:.2f} |")
     print(f"\nplain fit short in {short} of {checked} (image, k) cases")
@@ -181,12 +181,12 @@ def pinned(images: dict[str, Image.Image], k: int, pins: list[tuple[int, int, in
     gains = []
     pin_array = np.array(pins, dtype=np.uint8)
     for name, image in images.items():
-        h = pipeline.prepare(image).histogram
+        h = core.prepare(image).histogram
         swapped = palettecontrol.swap(fit.fit_centers(h.colors, h.counts, k, seed=0, space=RGB),
                                       pin_array, RGB)
         swap_psnr = metrics.psnr(metrics.weighted_mse(
             h.colors, swapped[nearest(h.colors, swapped)], h.counts))
-        result = pipeline.quantize(image, QuantizeOptions(colors=k, keep=tuple(pins)))
+        result = core.quantize(image, QuantizeOptions(colors=k, keep=tuple(pins)))
         gains.append(result.psnr - swap_psnr)
         print(f"| {name} | {swap_psnr:.2f} | {result.psnr:.2f} | {gains[-1]:+.2f} |")
     print(f"\nmedian gain {statistics.median(gains):+.2f} dB")
@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     images = photos(args.corpus)
     generated = {f"dominant-{s}": dominant(s) for s in range(3)}
-    pipeline.quantize(dominant(0), QuantizeOptions(colors=16))  # imports, warm-up
+    core.quantize(dominant(0), QuantizeOptions(colors=16))  # imports, warm-up
     only = set(args.only or ["target", "brute", "exact", "pinned"])
     if "target" in only:
         target_cost(images, args.repeats, (34.0, 36.0))

@@ -37,13 +37,14 @@ _WHERE = {
     "OutputError": "errors",
     "PaletteError": "errors",
     "Palette": "palette",
-    "QuantizeResult": "pipeline",
-    "quantize": "pipeline",
-    "quantize_file": "pipeline",
-    "quantize_image": "pipeline",
+    "QuantizeResult": "core",
+    "quantize": "core",
+    "quantize_file": "files",
+    "quantize_image": "core",
 }
 
 if TYPE_CHECKING:
+    from .core import QuantizeResult, quantize, quantize_image
     from .errors import (
         ColorquantError,
         ImageTooLargeError,
@@ -51,9 +52,9 @@ if TYPE_CHECKING:
         OutputError,
         PaletteError,
     )
+    from .files import quantize_file
     from .options import ColorSpace, QuantizeOptions
     from .palette import Palette
-    from .pipeline import QuantizeResult, quantize, quantize_file, quantize_image
 
 
 def __getattr__(name: str) -> Any:

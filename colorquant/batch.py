@@ -60,10 +60,10 @@ class Job:
         """The output path once the palette size ``k`` is known."""
         if self.template is None:
             return self.dst
-        from . import io
+        from . import formats, imagefile
 
-        src = "stdin" if self.src == io.STDIO else self.src
-        name = render_name(self.template, src, k, io.EXTENSIONS[self.fmt])
+        src = "stdin" if self.src == imagefile.STDIO else self.src
+        name = render_name(self.template, src, k, formats.get(self.fmt).extension)
         return os.path.join(os.path.dirname(self.dst), name)
 
 
@@ -158,9 +158,9 @@ def render_name(template: str, src: str, k: int, ext: str) -> str:
 
 
 def _is_image_name(name: str) -> bool:
-    from . import io
+    from . import formats
 
-    return not name.startswith(".") and Path(name).suffix.lower() in io.FORMATS
+    return not name.startswith(".") and Path(name).suffix.lower() in formats.BY_EXTENSION
 
 
 def expand(inputs: Sequence[str], *, recursive: bool, skip: str | None = None,
@@ -200,38 +200,38 @@ def plan(inputs: Sequence[str], *, k: int, output: str | None = None,
         A folder without ``out_dir``, no images found, two inputs with one output, an output
         that is an input, a bad template or an unknown output extension.
     """
-    from . import io
+    from . import formats, imagefile
 
     template = name or DEFAULT_NAME
     check_name_template(template)
-    if list(inputs).count(io.STDIO) > 1:
+    if list(inputs).count(imagefile.STDIO) > 1:
         raise PlanError("standard input (-) can be read only once")
     if recursive and out_dir is None and any(os.path.isdir(i) for i in inputs):
         raise PlanError("a folder input needs --out-dir (its tree is mirrored there)")
-    ext = io.EXTENSIONS[io.output_format("x.png", fmt)]
+    ext = formats.get(formats.output_format("x.png", fmt)).extension
     found = expand(inputs, recursive=recursive, skip=out_dir)
     if not found:
         raise PlanError("no images found in the input folders")
     jobs: list[Job] = []
     owner: dict[str, str] = {}
-    sources = {os.path.realpath(src) for src, _ in found if src != io.STDIO}
+    sources = {os.path.realpath(src) for src, _ in found if src != imagefile.STDIO}
     # (device, inode) of each input, so a hard link to an input is refused too
-    inodes = {_inode(src) for src, _ in found if src != io.STDIO} - {None}
+    inodes = {_inode(src) for src, _ in found if src != imagefile.STDIO} - {None}
     for src, relative in found:
         if output is not None:
             dst = output
-        elif src == io.STDIO and out_dir is None:
-            dst = io.STDIO  # a filter: standard input to standard output
+        elif src == imagefile.STDIO and out_dir is None:
+            dst = imagefile.STDIO  # a filter: standard input to standard output
         else:
-            src_name = "stdin" if src == io.STDIO else src
+            src_name = "stdin" if src == imagefile.STDIO else src
             filename = render_name(template, src_name, k, ext)
             folder = Path(out_dir) / relative if out_dir is not None else Path(src).parent
             dst = os.path.normpath(folder / filename)
         try:
-            out_format = io.output_format(dst, fmt)
+            out_format = formats.output_format(dst, fmt)
         except ColorquantError as exc:
             raise PlanError(str(exc)) from None
-        if io.is_stdio(dst):
+        if imagefile.is_stdio(dst):
             jobs.append(Job(src, dst, out_format))
             continue
         deferred = (template if defer_k and output is None and "{k" in template else None)
@@ -263,14 +263,14 @@ def check_side_outputs(jobs: Sequence[Job], extras: dict[str, str | None]) -> No
     PlanError
         Two files of the command line resolve to the same path.
     """
-    from . import io
+    from . import imagefile
 
     taken: dict[str, str] = {}
     for job in jobs:
-        if not io.is_stdio(job.src):
+        if not imagefile.is_stdio(job.src):
             taken.setdefault(os.path.realpath(job.src), f"the input {job.src}")
     for job in jobs:
-        if not io.is_stdio(job.dst):
+        if not imagefile.is_stdio(job.dst):
             taken.setdefault(os.path.realpath(job.dst), f"the output {job.dst}")
     for option, path in extras.items():
         if path is None:
@@ -532,7 +532,7 @@ def _skipped(job: Job, k: int) -> FileResult:
 
 def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
     """Quantize one file (with a given palette or its own) and describe the outcome."""
-    from . import pipeline
+    from . import core, files
 
     job, options, palette = task
     start = time.perf_counter()
@@ -543,16 +543,16 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
             if palette is None:
                 data = None
                 if src == "-":
-                    src, _ = pipeline.input_bytes(src)  # read once, used twice
+                    src, _ = files.input_bytes(src)  # read once, used twice
                     data = src.getvalue()
-                palette = pipeline.fit_palette(pipeline.histogram_file(src, job.fmt, options),
+                palette = core.fit_palette(files.histogram_file(src, job.fmt, options),
                                                options)
                 if data is not None:  # reading closed the first copy
-                    src = pipeline.named_bytes(data, "<stdin>")
+                    src = files.named_bytes(data, "<stdin>")
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
                 return _skipped(job, len(palette))
-        result = pipeline.quantize_file(src, job.dst, options=options, fmt=job.fmt,
+        result = files.quantize_file(src, job.dst, options=options, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
                                         replace=not job.no_clobber)
@@ -584,12 +584,12 @@ def _skip_code(exc: SkippedError) -> ExitCode:
 
 def histogram_task(task: tuple[Job, QuantizeOptions]) -> Any:
     """Read one file and return its histogram, or a failed :class:`FileResult`."""
-    from . import pipeline
+    from . import files
 
     job, options = task
     start = time.perf_counter()
     try:
-        return pipeline.histogram_file(job.src, job.fmt, options)
+        return files.histogram_file(job.src, job.fmt, options)
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
 
@@ -649,10 +649,10 @@ def _sent(job: Job, executor: Executor) -> Job:
     """The job as the executor's workers must see it: absolute paths where they need them."""
     if not executor.absolute_paths:
         return job
-    from . import io
+    from . import imagefile
 
     def absolute(path: str | None) -> str | None:
-        return path if path is None or io.is_stdio(path) else os.path.abspath(path)
+        return path if path is None or imagefile.is_stdio(path) else os.path.abspath(path)
 
     return replace(job, src=absolute(job.src), dst=absolute(job.dst),
                    plot=absolute(job.plot), compare=absolute(job.compare))
@@ -686,7 +686,7 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
     transparency make the shared palette RGBA (opaque images then use its opaque colors).
     With ``fail_fast`` reading stops at the first failure.
     """
-    from . import pipeline
+    from . import core
 
     sent = [_sent(job, workers) for job in jobs]
     shared = workers.share(options)
@@ -703,7 +703,7 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
     if merged is None:
         return None, failed
     try:
-        return pipeline.fit_palette(merged, options), failed
+        return core.fit_palette(merged, options), failed
     except QualityTooLowError as exc:  # the target holds for all inputs together: skip all
         for job in jobs:
             failed.setdefault(job.src, FileResult(
@@ -834,10 +834,10 @@ def local_executor(jobs: int | None, plan: Sequence[Job], *, fitting: bool = Tru
     CPUs), no more than inputs, and none when a job reads standard input or writes standard
     output (those stay with this process). ``fitting`` preloads scikit-learn in the workers,
     and with enough files to fit at ``colors`` > 64, the fit's compiled assignment."""
-    from . import io
+    from . import imagefile
 
     count = min(jobs or default_workers(), len(plan))
-    if any(io.is_stdio(job.src) or io.is_stdio(job.dst) for job in plan):
+    if any(imagefile.is_stdio(job.src) or imagefile.is_stdio(job.dst) for job in plan):
         count = 1
     preload = ["colorquant.batch", "sklearn.cluster"] if fitting else ["colorquant.batch"]
     if fitting and len(plan) >= KERNEL_FILES_PER_PROCESS * count:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, batch
+from . import __version__, batch, formats
 from .errors import ColorquantError
 from .options import (
     DEFAULT_MAX_PIXELS,
@@ -119,8 +119,7 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
                    "[default: {stem}-{k}c.{ext}]")
 @click.option("-r", "--recursive", is_flag=True,
               help="Walk folder inputs; their tree is mirrored under --out-dir.")
-@click.option("-f", "--format", "fmt", type=click.Choice(
-    ["png", "gif", "webp", "tiff", "bmp", "jpeg"], case_sensitive=False),
+@click.option("-f", "--format", "fmt", type=click.Choice(formats.CHOICES, case_sensitive=False),
               help="Output format; default: from the output extension, else PNG.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical output.")
@@ -199,7 +198,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     --shared-palette), replaces every pixel by its nearest palette color and writes
     an indexed PNG (or the format of the output's extension).
     """
-    from . import io, palettefile, pipeline
+    from . import files, imagefile, palettefile
 
     if output is not None and (len(inputs) > 1 or (recursive and os.path.isdir(inputs[0]))):
         raise click.UsageError("-o/--output takes one input file; use --out-dir for several")
@@ -207,12 +206,12 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.UsageError("use either -o/--output or --out-dir/--name, not both")
     if shared_palette and palette_file is not None:
         raise click.UsageError("use either --shared-palette or --palette, not both")
-    if shared_palette and io.STDIO in inputs:
+    if shared_palette and imagefile.STDIO in inputs:
         raise click.UsageError("--shared-palette reads its inputs twice: not standard input")
     try:
         for extra in (plot, compare):
             if extra is not None:
-                pipeline.plot_path_check(extra)
+                files.plot_path_check(extra)
         if palette_file is not None:
             palettefile.check_path(palette_file, writing=False)
         if save_palette is not None:
@@ -244,9 +243,10 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                                         "--save-palette": save_palette})
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
-    if as_json and any(io.is_stdio(job.dst) for job in plan):
+    if as_json and any(imagefile.is_stdio(job.dst) for job in plan):
         raise click.UsageError("--json prints on standard output: write the image to a file")
-    if dask is not None and any(io.is_stdio(j.src) or io.is_stdio(j.dst) for j in plan):
+    if dask is not None and any(imagefile.is_stdio(j.src) or imagefile.is_stdio(j.dst)
+                                for j in plan):
         raise click.UsageError("--dask runs on the cluster's workers: not standard input "
                                "or output")
     if (plot or compare) and len(plan) > 1:
@@ -257,7 +257,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
     if as_json or verbose:  # the only outputs that show the mean ΔE2000
         plan = [dataclasses.replace(job, delta_e=True) for job in plan]
-    if save_palette is not None and palette is None and plan[0].src != io.STDIO:
+    if save_palette is not None and palette is None and plan[0].src != imagefile.STDIO:
         # One input: fit its palette first (the same palette), so a palette file that cannot
         # be written fails before the image is written.
         shared_palette = True

@@ -72,8 +72,8 @@ class RGBSpace:
 
     def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Index of the nearest center of each point (metric coordinates); ties to the
-        lowest index. Exact: see :func:`colorquant.remap.nearest`."""
-        from .remap import nearest
+        lowest index. Exact: see :func:`colorquant.nearest.nearest`."""
+        from .nearest import nearest
 
         return nearest(points, centers)
 
@@ -241,7 +241,7 @@ class Premultiplied:
 
     In ``rgb`` the search coordinates are the whole numbers ``(R·A, G·A, B·A, 255·A)``: every
     squared distance and dot product of them is an integer below 2**53, so the float64 matrix
-    product of :func:`colorquant.remap.nearest` is exact, whatever BLAS kernel computes it.
+    product of :func:`colorquant.nearest.nearest` is exact, whatever BLAS kernel computes it.
     """
 
     base: Space
@@ -291,7 +291,7 @@ class Premultiplied:
         index: one float64 matrix product a block over whole-number coordinates (exact), or
         float64 channel by channel (:func:`nearest_float64`)."""
         if self.base.integer_metric:
-            from .remap import nearest
+            from .nearest import nearest
 
             return nearest(points, centers, exact=np.float64)
         return nearest_float64(points, centers)

@@ -39,7 +39,7 @@ from .options import ColorSpace, Dither, QuantizeOptions
 from .palette import Palette
 
 if TYPE_CHECKING:
-    from .pipeline import Prepared
+    from .imagedata import Prepared
 
 #: Pixels per band of the per-pixel mappers: bounds their float64 buffers (about 24 MB).
 BAND_PIXELS = 1 << 20

@@ -42,3 +42,10 @@ class QualityTooLowError(SkippedError):
 
 class NotSmallerError(SkippedError):
     """The quantized file would be larger than its input (``--skip-if-larger``)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): how the
+    errors of other libraries are quoted in ours."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import formats
 from .errors import ColorquantError, ImageTooLargeError, PaletteError
 from .palette import Palette
 
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 TEXT_FORMATS = (".gpl", ".json", ".txt", ".hex")
 #: Image extensions a palette can be written to without changing its colors (not JPEG).
-IMAGE_WRITE_FORMATS = (".png", ".gif", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_WRITE_FORMATS = tuple(ext for row in formats.TABLE if not row.lossy
+                            for ext in row.extensions)
 #: Pixel limit when a palette is read from an image.
 MAX_PALETTE_IMAGE_PIXELS = 16_000_000
 #: Largest text palette file read: 256 colors take about 10 kB in any format, so anything
@@ -44,14 +46,12 @@ _HEX = re.compile(r"#?([0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?)")
 
 
 def _kind(path: str | os.PathLike[str], *, writing: bool) -> str:
-    from . import io
-
     ext = Path(path).suffix.lower()
     if ext in TEXT_FORMATS:
         return ext
-    if ext in (IMAGE_WRITE_FORMATS if writing else tuple(io.FORMATS)):
+    if ext in (IMAGE_WRITE_FORMATS if writing else tuple(formats.BY_EXTENSION)):
         return "image"
-    known = ", ".join((*TEXT_FORMATS, *(IMAGE_WRITE_FORMATS if writing else io.FORMATS)))
+    known = ", ".join((*TEXT_FORMATS, *(IMAGE_WRITE_FORMATS if writing else formats.BY_EXTENSION)))
     raise PaletteError(
         f"{os.fspath(path)}: unknown palette extension {ext or '(none)'!r} (use one of {known})"
     )
@@ -161,10 +161,10 @@ def _read_lines(text: str, label: str) -> Palette:
 
 
 def _read_image(path: str | os.PathLike[str], label: str) -> Palette:
-    from . import io, pixels
+    from . import imagefile, pixels
 
     try:
-        image = io.to_rgb(io.open_image(path, max_pixels=MAX_PALETTE_IMAGE_PIXELS))
+        image = imagefile.to_rgb(imagefile.open_image(path, max_pixels=MAX_PALETTE_IMAGE_PIXELS))
     except ImageTooLargeError:
         raise PaletteError(f"{label}: over the limit of {MAX_PALETTE_IMAGE_PIXELS:,} pixels "
                            "for a palette image") from None
@@ -291,7 +291,7 @@ def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
     OutputError
         The file cannot be written.
     """
-    from . import io
+    from . import atomic
 
     kind = _kind(path, writing=True)
     if kind == "image":
@@ -299,19 +299,20 @@ def write_palette(palette: Palette, path: str | os.PathLike[str]) -> None:
 
         mode = "RGBA" if palette.has_alpha else "RGB"
         strip = Image.frombytes(mode, (len(palette), 1), palette.colors.tobytes())
-        fmt = io.FORMATS[Path(path).suffix.lower()]
+        row = formats.BY_EXTENSION[Path(path).suffix.lower()]
+        fmt = row.name
         # exact: libwebp would otherwise drop the RGB of a fully transparent entry
         params = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
-        if fmt in ("GIF", "BMP") and palette.has_alpha:
+        if row.alpha != "full" and palette.has_alpha:
             raise PaletteError(f"{os.fspath(path)}: {fmt} cannot hold transparency; use .png")
         if fmt == "GIF":
             # GIF stores a palette: keep our order, one entry per color.
             strip = Image.frombytes("P", (len(palette), 1), bytes(range(len(palette))))
             strip.putpalette(palette.colors.tobytes(), "RGB")
-        io.atomic_write(path, lambda handle: strip.save(handle, format=fmt, **params))
+        atomic.atomic_write(path, lambda handle: strip.save(handle, format=fmt, **params))
         return
     try:
         data = format_palette(palette, kind, name=Path(path).stem).encode("utf-8")
     except PaletteError as exc:
         raise PaletteError(f"{os.fspath(path)}: {exc}") from None
-    io.atomic_write(path, lambda handle: handle.write(data))
+    atomic.atomic_write(path, lambda handle: handle.write(data))

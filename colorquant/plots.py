@@ -15,10 +15,10 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import io
+from . import atomic
 
 if TYPE_CHECKING:
-    from .pipeline import QuantizeResult
+    from .imagedata import QuantizeResult
 
 #: Pixels drawn in the scatter plot.
 SAMPLE = 10_000
@@ -96,4 +96,4 @@ def save(fig: Figure, path: str | os.PathLike[str]) -> None:
         with rc_context({"svg.hashsalt": "colorquant"}):
             fig.savefig(handle, format=fmt, dpi=100, **kwargs)
 
-    io.atomic_write(path, write)
+    atomic.atomic_write(path, write)

@@ -28,7 +28,7 @@ from . import launch
 
 #: Modules a call imports, loaded once here (matplotlib is left out: only --plot needs it).
 PRELOAD = ("numpy", "PIL.Image", "threadpoolctl", "sklearn.cluster", "colorquant.cli",
-           "colorquant.pipeline", "colorquant.batch", "colorquant.fit", "colorquant.io",
+           "colorquant.files", "colorquant.batch", "colorquant.fit", "colorquant.imagefile",
            "colorquant.palettefile", "colorquant.frames")
 #: Seconds a client has to send its request and its "go" (more than it waits for "ready").
 HANDSHAKE = 10.0

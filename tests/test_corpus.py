@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from colorquant import ColorquantError, QuantizeOptions, pipeline
+from colorquant import ColorquantError, QuantizeOptions, files
 from colorquant.errors import ImageTooLargeError
 from tests.conftest import CORPUS, run
 
@@ -120,7 +120,7 @@ def test_corpus_file(src, corpus, tmp_path):
     dst = tmp_path / "out.png"
     warnings: list[str] = []
     try:
-        result = pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=K),
+        result = files.quantize_file(src, dst, options=QuantizeOptions(colors=K),
                                         log=warnings.append)
     except ColorquantError as exc:
         assert src.name in REFUSED, f"refused: {exc}"
@@ -164,7 +164,7 @@ def test_corpus_file_via_command(name, corpus, tmp_path):
 def test_orientation_is_applied_and_dropped(name, quarter, corpus, tmp_path):
     src = corpus / "tricky" / name
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=64))
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=64))
     with Image.open(src) as im:
         stored = np.asarray(im.convert("RGB"), dtype=np.float64)
         upright = np.asarray(im.convert("RGB").transpose(quarter), dtype=np.float64)
@@ -181,7 +181,7 @@ def test_cmyk_jpegs_are_not_inverted(corpus, tmp_path):
     # The PIL sample: red lettering at the top-left corner, black at the bottom right.
     for name in ("pillow-pil_sample_cmyk.jpg", "pillow-tiff_strip_cmyk_jpeg.tif"):
         dst = tmp_path / f"{name}.png"
-        pipeline.quantize_file(corpus / "tricky" / name, dst, options=QuantizeOptions(colors=8))
+        files.quantize_file(corpus / "tricky" / name, dst, options=QuantizeOptions(colors=8))
         with Image.open(dst) as out:
             rgb = out.convert("RGB")
             r, g, b = rgb.getpixel((0, 0))
@@ -194,7 +194,7 @@ def test_cmyk_with_profile_is_converted_through_it(corpus, tmp_path):
 
     src = corpus / "tricky" / "sharp-Channel_digital_image_CMYK_color.jpg"
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=256))
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=256))
     with Image.open(src) as im:
         profile = ImageCms.ImageCmsProfile(__import__("io").BytesIO(im.info["icc_profile"]))
         managed = ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
@@ -211,7 +211,7 @@ def test_sixteen_bit_gray_with_color_key(corpus, tmp_path):
     for name in ("pillow-i_trns.png",):
         src = corpus / "tricky" / name
         dst = tmp_path / "out.png"
-        pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=16))
+        files.quantize_file(src, dst, options=QuantizeOptions(colors=16))
         with Image.open(src) as im:
             values = np.asarray(im, dtype=np.int64)
             key = im.info["transparency"]
@@ -223,7 +223,7 @@ def test_sixteen_bit_gray_with_color_key(corpus, tmp_path):
 def test_sixteen_bit_rgb_color_key(corpus, tmp_path):
     src = corpus / "pngsuite" / "tbbn2c16.png"  # tRNS key 65535,65535,65535 on 16-bit RGB
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=16))
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=16))
     with Image.open(src) as im:
         white = (np.asarray(im.convert("RGB")) == 255).all(axis=2)
     with Image.open(dst) as out:
@@ -236,12 +236,12 @@ def test_sixteen_bit_rgb_color_key(corpus, tmp_path):
                                   "sharp-animated-loop-3.webp", "pillow-iss634.webp"])
 @pytest.mark.parametrize("fmt", ["gif", "png", "webp"])
 def test_corpus_animations_keep_their_frames(name, fmt, corpus, tmp_path):
-    from colorquant import frames, io
+    from colorquant import frames, imagefile
 
     src = corpus / "tricky" / name
     dst = tmp_path / f"out.{fmt}"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=16))
-    with io.open_image(src, max_pixels=10**8) as source:
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=16))
+    with imagefile.open_image(src, max_pixels=10**8) as source:
         decoded = frames.read(source)
     with Image.open(src) as im:
         loop = im.info.get("loop")
@@ -268,4 +268,4 @@ def _total_duration(path: Path) -> int:
 def test_frame_flood_is_refused_from_the_frame_count(corpus):
     # The limit is checked on the counted frames before any frame is decoded.
     with pytest.raises(ImageTooLargeError, match="40,000 frames, over the limit of 10,000"):
-        pipeline.quantize_file(corpus / "tricky" / "fuzzdb-uber.gif", "/nonexistent/x.png")
+        files.quantize_file(corpus / "tricky" / "fuzzdb-uber.gif", "/nonexistent/x.png")

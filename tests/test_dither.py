@@ -15,7 +15,7 @@ import pytest
 from conftest import random_image, run
 from PIL import Image
 
-from colorquant import dither, metrics, pipeline
+from colorquant import core, dither, metrics
 from colorquant.colorspace import cielab_to_srgb, get_space, srgb_to_cielab
 from colorquant.options import ColorSpace, Dither, QuantizeOptions
 from colorquant.palette import Palette
@@ -189,7 +189,7 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
     return out
 
 
-def _indices(result: pipeline.QuantizeResult) -> np.ndarray:
+def _indices(result: core.QuantizeResult) -> np.ndarray:
     return np.asarray(result.image)
 
 
@@ -208,7 +208,7 @@ def _fixed_palette(k: int, channels: int, seed: int) -> Palette:
 def test_fs_is_the_reference_loop(space, strength, k):
     image = _gradient(23, 37, seed=k)
     opts = QuantizeOptions(colors=k, dither=Dither.FS, dither_strength=strength, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), reference_fs(image, result.palette.colors, strength, space))
 
@@ -219,7 +219,7 @@ def test_fs_edge_limit_is_the_reference_loop(monkeypatch, edge):
     monkeypatch.setattr(dither, "FS_EDGE", edge)
     image = _gradient(21, 25, seed=8)
     image[:, 12:] = 255 - image[:, 12:]
-    result = pipeline.quantize(image, QuantizeOptions(colors=6, dither=Dither.FS))
+    result = core.quantize(image, QuantizeOptions(colors=6, dither=Dither.FS))
     np.testing.assert_array_equal(_indices(result),
                                   reference_fs(image, result.palette.colors, 1.0))
 
@@ -229,7 +229,7 @@ def test_fs_across_bands_and_with_a_given_palette(monkeypatch):
     monkeypatch.setattr(dither, "BAND_PIXELS", 3 * 29)
     image = random_image(17, 29, seed=5)
     palette = _fixed_palette(12, 3, seed=9)
-    result = pipeline.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette)
+    result = core.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette)
     np.testing.assert_array_equal(_indices(result), reference_fs(image, palette.colors, 1.0))
     np.testing.assert_array_equal(result.palette.colors, palette.colors)  # kept as given
 
@@ -241,7 +241,7 @@ def test_fs_transparency():
     image[rng.random((19, 21)) < 0.3, 3] = 0
     image[rng.random((19, 21)) < 0.2, 3] = 128
     opts = QuantizeOptions(colors=8, dither=Dither.FS)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     palette = result.palette.colors
     out = _indices(result)
     np.testing.assert_array_equal(out, reference_fs(image, palette, 1.0))
@@ -290,7 +290,7 @@ def test_threshold_methods_are_the_exact_nearest(monkeypatch, method, matrix, sp
     if channels == 4:
         image[::3, ::4, 3] = 0
     opts = QuantizeOptions(colors=10, dither=method, dither_strength=0.8, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result),
         _reference_threshold(image, result.palette.colors, matrix(), 0.8, space))
@@ -307,7 +307,7 @@ def test_threshold_methods_on_the_large_image_grid_are_the_exact_nearest(monkeyp
     image = _gradient(20, 70, seed=5)
     opts = QuantizeOptions(colors=48, dither=method, space=space)  # above SMALL_PALETTE
     dither._target_of.cache_clear()
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), _reference_threshold(image, result.palette.colors, matrix(), 1.0, space))
     hits = dither._target_of.cache_info().hits
@@ -358,14 +358,14 @@ def test_the_grid_is_made_once_per_palette_and_space_and_never_reused_for_anothe
     for palette, space in ((first, ColorSpace.RGB), (second, ColorSpace.RGB),
                            (first, ColorSpace.OKLAB), (first, ColorSpace.RGB)):
         for method, matrix in ((Dither.ORDERED, dither.bayer8), (Dither.FS, None)):
-            result = pipeline.quantize(image, QuantizeOptions(dither=method, space=space),
+            result = core.quantize(image, QuantizeOptions(dither=method, space=space),
                                        palette=palette)
             expected = (reference_fs(image, palette.colors, 1.0, space) if matrix is None
                         else _reference_threshold(image, palette.colors, matrix(), 1.0, space))
             np.testing.assert_array_equal(_indices(result), expected)
     frames = [Image.fromarray(np.roll(image, i, axis=1)) for i in range(10)]
     dither._target_of.cache_clear()
-    pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=Dither.BLUE_NOISE))
+    core.quantize_frames(frames, QuantizeOptions(colors=8, dither=Dither.BLUE_NOISE))
     assert dither._target_of.cache_info()[:2] == (9, 1)  # hits, misses
 
 
@@ -378,7 +378,7 @@ def test_ties_go_to_the_color_that_sorts_first():
         want = order.index([90] * 3)
         for method in Dither:
             opts = QuantizeOptions(dither=method, dither_strength=0.0)
-            out = _indices(pipeline.quantize(image, opts, palette=palette))
+            out = _indices(core.quantize(image, opts, palette=palette))
             assert (out == want).all(), method
 
 
@@ -399,7 +399,7 @@ def test_threshold_methods_are_stable_across_frames():
     second[:8, :8] = (255, 0, 0)
     frames = [Image.fromarray(first), Image.fromarray(second)]
     for method in (Dither.ORDERED, Dither.BLUE_NOISE):
-        results, _, _ = pipeline.quantize_frames(frames, QuantizeOptions(colors=8, dither=method))
+        results, _, _ = core.quantize_frames(frames, QuantizeOptions(colors=8, dither=method))
         a, b = (_indices(r) for r in results)
         same = (first == second).all(axis=2)
         np.testing.assert_array_equal(a[same], b[same])
@@ -422,7 +422,7 @@ def test_warm_compiles_every_loop_the_mappers_call():
     compiles anything new: every method, both spaces, RGB and RGBA, in and out of threads."""
     code = """
 import numpy as np
-from colorquant import dither, ditherkernel, pipeline
+from colorquant import dither, ditherkernel, core
 from colorquant.options import ColorSpace, Dither, QuantizeOptions
 ditherkernel.warm()
 loops = (ditherkernel.candidate_grid, ditherkernel.map_band, ditherkernel.threshold_band)
@@ -436,7 +436,7 @@ for channels in (3, 4):
         for space in ColorSpace:
             for threads in (1, 2):
                 dither.MIN_THREAD_PIXELS, dither._thread_limit = 1, threads
-                pipeline.quantize(image, QuantizeOptions(colors=6, dither=method, space=space))
+                core.quantize(image, QuantizeOptions(colors=6, dither=method, space=space))
 print([list(loop.signatures) for loop in loops] == before, [len(b) for b in before])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -445,8 +445,8 @@ print([list(loop.signatures) for loop in loops] == before, [len(b) for b in befo
 
 
 def test_none_imports_no_numba(tmp_path):
-    code = ("import sys, numpy as np; from colorquant import pipeline; "
-            "pipeline.quantize_image(np.random.default_rng(0).integers(0, 256, (16, 16, 3), "
+    code = ("import sys, numpy as np; from colorquant import core; "
+            "core.quantize_image(np.random.default_rng(0).integers(0, 256, (16, 16, 3), "
             "dtype=np.uint8), 4); print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -521,7 +521,7 @@ def test_error_measures_and_counts_of_a_result_are_over_its_pixels(monkeypatch, 
     if channels == 4:
         image[2:5, 3:9, 3] = 0  # fully transparent: transparent black in the measures
         image[2:5, 3:9, :3] = 200
-    result = pipeline.quantize(image, QuantizeOptions(colors=5, dither=method))
+    result = core.quantize(image, QuantizeOptions(colors=5, dither=method))
     indices = _indices(result).reshape(-1)
     shown = image.reshape(-1, channels).copy()
     if channels == 4:
@@ -558,7 +558,7 @@ def test_perceptual_round_trip_and_exact_search(name):
 @pytest.mark.parametrize("k", [12, 100])  # 100: above fit.FAST_COLORS (the k > 64 route)
 def test_perceptual_fit_maps_every_color_to_its_nearest_in_the_space(k, name):
     image = _gradient(30, 40, seed=6)
-    result = pipeline.quantize(image, QuantizeOptions(colors=k, space=name))
+    result = core.quantize(image, QuantizeOptions(colors=k, space=name))
     assert len(result.palette) == min(k, len(np.unique(image.reshape(-1, 3), axis=0)))
     space = get_space(name)
     centers = space.metric(result.palette.colors[_allowed(result.palette.colors)]).tolist()
@@ -644,9 +644,9 @@ def test_rgba_nearest_is_the_premultiplied_reference(space, given):
     image = _translucent(17, 23, seed=11)
     if given:
         palette = _fixed_palette(20, 4, seed=5)
-        result = pipeline.quantize(image, QuantizeOptions(space=space), palette=palette)
+        result = core.quantize(image, QuantizeOptions(space=space), palette=palette)
     else:
-        result = pipeline.quantize(image, QuantizeOptions(colors=12, space=space))
+        result = core.quantize(image, QuantizeOptions(colors=12, space=space))
     np.testing.assert_array_equal(_indices(result),
                                   reference_nearest(image, result.palette.colors, space))
 
@@ -658,7 +658,7 @@ def test_a_faint_pixel_takes_the_entry_nearest_after_compositing(space):
     unpremultiplied, with alpha a fourth coordinate, it was the red."""
     image = np.array([[[255, 0, 0, 10]]], dtype=np.uint8)
     palette = Palette(np.array([[255, 0, 0, 200], [0, 0, 0, 10]], np.uint8), np.ones(2, np.int64))
-    assert _indices(pipeline.quantize(image, QuantizeOptions(space=space),
+    assert _indices(core.quantize(image, QuantizeOptions(space=space),
                                       palette=palette)).item() == 1
 
 
@@ -676,11 +676,11 @@ def test_premultiplied_colors_round_trip(space):
 def test_rgba_fs_and_threshold_methods_are_the_reference(space):
     image = _translucent(15, 19, seed=3)
     opts = QuantizeOptions(colors=9, dither=Dither.FS, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(_indices(result),
                                   reference_fs(image, result.palette.colors, 1.0, space))
     opts = QuantizeOptions(colors=9, dither=Dither.ORDERED, space=space)
-    result = pipeline.quantize(image, opts)
+    result = core.quantize(image, opts)
     np.testing.assert_array_equal(
         _indices(result), _reference_threshold(image, result.palette.colors, dither.bayer8(),
                                                1.0, space))
@@ -698,8 +698,8 @@ def test_fs_quiet_pixels_are_the_reference(channels):
     fixed = _fixed_palette(6, channels, seed=3).colors
     colors = np.vstack([fixed, np.array([(90, 90, 90, 255)[:channels]], np.uint8)])
     palette = Palette(colors, np.ones(len(colors), np.int64))
-    prepared = pipeline.prepare(image)
-    labels = pipeline._labels(prepared.histogram.colors, palette, QuantizeOptions())
+    prepared = core.prepare(image)
+    labels = core._labels(prepared.histogram.colors, palette, QuantizeOptions())
     got = dither.fs_quiet(prepared, palette, labels)
     assert got.astype(bool).tolist() == reference_quiet(image, palette.colors, ColorSpace.RGB)
     assert got[3:9, 4:12].all() and not got.all()
@@ -711,7 +711,7 @@ def test_fs_damping_is_the_reference(monkeypatch, space):
     image = _gradient(16, 22, seed=7)
     for damp in (0.3, dither.FS_DAMP):
         monkeypatch.setattr(dither, "FS_DAMP", damp)
-        result = pipeline.quantize(image, QuantizeOptions(colors=5, dither=Dither.FS,
+        result = core.quantize(image, QuantizeOptions(colors=5, dither=Dither.FS,
                                                           space=space))
         np.testing.assert_array_equal(
             _indices(result), reference_fs(image, result.palette.colors, 1.0, space))
@@ -725,6 +725,6 @@ def test_fs_leaves_a_nearly_exact_flat_area_undithered():
     image[:, 20:] = (101, 99, 100)
     palette = Palette(np.array([[0, 0, 0], [100, 100, 100], [255, 255, 255], [255, 0, 0],
                                 [0, 255, 0], [0, 0, 255]], np.uint8), np.ones(6, np.int64))
-    out = _indices(pipeline.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette))
+    out = _indices(core.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette))
     assert (out[:, 20:] == 1).all()
     assert len(np.unique(out[:, :20])) > 3  # the gradient is dithered

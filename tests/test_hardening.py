@@ -108,7 +108,7 @@ def test_a_photo_that_does_not_fit_the_memory_limit_says_so(tmp_path, big_photo)
     exit 1, and leaves nothing."""
     from colorquant import memory
 
-    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.pipeline")
+    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.files")
     limit = base + (memory._backend_need() >> 20) + 100
     out = tmp_path / "out.png"
     _assert_out_of_memory(_run_limited(limit, big_photo, "-o", out), big_photo, tmp_path)
@@ -124,7 +124,7 @@ def test_a_limit_too_small_for_the_libraries_fails_at_once(tmp_path):
     allocation forever (a hang that ignores SIGTERM); the run refuses instead."""
     from colorquant import memory
 
-    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.pipeline")
+    base = _address_space_mib("import numpy, PIL.Image, colorquant.cli, colorquant.files")
     src = tmp_path / "small.png"
     Image.fromarray(random_image(40, 40, seed=5)).save(src)
     out = tmp_path / "out" / "small.png"

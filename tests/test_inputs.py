@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageSequence
 
-from colorquant import InputError, QuantizeOptions, frames, io, pipeline
+from colorquant import InputError, QuantizeOptions, core, encode, files, frames, imagefile
 from colorquant.errors import ImageTooLargeError
 from colorquant.options import parse_rgb
 from tests.conftest import palette_image, random_image, run
@@ -74,7 +74,7 @@ def test_transparent_entry_counts_toward_k_and_takes_no_part_in_the_fit():
     rgba[..., 3] = 255
     rgba[:10, :, :3] = random_image(10, 30, seed=4)
     rgba[:10, :, 3] = 0
-    result = pipeline.quantize_image(rgba, 4)
+    result = core.quantize_image(rgba, 4)
     assert len(result.palette) == 4
     assert tuple(result.palette.colors[0]) == (0, 0, 0, 0)
     assert {tuple(c[:3]) for c in result.palette.colors[1:]} == {tuple(c) for c in OPAQUE[:3]}
@@ -85,7 +85,7 @@ def test_transparent_entry_counts_toward_k_and_takes_no_part_in_the_fit():
 def test_visible_pixels_are_exactly_nearest_visible_entry():
     rgba = random_image(32, 32, seed=7, channels=4)
     rgba[:8, :, 3] = 0
-    result = pipeline.quantize_image(rgba, 12, seed=1)
+    result = core.quantize_image(rgba, 12, seed=1)
     palette = result.palette.colors.astype(np.int64)
     indices = np.asarray(result.image)
     visible = rgba[..., 3] > 0
@@ -102,7 +102,7 @@ def test_opaque_rgba_gets_no_alpha(tmp_path):
     rgba = np.dstack([palette_image(OPAQUE, 16, 16, 1), np.full((16, 16), 255, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(src)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 4)
+    files.quantize_file(src, dst, 4)
     with Image.open(dst) as out:
         assert out.mode == "P" and "transparency" not in out.info
     assert _ihdr(dst) == (2, 3)
@@ -127,7 +127,7 @@ def test_alpha_of_every_mode_is_kept(tmp_path, mode):
         Image.fromarray(gray).save(src, transparency=48)
         expected = gray == 48
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 8)
+    files.quantize_file(src, dst, 8)
     assert np.array_equal(_rgba(dst)[..., 3] == 0, expected)
 
 
@@ -135,7 +135,7 @@ def test_fully_transparent_image(tmp_path):
     src = tmp_path / "in.png"
     Image.new("RGBA", (20, 10), (5, 6, 7, 0)).save(src)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 4)
+    files.quantize_file(src, dst, 4)
     assert (_rgba(dst)[..., 3] == 0).all()
     assert _ihdr(dst)[0] == 1
 
@@ -158,7 +158,7 @@ def test_webp_keeps_the_transparent_rgb(tmp_path):
     src = tmp_path / "in.png"
     Image.fromarray(_transparent_image(), "RGBA").save(src)
     dst = tmp_path / "out.webp"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=8,
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=8,
                                                               transparent_color=(1, 2, 3)))
     out = _rgba(dst)
     assert (out[:10].reshape(-1, 4) == (1, 2, 3, 0)).all()
@@ -188,7 +188,7 @@ def test_sixteen_bit_gray_uses_the_high_byte(tmp_path):
     with Image.open(src) as check:
         assert check.mode.startswith("I;16")
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 256)
+    files.quantize_file(src, dst, 256)
     out = _rgba(dst)
     assert np.array_equal(out[..., 0], (values >> 8).astype(np.uint8))
 
@@ -197,7 +197,7 @@ def test_one_bit(tmp_path):
     src = tmp_path / "in.png"
     Image.fromarray(np.eye(8, dtype=bool)).save(src)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 4)
+    files.quantize_file(src, dst, 4)
     assert np.array_equal(_rgba(dst)[..., 0] == 255, np.eye(8, dtype=bool))
     assert _ihdr(dst)[0] == 1
 
@@ -207,7 +207,7 @@ def test_float_tiff_in_unit_range_is_scaled(tmp_path):
     values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     Image.fromarray(values, "F").save(src)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 256)
+    files.quantize_file(src, dst, 256)
     assert np.array_equal(_rgba(dst)[..., 0], np.rint(values * 255).astype(np.uint8))
 
 
@@ -215,7 +215,7 @@ def test_float_tiff_out_of_range_is_refused(tmp_path):
     src = tmp_path / "in.tif"
     Image.fromarray(np.full((4, 4), 300.0, np.float32), "F").save(src)
     with pytest.raises(InputError, match="float samples must lie in 0–1"):
-        pipeline.quantize_file(src, tmp_path / "out.png", 4)
+        files.quantize_file(src, tmp_path / "out.png", 4)
     assert sorted(os.listdir(tmp_path)) == ["in.tif"]
 
 
@@ -236,7 +236,7 @@ def test_cmyk_jpeg_written_by_pillow(tmp_path):
     cmyk[:, 8:] = (255, 0, 0, 0)  # cyan
     Image.fromarray(cmyk, "CMYK").save(src, quality=100)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 4)
+    files.quantize_file(src, dst, 4)
     out = _rgba(dst).astype(int)
     assert (np.abs(out[:, :6, :3] - (255, 0, 0)) < 40).all()
     assert (np.abs(out[:, 10:, :3] - (0, 255, 255)) < 40).all()
@@ -245,10 +245,10 @@ def test_cmyk_jpeg_written_by_pillow(tmp_path):
 def test_ycbcr_and_other_modes_in_memory():
     rgb = palette_image(OPAQUE, 8, 8, seed=2)
     ycc = Image.fromarray(rgb).convert("YCbCr")
-    result = pipeline.quantize_image(ycc, 4)
+    result = core.quantize_image(ycc, 4)
     assert np.abs(_rgba(result.image)[..., :3].astype(int) - rgb).max() <= 3
     hsv = Image.fromarray(rgb).convert("HSV")
-    assert pipeline.quantize_image(hsv, 4).n_colors <= 4
+    assert core.quantize_image(hsv, 4).n_colors <= 4
 
 
 # ---------------------------------------------------------------- orientation, profiles
@@ -262,7 +262,7 @@ def test_exif_orientation_is_applied_and_dropped(tmp_path):
     src = tmp_path / "in.jpg"
     Image.fromarray(rgb).save(src, exif=exif, quality=100)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, 4)
+    files.quantize_file(src, dst, 4)
     with Image.open(dst) as out:
         assert out.size == (10, 30)
         assert not out.getexif()
@@ -280,7 +280,7 @@ def test_icc_profile_and_dpi_are_kept_unless_strip(tmp_path):
     Image.fromarray(random_image(16, 16, 1)).save(src, icc_profile=icc, dpi=(300, 300))
     for fmt in ("png", "tif", "jpg", "webp"):
         dst = tmp_path / f"out.{fmt}"
-        pipeline.quantize_file(src, dst, 8)
+        files.quantize_file(src, dst, 8)
         with Image.open(dst) as out:
             assert out.info.get("icc_profile") == icc, fmt
             if fmt != "webp":
@@ -299,7 +299,7 @@ def test_to_srgb_converts_and_drops_the_profile(tmp_path):
     rgb = palette_image(np.array([[250, 10, 10], [10, 250, 10]], np.uint8), 8, 8, seed=1)
     Image.fromarray(rgb).save(src, icc_profile=icc)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, options=QuantizeOptions(colors=4, to_srgb=True))
+    files.quantize_file(src, dst, options=QuantizeOptions(colors=4, to_srgb=True))
     with Image.open(dst) as out:
         assert "icc_profile" not in out.info
         got = np.asarray(out.convert("RGB")).astype(int)
@@ -309,8 +309,8 @@ def test_to_srgb_converts_and_drops_the_profile(tmp_path):
 def test_to_srgb_changes_wide_gamut_colors(corpus, tmp_path):
     src = corpus / "tricky" / "sharp-p3.png"
     kept, converted = tmp_path / "kept.png", tmp_path / "srgb.png"
-    pipeline.quantize_file(src, kept, 16)
-    pipeline.quantize_file(src, converted, options=QuantizeOptions(colors=16, to_srgb=True))
+    files.quantize_file(src, kept, 16)
+    files.quantize_file(src, converted, options=QuantizeOptions(colors=16, to_srgb=True))
     with Image.open(kept) as a, Image.open(converted) as b:
         assert a.info.get("icc_profile") and "icc_profile" not in b.info
         assert not np.array_equal(_rgba(a), _rgba(b))
@@ -374,7 +374,7 @@ def _animation(tmp_path: Path, fmt: str, n: int = 3, size: tuple[int, int] = (12
 def test_animation_round_trip(tmp_path, src_fmt, dst_fmt, transparent):
     src, pictures = _animation(tmp_path, src_fmt, transparent=transparent)
     dst = tmp_path / f"out.{dst_fmt}"
-    result = pipeline.quantize_file(src, dst, 4)
+    result = files.quantize_file(src, dst, 4)
     assert result.n_colors <= 4
     with Image.open(dst) as out:
         shown = [np.asarray(f.convert("RGBA")) for f in ImageSequence.Iterator(out)]
@@ -420,7 +420,7 @@ def test_multi_page_tiff(tmp_path):
     pages = [Image.fromarray(random_image(8, 8, s)) for s in range(3)]
     pages[0].save(src, save_all=True, append_images=pages[1:])
     dst = tmp_path / "out.tif"
-    pipeline.quantize_file(src, dst, 8)
+    files.quantize_file(src, dst, 8)
     with Image.open(dst) as out:
         assert out.n_frames == 3
         assert out.mode == "P"
@@ -456,7 +456,7 @@ def test_multi_page_tiff_is_pillows_file_in_linear_time():
         images[0].save(reference, format="TIFF", save_all=True, append_images=images[1:],
                        dpi=(72.0, 72.0))
         written = _CountingFile()
-        frames._save_tiff_pages(pages(n), written, {"dpi": (72.0, 72.0)})
+        encode._save_tiff_pages(pages(n), written, {"dpi": (72.0, 72.0)})
         assert written.getvalue() == reference.getvalue()
         reads[n] = written.reads
     assert reads[200] <= 2.1 * reads[100]  # Pillow's appender: 4x
@@ -469,10 +469,10 @@ def test_multi_page_tiff_is_pillows_file_in_linear_time():
 def test_frame_count_times_size_is_under_the_pixel_limit(tmp_path):
     src, _ = _animation(tmp_path, "gif")  # 3 frames of 12x10
     with pytest.raises(ImageTooLargeError, match="3 frames of 12x10 are 360 pixels"):
-        pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=359))
-    pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=360))
+        files.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=359))
+    files.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=360))
     # one frame needs room for one frame only
-    pipeline.quantize_file(src, tmp_path / "o.png",
+    files.quantize_file(src, tmp_path / "o.png",
                            options=QuantizeOptions(max_pixels=120, frame=2))
 
 
@@ -518,14 +518,14 @@ def test_frames_that_grow_the_canvas_count_toward_the_pixel_limit(tmp_path):
         assert opened.size == (1, 1) and opened.n_frames == 6
     with pytest.raises(ImageTooLargeError, match=r"frame 4 is 1x300 \(the first 1x1\): "
                                                  r"the frames up to it are 1,201 pixels"):
-        pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1000))
+        files.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1000))
     assert not (tmp_path / "o.png").exists()
     proc = run(src, "--max-pixels", "1000", "-o", tmp_path / "o.png")
     lines = proc.stderr.decode().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
     assert "over the limit of 1,000" in lines[0]
     # the limit is the frames' pixel count itself: 1 + 5 x 300
-    pipeline.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1501))
+    files.quantize_file(src, tmp_path / "o.png", options=QuantizeOptions(max_pixels=1501))
     with Image.open(tmp_path / "o.png") as out:
         out.load()
 
@@ -570,7 +570,7 @@ def test_png_has_the_smallest_bit_depth(tmp_path, k, depth):
     colors = np.random.default_rng(k).integers(0, 256, (k, 3), dtype=np.uint8)
     Image.fromarray(palette_image(colors, 16, 16, seed=k)).save(src)
     dst = tmp_path / "out.png"
-    pipeline.quantize_file(src, dst, k)
+    files.quantize_file(src, dst, k)
     assert _ihdr(dst) == (depth, 3)
 
 
@@ -594,7 +594,7 @@ def test_alpha_in_formats_without_palette_alpha(tmp_path, fmt, mode):
     src = tmp_path / "in.png"
     Image.fromarray(_transparent_image(), "RGBA").save(src)
     dst = tmp_path / f"out.{fmt}"
-    pipeline.quantize_file(src, dst, 8)
+    files.quantize_file(src, dst, 8)
     with Image.open(dst) as out:
         assert out.mode == mode
         if mode == "RGBA":
@@ -656,7 +656,7 @@ def test_file_to_stdout_through_a_pipe(tmp_path, small_png):
 def test_library_streams(tmp_path, small_png):
     out = stdio.BytesIO()
     with open(small_png, "rb") as handle:
-        pipeline.quantize_file(handle, out, 4, fmt="PNG")
+        files.quantize_file(handle, out, 4, fmt="PNG")
     assert Image.open(stdio.BytesIO(out.getvalue())).mode == "P"
 
 
@@ -667,7 +667,7 @@ def test_frames_read_refuses_nothing_it_can_convert():
         decoded = frames.read(im)
         assert decoded.mode in ("RGB", "RGBA") and decoded.images[0].size == (3, 2), mode
     with pytest.raises(InputError, match="no standard display range"):
-        io.to_rgba(Image.new("I", (2, 2), 5))
+        imagefile.to_rgba(Image.new("I", (2, 2), 5))
 
 
 def test_image_too_wide_for_the_output_format_is_refused(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorquant import io
+from colorquant import atomic, formats, imagefile
 from colorquant.errors import ImageTooLargeError, InputError, OutputError
 
 
@@ -14,19 +14,19 @@ from colorquant.errors import ImageTooLargeError, InputError, OutputError
     ("d.webp", "WEBP"), ("e.tif", "TIFF"), ("e.tiff", "TIFF"), ("f.bmp", "BMP"),
 ])
 def test_output_format_by_extension(name, fmt):
-    assert io.output_format(name) == fmt
+    assert formats.output_format(name) == fmt
 
 
 @pytest.mark.parametrize("name", ["a.xyz", "noext", "a.png.txt"])
 def test_unknown_extension_is_refused(name):
     with pytest.raises(OutputError, match="unknown output extension"):
-        io.output_format(name)
+        formats.output_format(name)
 
 
 @pytest.mark.parametrize(("given", "fmt"), [("png", "PNG"), ("JPG", "JPEG"), ("tif", "TIFF"),
                                             ("tiff", "TIFF"), ("webp", "WEBP")])
 def test_format_override(given, fmt):
-    assert io.output_format("whatever.xyz", given) == fmt
+    assert formats.output_format("whatever.xyz", given) == fmt
 
 
 def test_default_output_is_beside_input():
@@ -42,7 +42,7 @@ def test_default_output_is_beside_input():
 def test_atomic_write_replaces_whole_file(tmp_path):
     dst = tmp_path / "out.bin"
     dst.write_bytes(b"old")
-    io.atomic_write(dst, lambda f: f.write(b"new data"))
+    atomic.atomic_write(dst, lambda f: f.write(b"new data"))
     assert dst.read_bytes() == b"new data"
     assert os.listdir(tmp_path) == ["out.bin"]
 
@@ -57,7 +57,7 @@ def test_failed_write_leaves_existing_file_and_no_temp(tmp_path, error):
         raise error
 
     with pytest.raises(type(error)):
-        io.atomic_write(dst, writer)
+        atomic.atomic_write(dst, writer)
     assert dst.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["out.bin"]
 
@@ -78,7 +78,7 @@ def test_interrupt_as_the_temporary_file_is_created_leaves_nothing(tmp_path, mon
 
     monkeypatch.setattr(os, "open", open_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        io.atomic_write(dst, lambda f: f.write(b"new"))
+        atomic.atomic_write(dst, lambda f: f.write(b"new"))
     monkeypatch.undo()
     assert dst.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["out.bin"]
@@ -87,10 +87,10 @@ def test_interrupt_as_the_temporary_file_is_created_leaves_nothing(tmp_path, mon
 def test_another_writers_temporary_file_is_never_removed(tmp_path, monkeypatch):
     """A temporary name already taken is skipped and left alone."""
     names = iter(["a" * 12, "b" * 12])
-    monkeypatch.setattr(io, "_random_hex", lambda: next(names))
+    monkeypatch.setattr(atomic, "_random_hex", lambda: next(names))
     theirs = tmp_path / f".out.bin.{'a' * 12}.tmp"
     theirs.write_bytes(b"someone else's")
-    io.atomic_write(tmp_path / "out.bin", lambda f: f.write(b"mine"))
+    atomic.atomic_write(tmp_path / "out.bin", lambda f: f.write(b"mine"))
     assert (tmp_path / "out.bin").read_bytes() == b"mine"
     assert theirs.read_bytes() == b"someone else's"
     assert sorted(os.listdir(tmp_path)) == sorted(["out.bin", theirs.name])
@@ -98,18 +98,18 @@ def test_another_writers_temporary_file_is_never_removed(tmp_path, monkeypatch):
 
 def test_failed_write_creates_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        io.atomic_write(tmp_path / "new.bin", lambda f: (_ for _ in ()).throw(RuntimeError()))
+        atomic.atomic_write(tmp_path / "new.bin", lambda f: (_ for _ in ()).throw(RuntimeError()))
     assert os.listdir(tmp_path) == []
 
 
 def test_missing_folder_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
-        io.atomic_write(tmp_path / "nope" / "x.png", lambda f: None)
+        atomic.atomic_write(tmp_path / "nope" / "x.png", lambda f: None)
 
 
 def test_written_file_has_normal_permissions(tmp_path):
     dst = tmp_path / "out.bin"
-    io.atomic_write(dst, lambda f: f.write(b"x"))
+    atomic.atomic_write(dst, lambda f: f.write(b"x"))
     umask = os.umask(0)
     os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -117,13 +117,13 @@ def test_written_file_has_normal_permissions(tmp_path):
 
 def test_open_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
-        io.open_image(tmp_path / "missing.png", max_pixels=10**6)
+        imagefile.open_image(tmp_path / "missing.png", max_pixels=10**6)
     with pytest.raises(InputError, match="directory"):
-        io.open_image(tmp_path, max_pixels=10**6)
+        imagefile.open_image(tmp_path, max_pixels=10**6)
     text = tmp_path / "text.png"
     text.write_text("hello")
     with pytest.raises(InputError, match="not a recognized image"):
-        io.open_image(text, max_pixels=10**6)
+        imagefile.open_image(text, max_pixels=10**6)
 
 
 def test_truncated_png_is_an_input_error(tmp_path):
@@ -132,18 +132,18 @@ def test_truncated_png_is_an_input_error(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(good.read_bytes()[:400])
     with pytest.raises(InputError, match="corrupt or truncated"):
-        io.open_image(bad, max_pixels=10**6)
+        imagefile.open_image(bad, max_pixels=10**6)
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 100)).save(path)
     with pytest.raises(ImageTooLargeError, match="10,000 pixels"):
-        io.open_image(path, max_pixels=9_999)
-    assert io.open_image(path, max_pixels=10_000).size == (100, 100)
+        imagefile.open_image(path, max_pixels=9_999)
+    assert imagefile.open_image(path, max_pixels=10_000).size == (100, 100)
 
 
 def test_to_rgb_modes():
-    assert io.to_rgb(Image.new("L", (2, 2), 7)).mode == "RGB"
-    assert io.to_rgb(Image.new("RGBA", (2, 2), (1, 2, 3, 255))).mode == "RGB"
-    assert io.to_rgb(Image.new("RGBA", (2, 2), (1, 2, 3, 100))).mode == "RGBA"
+    assert imagefile.to_rgb(Image.new("L", (2, 2), 7)).mode == "RGB"
+    assert imagefile.to_rgb(Image.new("RGBA", (2, 2), (1, 2, 3, 255))).mode == "RGB"
+    assert imagefile.to_rgb(Image.new("RGBA", (2, 2), (1, 2, 3, 100))).mode == "RGBA"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from colorquant import fit, metrics, palettecontrol, pipeline
+from colorquant import core, fit, metrics, palettecontrol
 from colorquant.colorspace import get_space
 from colorquant.options import ColorSpace, QuantizeOptions
 from tests.conftest import run
@@ -21,7 +21,7 @@ OPTIONS = QuantizeOptions()
 
 
 def nearest(colors: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return pipeline._nearest(colors, centers, OPTIONS)
+    return core._nearest(colors, centers, OPTIONS)
 
 
 def brute_sse(colors: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> int:
@@ -43,7 +43,7 @@ def dominant_image(seed: int, dominant: int = 4, outliers: int = 60) -> np.ndarr
 
 
 def hist_of(image: np.ndarray) -> palettecontrol.Histogram:
-    h = pipeline.prepare(image).histogram
+    h = core.prepare(image).histogram
     return palettecontrol.Histogram(h.colors, h.counts)
 
 
@@ -88,10 +88,10 @@ def test_fewer_distinct_colors_than_n_give_exactly_those():
 @pytest.mark.parametrize("k", [8, 16, 64])
 def test_pipeline_gives_exactly_n_colors_and_no_higher_error_than_the_plain_fit(k):
     image = dominant_image(3)
-    h = pipeline.prepare(image).histogram
+    h = core.prepare(image).histogram
     plain = fit.fit_centers(h.colors, h.counts, k, seed=0, space=RGB)  # the old path
     before = metrics.weighted_mse(h.colors, plain[nearest(h.colors, plain)], h.counts)
-    result = pipeline.quantize(image, QuantizeOptions(colors=k))
+    result = core.quantize(image, QuantizeOptions(colors=k))
     assert len(result.palette) == k and (result.palette.counts > 0).all()
     assert result.mse <= before
 
@@ -183,7 +183,7 @@ def test_target_picks_n_that_reaches_it_while_n_minus_1_of_the_sequence_does_not
     assert brute_sse(hist.colors, hist.weights, below) > limit
     assert len(found.evaluated) <= 9  # bisection: about log2(64) evaluations, one more try
     # and through the pipeline the PSNR reaches the target
-    result = pipeline.quantize(smooth_image(seed), QuantizeOptions(colors=64,
+    result = core.quantize(smooth_image(seed), QuantizeOptions(colors=64,
                                                                    target_psnr=(target, target)))
     assert result.psnr >= target and len(result.palette) < 64
 
@@ -241,7 +241,7 @@ PINS = ((255, 0, 0), (0, 0, 255), (250, 250, 250))
 def test_pinned_colors_are_exact_and_no_worse_than_fit_then_swap():
     image = smooth_image(5)
     k = 8
-    result = pipeline.quantize(image, QuantizeOptions(colors=k, keep=PINS))
+    result = core.quantize(image, QuantizeOptions(colors=k, keep=PINS))
     colors = {tuple(c) for c in result.palette.colors.tolist()}
     assert len(result.palette) == k and set(PINS) <= colors
     unpinned = [c for c, n in zip(result.palette.colors.tolist(), result.palette.counts,
@@ -259,7 +259,7 @@ def test_pinned_colors_are_exact_and_no_worse_than_fit_then_swap():
 def test_pins_with_transparency_keep_the_transparent_entry_first():
     image = np.dstack([smooth_image(6), np.full((48, 64), 255, np.uint8)])
     image[:10, :, 3] = 0
-    result = pipeline.quantize(image, QuantizeOptions(colors=6, keep=PINS[:2]))
+    result = core.quantize(image, QuantizeOptions(colors=6, keep=PINS[:2]))
     assert result.palette.colors[0, 3] == 0 and len(result.palette) == 6
     assert {(255, 0, 0, 255), (0, 0, 255, 255)} <= {tuple(c) for c in
                                                      result.palette.colors.tolist()}
@@ -304,7 +304,7 @@ def test_target_name_from_stdin_and_no_clobber_on_the_final_name(tmp_path):
 
 def test_pins_with_a_target_stay_and_the_target_holds():
     image = smooth_image(9)
-    result = pipeline.quantize(image, QuantizeOptions(colors=64, keep=PINS,
+    result = core.quantize(image, QuantizeOptions(colors=64, keep=PINS,
                                                       target_psnr=(26.0, 26.0)))
     assert result.psnr >= 26 and len(result.palette) < 64
     assert set(PINS) <= {tuple(c) for c in result.palette.colors.tolist()}

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorquant import QuantizeOptions, fit, pipeline, pixels, quantize_image
-from colorquant import io as cq_io
+from colorquant import QuantizeOptions, core, encode, fit, pixels, quantize_image
 from colorquant.colorspace import RGBSpace
 from tests.conftest import palette_image, random_image
 
@@ -94,9 +93,9 @@ def test_mapping_equals_the_straightforward_path(k, seed):
     # the very same indices.
     array = photo_like(60, 80, seed=seed)
     options = QuantizeOptions(colors=k, seed=seed)
-    prepared = pipeline.prepare(array)
-    palette = pipeline.fit_palette(prepared.histogram, options)
-    result = pipeline.apply_palette(prepared, palette, options)
+    prepared = core.prepare(array)
+    palette = core.fit_palette(prepared.histogram, options)
+    result = core.apply_palette(prepared, palette, options)
     flat = array.reshape(-1, 3).astype(np.int64)
     by_value = np.lexsort(palette.colors.T[::-1])
     pal = palette.colors.astype(np.int64)
@@ -136,18 +135,18 @@ def test_no_scikit_learn_when_the_image_has_at_most_k_colors(tmp_path):
     loaded = _modules_after(
         f"import colorquant\ncolorquant.quantize_file({str(src)!r}, {str(tmp_path / 'o.png')!r},"
         " k=4)")
-    assert "colorquant.pipeline" in loaded
+    assert "colorquant.files" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("sklearn", "scipy")}
 
 
 def test_no_scikit_learn_when_a_palette_is_given():
     loaded = _modules_after(
-        "import numpy as np\nfrom colorquant import pipeline, Palette, QuantizeOptions\n"
+        "import numpy as np\nfrom colorquant import core, Palette, QuantizeOptions\n"
         "rng = np.random.default_rng(0)\n"
         "image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)\n"
         "palette = Palette(np.array([[0, 0, 0], [255, 255, 255]], np.uint8), np.zeros(2))\n"
-        "pipeline.quantize(image, QuantizeOptions(colors=2), palette=palette)")
-    assert "colorquant.remap" in loaded
+        "core.quantize(image, QuantizeOptions(colors=2), palette=palette)")
+    assert "colorquant.nearest" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("sklearn", "scipy")}
 
 
@@ -209,7 +208,7 @@ def test_the_command_runs_openblas_on_one_thread_unless_told(tmp_path, given):
 def test_png_strategy_is_lossless(k):
     array = photo_like(90, 120, seed=k)
     result = quantize_image(array, k)
-    params = cq_io.save_params("PNG", compress_level=6, n_colors=len(result.palette))
+    params = encode.save_params("PNG", compress_level=6, n_colors=len(result.palette))
     assert ("compress_type" in params) == (len(result.palette) <= 16)
     buffer = io.BytesIO()
     result.image.save(buffer, format="PNG", **params)
@@ -219,10 +218,10 @@ def test_png_strategy_is_lossless(k):
 
 
 def test_prepared_keeps_no_copy_of_the_pixel_keys():
-    prepared = pipeline.prepare(random_image(20, 30, seed=4))
+    prepared = core.prepare(random_image(20, 30, seed=4))
     assert not any(isinstance(v, np.ndarray) for v in vars(prepared).values())
     assert np.array_equal(pixels.canonical(prepared.keys, 3)[:5],
                           pixels.pack(np.asarray(prepared.image).reshape(-1, 3)[:5]))
     options = QuantizeOptions(colors=8)
-    assert pipeline.apply_palette(prepared, pipeline.fit_palette(prepared.histogram, options),
+    assert core.apply_palette(prepared, core.fit_palette(prepared.histogram, options),
                                   options).n_colors <= 8

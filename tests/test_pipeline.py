@@ -154,16 +154,16 @@ def test_given_palette_is_kept_as_is():
 
 
 def test_merged_histograms_fit_one_palette():
-    from colorquant import pipeline, pixels
+    from colorquant import core, pixels
 
-    a = pipeline.prepare(random_image(10, 10, seed=14))
-    b = pipeline.prepare(random_image(12, 9, seed=15))
+    a = core.prepare(random_image(10, 10, seed=14))
+    b = core.prepare(random_image(12, 9, seed=15))
     merged = pixels.merge([a.histogram, b.histogram])
     assert merged.n_pixels == 100 + 108
-    palette = pipeline.fit_palette(merged, QuantizeOptions(colors=8))
+    palette = core.fit_palette(merged, QuantizeOptions(colors=8))
     assert len(palette) <= 8 and palette.total == 208
     for prepared in (a, b):
-        result = pipeline.apply_palette(prepared, palette, QuantizeOptions(colors=8))
+        result = core.apply_palette(prepared, palette, QuantizeOptions(colors=8))
         assert np.array_equal(result.palette.colors, palette.colors)
 
 

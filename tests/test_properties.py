@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from colorquant import batch, pipeline, pixels, remap
+from colorquant import batch, core, nearest, pixels
 from colorquant.batch import PlanError
 from colorquant.options import QuantizeOptions
 from colorquant.palette import Palette
@@ -127,7 +127,7 @@ def squared(a, b) -> int:
 @given(data=points_and_centers())
 def test_remap_nearest_is_exact_and_ties_go_to_the_lowest_index(data):
     points, centers = data
-    found = remap.nearest(points.astype(np.float32), centers.astype(np.float32))
+    found = nearest.nearest(points.astype(np.float32), centers.astype(np.float32))
     assert found.dtype == np.uint8 and found.shape == (len(points),)
     for point, index in zip(points, found, strict=True):
         distances = [squared(point, c) for c in centers]
@@ -141,10 +141,10 @@ def test_pipeline_nearest_ties_go_to_the_color_that_sorts_first(data, order):
     B, so the palette's order never changes a pixel."""
     points, centers = data
     options = QuantizeOptions()
-    found = pipeline._nearest(points, centers, options)
+    found = core._nearest(points, centers, options)
     shuffled = list(range(len(centers)))
     order.shuffle(shuffled)
-    found_shuffled = pipeline._nearest(points, centers[shuffled], options)
+    found_shuffled = core._nearest(points, centers[shuffled], options)
     for i, point in enumerate(points):
         distances = [squared(point, c) for c in centers]
         best = min(tuple(int(v) for v in c) for c, d in zip(centers, distances, strict=True)
@@ -167,7 +167,7 @@ def tiny_images(draw, n_channels=3):
     return pool[index]
 
 
-def output_colors(result: pipeline.QuantizeResult) -> tuple[np.ndarray, np.ndarray]:
+def output_colors(result: core.QuantizeResult) -> tuple[np.ndarray, np.ndarray]:
     """The output pixel indices (h, w) and the palette as uint8 (k, C)."""
     return np.asarray(result.image), result.palette.colors
 
@@ -176,7 +176,7 @@ def output_colors(result: pipeline.QuantizeResult) -> tuple[np.ndarray, np.ndarr
 @given(image=tiny_images(), k=st.integers(2, 8), seed=st.integers(0, 3))
 def test_quantize_maps_every_pixel_to_its_nearest_palette_color(image, k, seed):
     options = QuantizeOptions(colors=k, seed=seed)
-    result = pipeline.quantize(image, options)
+    result = core.quantize(image, options)
     indices, palette = output_colors(result)
     assert result.image.mode == "P" and indices.shape == image.shape[:2]
     assert palette.dtype == np.uint8 and 1 <= len(palette) <= k
@@ -188,7 +188,7 @@ def test_quantize_maps_every_pixel_to_its_nearest_palette_color(image, k, seed):
         assert squared(pixel, palette[index]) == min(distances)
     if len(distinct) <= k:  # no fit: the image comes back unchanged
         assert np.array_equal(palette[indices], image)
-    again = pipeline.quantize(image, options)
+    again = core.quantize(image, options)
     assert np.array_equal(again.palette.colors, palette)
     assert again.image.tobytes() == result.image.tobytes()
 
@@ -196,7 +196,7 @@ def test_quantize_maps_every_pixel_to_its_nearest_palette_color(image, k, seed):
 @SLOW
 @given(image=tiny_images(n_channels=4), k=st.integers(2, 8))
 def test_transparent_pixels_take_the_clear_entry_and_visible_ones_the_nearest(image, k):
-    result = pipeline.quantize(image, QuantizeOptions(colors=k))
+    result = core.quantize(image, QuantizeOptions(colors=k))
     indices, palette = output_colors(result)
     assert 1 <= len(palette) <= k
     shown = [i for i, c in enumerate(palette) if len(c) == 3 or c[3] > 0]
@@ -215,7 +215,7 @@ def test_transparent_pixels_take_the_clear_entry_and_visible_ones_the_nearest(im
 @given(image=tiny_images(), k=st.integers(2, 6))
 def test_fit_palette_of_a_histogram_has_at_most_k_used_colors(image, k):
     hist = pixels.histogram(pixels.pack(image.reshape(-1, 3)), 3)
-    palette = pipeline.fit_palette(hist, QuantizeOptions(colors=k))
+    palette = core.fit_palette(hist, QuantizeOptions(colors=k))
     assert 1 <= len(palette) <= min(k, len(hist))
     assert palette.total == hist.n_pixels and (palette.counts > 0).all()
     assert list(palette.counts) == sorted(palette.counts, reverse=True)

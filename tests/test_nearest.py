@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colorquant import remap
+from colorquant import nearest
 
 
 def brute_force(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -18,27 +18,27 @@ def test_nearest_is_exact(seed, k, channels):
     rng = np.random.default_rng(seed)
     points = rng.integers(0, 256, (500, channels), dtype=np.uint8)
     centers = rng.integers(0, 256, (k, channels), dtype=np.uint8)
-    got = remap.nearest(points.astype(np.float32), centers.astype(np.float32))
+    got = nearest.nearest(points.astype(np.float32), centers.astype(np.float32))
     assert np.array_equal(got, brute_force(points, centers))
 
 
 def test_ties_go_to_the_lowest_index():
     centers = np.array([[0, 0, 0], [2, 0, 0], [0, 0, 0]], dtype=np.float32)
     points = np.array([[1, 0, 0], [0, 0, 0]], dtype=np.float32)
-    assert remap.nearest(points, centers).tolist() == [0, 0]
+    assert nearest.nearest(points, centers).tolist() == [0, 0]
 
 
 def test_extreme_colors_are_exact_across_chunks(monkeypatch):
-    monkeypatch.setattr(remap, "CHUNK", 7)
+    monkeypatch.setattr(nearest, "CHUNK", 7)
     grid = np.array(np.meshgrid(*[np.array([0, 1, 127, 128, 254, 255])] * 3)).reshape(3, -1).T
     centers = np.array([[0, 0, 0], [255, 255, 255], [128, 127, 128], [1, 254, 0]])
-    got = remap.nearest(grid.astype(np.float32), centers.astype(np.float32))
+    got = nearest.nearest(grid.astype(np.float32), centers.astype(np.float32))
     assert np.array_equal(got, brute_force(grid, centers))
 
 
 def test_more_than_256_centers_is_refused():
     with pytest.raises(ValueError):
-        remap.nearest(np.zeros((1, 3), np.float32), np.zeros((257, 3), np.float32))
+        nearest.nearest(np.zeros((1, 3), np.float32), np.zeros((257, 3), np.float32))
 
 
 @settings(max_examples=40, deadline=None)

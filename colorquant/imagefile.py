@@ -1,9 +1,12 @@
-"""The I/O shell: read images into RGB(A), write outputs atomically, output-path rules."""
+"""Reading images: open with guards (pixel and frame limits, damaged files), convert to RGB(A).
+
+The input side of the file layer; output formats are :mod:`colorquant.formats`, encoding
+:mod:`colorquant.encode`, atomic writing :mod:`colorquant.atomic`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import sys
@@ -13,76 +16,18 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageTooLargeError, InputError, OutputError, OutputExistsError
+from .errors import ImageTooLargeError, InputError, first_line
 from .memory import as_memory_error, is_out_of_memory
-
-#: Output formats by file extension (lower case); indexed formats keep the palette.
-FORMATS: dict[str, str] = {
-    ".png": "PNG",
-    ".gif": "GIF",
-    ".webp": "WEBP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".bmp": "BMP",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-}
-#: Formats that cannot store a palette: the output is RGB and its compression adds colors.
-LOSSY_FORMATS = frozenset({"JPEG"})
-EXTENSIONS: dict[str, str] = {"PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF": "tif",
-                              "BMP": "bmp", "JPEG": "jpg"}
 
 _bomb_lock = threading.Lock()
 #: Most frames read from one file: each frame has a fixed cost, so a flood of tiny frames is
 #: refused even under the pixel limit.
 MAX_FRAMES = 10_000
-
-
-def output_format(path: str | os.PathLike[str], override: str | None = None) -> str:
-    """Pillow format name for an output path (by extension) or an explicit format name.
-
-    Standard output (``"-"``) is PNG unless a format is given.
-    """
-    if not override and os.fspath(path) == "-":
-        return "PNG"
-    if override:
-        name = override.upper().replace("JPG", "JPEG").replace("TIF", "TIFF")
-        name = "TIFF" if name == "TIFFF" else name
-        if name not in EXTENSIONS:
-            raise OutputError(f"unknown output format {override!r}")
-        return name
-    ext = Path(path).suffix.lower()
-    try:
-        return FORMATS[ext]
-    except KeyError:
-        known = ", ".join(sorted(FORMATS))
-        raise OutputError(
-            f"{os.fspath(path)}: unknown output extension {ext or '(none)'!r} (use one of {known})"
-        ) from None
-
-
-#: Largest width or height each output format can store.
-MAX_SIDE: dict[str, int] = {"WEBP": 16383, "GIF": 65535, "JPEG": 65500, "BMP": 2**31 - 1,
-                            "PNG": 2**31 - 1, "TIFF": 2**32 - 1}
-
-
-def check_output_size(fmt: str, size: tuple[int, int], dst: str) -> None:
-    """Refuse, before any work, an image too wide or tall for the output format."""
-    limit = MAX_SIDE.get(fmt)
-    if limit is not None and max(size) > limit:
-        raise OutputError(f"{dst}: {fmt} holds at most {limit:,} pixels per side; the image is "
-                          f"{size[0]}x{size[1]} (choose another --format)")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 #: The file name that means standard input (as INPUT) or standard output (as -o).
@@ -113,7 +58,7 @@ def read_stream(stream: BinaryIO) -> BytesIO:
     try:
         return BytesIO(stream.read())
     except OSError as exc:
-        raise InputError(f"{_label(stream)}: cannot read: {exc.strerror or _describe(exc)}"
+        raise InputError(f"{_label(stream)}: cannot read: {exc.strerror or first_line(exc)}"
                          ) from None
 
 
@@ -184,9 +129,9 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
     except OSError as exc:
         if is_out_of_memory(exc):
             raise as_memory_error(exc) from None
-        raise InputError(f"{label}: cannot read: {exc.strerror or _describe(exc)}") from None
+        raise InputError(f"{label}: cannot read: {exc.strerror or first_line(exc)}") from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
-        raise InputError(f"{label}: not a valid image ({_describe(exc)})") from None
+        raise InputError(f"{label}: not a valid image ({first_line(exc)})") from None
     try:
         if image.format == "PNG":
             check_png_chunks(image.fp, label)
@@ -200,7 +145,7 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         image.close()
         if is_out_of_memory(exc):  # not damage: an allocation failed while decoding
             raise as_memory_error(exc) from None
-        raise InputError(f"{label}: corrupt or truncated image ({_describe(exc)})") from None
+        raise InputError(f"{label}: corrupt or truncated image ({first_line(exc)})") from None
     return image
 
 
@@ -371,7 +316,7 @@ def to_rgba(image: Image.Image, label: str = "image") -> Image.Image:
             return image.convert(target)
     except (ValueError, OSError) as exc:
         raise InputError(f"{label}: cannot convert mode {image.mode} to {target} "
-                         f"({_describe(exc)})") from None
+                         f"({first_line(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -403,7 +348,7 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
         raise
     except Exception as exc:
         if log:
-            log(f"warning: {label}: ignoring unreadable ICC profile ({_describe(exc)})")
+            log(f"warning: {label}: ignoring unreadable ICC profile ({first_line(exc)})")
         return ColorProfile()
     base = image.mode
     kind = {"CMYK": "CMYK", "L": "GRAY", "LA": "GRAY", "1": "GRAY"}.get(
@@ -440,158 +385,6 @@ def color_profile(image: Image.Image, *, to_srgb: bool, label: str = "image",
     except Exception as exc:
         if log:
             log(f"warning: {label}: ignoring ICC profile that cannot be applied "
-                f"({_describe(exc)})")
+                f"({first_line(exc)})")
         return ColorProfile()
     return ColorProfile(transform=transform)
-
-
-#: Flush each output to the disk before its rename and its folder after (as SQLite and git
-#: do), so that a file reported as written survives a power cut. Only the benchmark
-#: (benchmarks/fsync_bench.py) turns it off, to measure the cost.
-DURABLE = True
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (the rename) to the disk; a no-op where folders cannot be
-    opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise  # EINVAL/ENOTSUP: a file system that cannot sync folders
-    finally:
-        os.close(fd)
-
-
-def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None], *,
-                 replace: bool = True) -> None:
-    """Write a file through ``writer`` so that ``dst`` is either complete or untouched.
-
-    The data go to a temporary file in the target folder, which is flushed to the disk and
-    renamed over ``dst`` only when ``writer`` returns, and the folder is flushed after the
-    rename (see :data:`DURABLE`); on any error or interruption the temporary file is removed. A
-    symlink is written through (its target is replaced); a named pipe or device is written
-    into directly. With ``replace=False`` an existing ``dst`` (of any kind) is never replaced:
-    the final step itself refuses (see :func:`_put_new`), so of two calls racing for one
-    name exactly one writes and the other raises :class:`OutputExistsError`.
-    """
-    dst = Path(dst)
-    if not replace and os.path.lexists(dst):
-        raise OutputExistsError(f"{dst}: exists")
-    if dst.exists() and not dst.is_file() and not dst.is_dir():
-        # A named pipe or a device (/dev/stdout): renaming over it would destroy it, and a
-        # reader waits on it. Encode in memory, then write the complete bytes into it.
-        buffer = BytesIO()
-        writer(buffer)
-        try:
-            with open(dst, "wb") as handle:
-                handle.write(buffer.getvalue())
-        except OSError as exc:
-            raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
-        return
-    if dst.is_symlink():
-        # Write through the link (it stays a link): its target is the file replaced.
-        dst = Path(os.path.realpath(dst))
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{dst}: output folder {str(folder)!r} does not exist")
-    tmp: str | None = None  # named before it is created: an interruption at any point
-    try:  # after the create (a signal as os.open returns) still removes it
-        for _ in range(_TEMP_ATTEMPTS):
-            tmp = os.path.join(folder, f".{dst.name}.{_random_hex()}.tmp")
-            try:
-                fd = os.open(tmp, _TEMP_FLAGS, 0o600)
-                break
-            except FileExistsError:  # another writer's: never ours to remove
-                tmp = None
-        else:
-            raise FileExistsError(errno.EEXIST, "no free temporary name")
-        with os.fdopen(fd, "w+b") as handle:  # readable: multi-page TIFF reads back
-            writer(handle)
-            handle.flush()
-            if DURABLE:  # the data reach the disk before the name does
-                os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if replace:
-            os.replace(tmp, dst)
-        else:
-            _put_new(tmp, dst)
-        if DURABLE:
-            _sync_folder(folder)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, FileExistsError) and tmp is not None:
-            raise OutputExistsError(f"{dst}: exists") from None
-        if isinstance(exc, OSError):
-            raise OutputError(f"{dst}: cannot write: {exc.strerror or _describe(exc)}") from None
-        raise
-
-
-def _random_hex() -> str:
-    """12 random hex digits for a temporary file's name. ``os.urandom`` needs no import:
-    ``secrets`` would load ``hmac`` and ``random`` (8 ms) into calls that never load
-    scikit-learn, which imports them itself."""
-    return os.urandom(6).hex()
-
-
-#: The temporary file's open flags (those of ``tempfile.mkstemp``) and how many random names
-#: to try before giving up.
-_TEMP_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-_TEMP_ATTEMPTS = 100
-
-#: link() errors of file systems without hard links (FAT, exFAT, some FUSE and SMB mounts).
-_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,
-                       errno.EMLINK, errno.EXDEV})
-
-
-def _put_new(tmp: str, dst: Path) -> None:
-    """Put the complete file ``tmp`` at ``dst`` only if no file has that name; else raise
-    ``FileExistsError`` (``tmp`` is left for the caller to remove).
-
-    ``link(2)`` never replaces an existing name: the kernel decides atomically which of two
-    racing calls gets it. Where the file system has no hard links, the name is claimed with
-    an exclusive create (``O_EXCL``, also decided by the kernel) and the complete file is then
-    renamed over that empty claim: still exactly one writer and no existing file replaced,
-    but a reader (or a crash) in between can see an empty ``dst``.
-    """
-    try:
-        os.link(tmp, dst)
-    except OSError as exc:
-        if isinstance(exc, FileExistsError) or exc.errno not in _NO_LINKS:
-            raise
-        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.replace(tmp, dst)
-        return
-    os.unlink(tmp)
-
-
-#: zlib strategy Z_RLE: for PNGs of at most 16 colors (4 bits or fewer per pixel) it was as
-#: small as level 9 and faster than level 1 on every image measured (see README, Performance).
-Z_RLE = 3
-
-
-def save_params(fmt: str, *, compress_level: int, n_colors: int = 256) -> dict[str, object]:
-    """Encoder arguments for a format: deterministic, lossless where the format allows.
-
-    ``n_colors`` (the palette size) picks the PNG zlib strategy: run-length matching for
-    palettes of at most 16 colors, zlib's default above.
-    """
-    if fmt == "PNG":
-        if compress_level > 0 and n_colors <= 16:
-            return {"compress_level": compress_level, "compress_type": Z_RLE}
-        return {"compress_level": compress_level}
-    if fmt == "WEBP":
-        # exact: keep the RGB of fully transparent pixels (the documented transparent color)
-        return {"lossless": True, "quality": 100, "method": 4, "exact": True}
-    if fmt == "JPEG":
-        return {"quality": 95}
-    return {}
