@@ -17,7 +17,7 @@ Targets:
     (``.gpl``, ``.json``, ``.txt``, ``.hex``, ``.png``, ``.gif``); a palette that was read is
     written back in the same format and must read back with the same colors in the same order.
 ``name``
-    ``batch.check_name_template`` on a ``--name`` template, then ``batch.render_name`` with an
+    ``plan.check_name_template`` on a ``--name`` template, then ``plan.render_name`` with an
     arbitrary file name (the bytes after the first NUL).
 
 The property checked: every input either gives a valid result or raises ``ColorquantError``.
@@ -143,14 +143,14 @@ def _palette_target(data: bytes) -> None:
 
 
 def _name_target(data: bytes) -> None:
-    from colorquant import batch
+    from colorquant import plan
 
     template, _, name = data.decode("utf-8", "replace").partition("\0")
-    batch.check_name_template(template)
+    plan.check_name_template(template)
     name = name.replace("/", "_").replace("\0", "_") or "x.png"
     if name in (".", ".."):
         return
-    rendered = batch.render_name(template, name, 16, "png")
+    rendered = plan.render_name(template, name, 16, "png")
     _check(isinstance(rendered, str), "not a string")
     _check("/" not in rendered and "\0" not in rendered and rendered not in ("", ".", ".."),
            f"not a file name: {rendered!r}")

@@ -142,7 +142,7 @@ def palettecontrol_errors() -> type[Exception]:
 
 def _one_color_psnr(image: Image.Image) -> float:
     h = core.prepare(image).histogram
-    hist = palettecontrol.Histogram(h.colors, h.counts)
+    hist = palettecontrol.WeightedColors(h.colors, h.counts)
     mean = np.average(h.colors.astype(np.float64), axis=0, weights=h.counts)
     center = np.rint(mean).astype(np.uint8)[None]
     return metrics.psnr(metrics.weighted_mse(hist.colors, center[np.zeros(len(h.colors),

@@ -107,7 +107,7 @@ def atomic_write(dst: str | os.PathLike[str], writer: Callable[[BinaryIO], None]
 
 def _random_hex() -> str:
     """12 random hex digits for a temporary file's name. ``os.urandom`` needs no import:
-    ``secrets`` would load ``hmac`` and ``random`` (8 ms) into calls that never load
+    ``secrets`` would load ``hmac`` and ``random`` into calls that never load
     scikit-learn, which imports them itself."""
     return os.urandom(6).hex()
 

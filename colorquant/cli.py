@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, batch, formats
+from . import __version__, formats
+from . import plan as planning
 from .errors import ColorquantError
 from .options import (
     DEFAULT_MAX_PIXELS,
@@ -33,6 +33,7 @@ from .options import (
 from .report import ExitCode, Report
 
 if TYPE_CHECKING:
+    from . import batch
     from .palette import Palette
 
 EPILOG = """\b
@@ -237,49 +238,39 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
             raise click.ClickException(str(exc)) from None
         colors = len(palette)  # names and reports show the size of the palette used
     try:
-        plan = batch.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
-                          fmt=fmt, recursive=recursive, defer_k=target_psnr is not None)
-        batch.check_side_outputs(plan, {"--plot": plot, "--compare": compare,
-                                        "--save-palette": save_palette})
+        planned = planning.plan(inputs, k=colors, output=output, out_dir=out_dir, name=name,
+                                fmt=fmt, recursive=recursive, defer_k=target_psnr is not None)
+        planning.check_side_outputs(planned, {"--plot": plot, "--compare": compare,
+                                              "--save-palette": save_palette})
+        batch_plan = planning.prepare(
+            planned, plot=plot, compare=compare, save_palette=save_palette,
+            shared_palette=shared_palette, palette_given=palette is not None,
+            json_lines=as_json, cluster=dask is not None,
+            delta_e=as_json or verbose)  # the only outputs that show the mean ΔE2000
     except ColorquantError as exc:
         raise click.UsageError(str(exc)) from None
-    if as_json and any(imagefile.is_stdio(job.dst) for job in plan):
-        raise click.UsageError("--json prints on standard output: write the image to a file")
-    if dask is not None and any(imagefile.is_stdio(j.src) or imagefile.is_stdio(j.dst)
-                                for j in plan):
-        raise click.UsageError("--dask runs on the cluster's workers: not standard input "
-                               "or output")
-    if (plot or compare) and len(plan) > 1:
-        raise click.UsageError("--plot and --compare take one input")
-    if save_palette is not None and len(plan) > 1 and not (shared_palette or palette):
-        raise click.UsageError("--save-palette with several inputs needs --shared-palette")
-    if plot or compare:
-        plan = [dataclasses.replace(plan[0], plot=plot, compare=compare)]
-    if as_json or verbose:  # the only outputs that show the mean ΔE2000
-        plan = [dataclasses.replace(job, delta_e=True) for job in plan]
-    if save_palette is not None and palette is None and plan[0].src != imagefile.STDIO:
-        # One input: fit its palette first (the same palette), so a palette file that cannot
-        # be written fails before the image is written.
-        shared_palette = True
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               fit_method=FitMethod(fit_method), space=ColorSpace(space),
                               dither=Dither(dither), dither_strength=dither_strength,
                               compress_level=compress_level, max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
                               target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
-    created = _make_folders(sorted({os.path.dirname(job.dst) for job in plan})
-                            if out_dir is not None else [])
+    from . import batch
+
+    try:
+        created = batch.make_folders(sorted({os.path.dirname(job.dst)
+                                             for job in batch_plan.jobs})
+                                     if out_dir is not None else [])
+    except ColorquantError as exc:
+        raise click.ClickException(str(exc)) from None
     report = Report()
     try:
-        return _run_plan(plan, options, report, palette=palette,
-                         shared_palette=shared_palette, save_palette=save_palette,
-                         jobs=jobs, dask=dask, fail_fast=fail_fast, no_clobber=no_clobber,
-                         as_json=as_json, quiet=quiet, verbose=verbose)
+        return _run_plan(batch_plan, options, report, palette=palette, jobs=jobs, dask=dask,
+                         fail_fast=fail_fast, no_clobber=no_clobber, as_json=as_json,
+                         quiet=quiet, verbose=verbose)
     finally:
         if not report.written:  # nothing was written: leave no empty folders behind
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)
+            batch.remove_folders(created)
 
 
 def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
@@ -299,29 +290,13 @@ def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
     return tuple(dict.fromkeys([*keep, *found]))  # type: ignore[arg-type]
 
 
-def _make_folders(folders: Iterable[str]) -> list[str]:
-    """Create the output folders; returns those that did not exist, parents first."""
-    created: list[str] = []
-    for folder in folders:
-        folder = folder or "."  # outputs in the current folder
-        missing = []
-        path = os.path.abspath(folder)
-        while not os.path.isdir(path) and path not in missing:
-            missing.append(path)
-            path = os.path.dirname(path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise click.ClickException(f"{folder}: cannot create: {exc.strerror}") from None
-        created += reversed(missing)
-    return created
-
-
-def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *,
-              palette: Palette | None, shared_palette: bool,
-              save_palette: str | None, jobs: int | None, dask: str | None, fail_fast: bool,
+def _run_plan(batch_plan: planning.Plan, options: QuantizeOptions, report: Report, *,
+              palette: Palette | None, jobs: int | None, dask: str | None, fail_fast: bool,
               no_clobber: bool, as_json: bool, quiet: bool, verbose: bool) -> int:
     """Run the planned jobs with the library's runner and report each result."""
+    from . import batch, executors
+
+    plan, shared_palette = batch_plan.jobs, batch_plan.shared_palette
     show_bar = (not quiet and not verbose and len(plan) > 1 and sys.stderr.isatty())
     steps = len(plan) * (2 if shared_palette else 1)
     bar = click.progressbar(length=steps, label="colorquant", file=sys.stderr,
@@ -330,23 +305,19 @@ def _run_plan(plan: list[batch.Job], options: QuantizeOptions, report: Report, *
         with contextlib.ExitStack() as stack:
             if bar is not None:
                 stack.enter_context(bar)
-            if dask is not None:
-                from . import cluster
-
-                executor = stack.enter_context(cluster.connect(dask, workers=jobs))
-            else:
-                executor = stack.enter_context(batch.local_executor(
-                    jobs, plan, fitting=not (shared_palette or palette),
-                    colors=options.colors))
-            run = batch.run_batch(plan, options, executor=executor, palette=palette,
-                                  shared_palette=shared_palette, save_palette=save_palette,
-                                  fail_fast=fail_fast, no_clobber=no_clobber,
-                                  progress=(lambda: bar.update(1)) if bar is not None else None)
+            executor = stack.enter_context(executors.executor_for(
+                plan, dask=dask, jobs=jobs, fitting=not (shared_palette or palette),
+                colors=options.colors))
+            run = batch.BatchRun(plan, options, executor=executor, palette=palette,
+                                 shared_palette=shared_palette,
+                                 save_palette=batch_plan.save_palette, fail_fast=fail_fast,
+                                 no_clobber=no_clobber,
+                                 progress=(lambda: bar.update(1)) if bar is not None else None)
             for result in run:
                 _record(result, report, as_json=as_json, quiet=quiet, verbose=verbose,
                         alone=len(plan) == 1)
             report.not_run = run.not_run
-    except ColorquantError as exc:  # no cluster, a worker died, the palette cannot be saved
+    except ColorquantError as exc:  # no cluster, a process died, the palette cannot be saved
         raise click.ClickException(str(exc)) from None
     if len(plan) > 1 and not quiet:
         _message(report.summary())
@@ -421,7 +392,7 @@ def main(argv: Sequence[str] | None = None, *,
     child both run (``launch.py``, ``worker.py``; also ``python -m colorquant``).
 
     The exit skips the interpreter's teardown of numpy, SciPy and scikit-learn, which costs
-    about 0.1 s on every run (as much as quantizing a small image) and does nothing for us:
+    as much as quantizing a small image and does nothing for us:
     outputs are already renamed into place and worker processes joined. Standard streams are
     flushed and ``atexit`` handlers run first; then ``before_exit(code)`` (the launcher starts
     a worker there, a worker's child reports its status). Call :func:`run` to embed the command.

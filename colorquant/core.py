@@ -125,7 +125,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
         limits = (palettecontrol.sse_limit(options.target_psnr[0], values) - outside[1],
                   palettecontrol.sse_limit(options.target_psnr[1], values) - outside[1])
     centers, labels, found = palettecontrol.control(
-        palettecontrol.Histogram(colors, histogram.counts), k, fitter=fitter,
+        palettecontrol.WeightedColors(colors, histogram.counts), k, fitter=fitter,
         nearest=lambda c, p: _nearest(c, p, options), space=space, pins=pins, limits=limits)
     if found is not None and not found.reached:
         best = metrics.psnr((found.evaluated[0][1] + outside[1]) / values)

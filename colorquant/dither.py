@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -242,11 +241,9 @@ def map_threads() -> int:
     """The threads a threshold mapping may use in this process."""
     if _thread_limit is not None:
         return max(1, _thread_limit)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_THREADS, cpus))
+    from .memory import available_cpus
+
+    return max(1, min(MAX_THREADS, available_cpus()))
 
 
 def _rows(prepared: Prepared, band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:

@@ -31,6 +31,19 @@ class PaletteError(ColorquantError):
     """A palette file could not be read or written."""
 
 
+class PlanError(ColorquantError):
+    """The inputs and naming options do not make a valid batch (a usage error)."""
+
+
+class PoolError(ColorquantError):
+    """A process of the local pool died (killed, out of memory): the batch cannot go on."""
+
+
+class ClusterError(ColorquantError):
+    """The Dask scheduler cannot be reached, or its workers cannot run colorquant (or one died
+    again and again on the same input)."""
+
+
 class SkippedError(ColorquantError):
     """An input deliberately left unwritten (not a failure): the output would not be good or
     small enough."""

@@ -19,10 +19,8 @@ from PIL import Image
 from . import atomic, encode, formats, frames, imagefile, memory, metrics, pixels
 from .core import Clock, QuantizeResult, prepare_frame, quantize_frames
 from .errors import NotSmallerError, OutputError, PaletteError
-from .options import QuantizeOptions
+from .options import Log, QuantizeOptions
 from .palette import Palette
-
-Log = Callable[[str], None]
 
 
 def frames_to_write(decoded: frames.Frames, fmt: str, *, label: str, shown_dst: str,

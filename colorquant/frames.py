@@ -9,7 +9,6 @@ changed, following the disposal given.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +17,7 @@ from PIL import Image
 from . import imagefile
 from .errors import ImageTooLargeError, InputError, first_line
 from .memory import as_memory_error, is_out_of_memory
-from .options import DEFAULT_MAX_PIXELS
-
-Log = Callable[[str], None]
-
+from .options import DEFAULT_MAX_PIXELS, Log
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,10 +56,6 @@ class Frames:
     @property
     def mode(self) -> str:
         return self.images[0].mode
-
-    @property
-    def animated(self) -> bool:
-        return len(self.images) > 1
 
 
 def _disposal(image: Image.Image) -> str | None:
@@ -129,9 +121,8 @@ def read(image: Image.Image, *, frame: int | None = None, to_srgb: bool = False,
         if kind is not None:
             disposals.append(kind)
     if any(im.mode == "RGBA" for im in images):
-        images = [im if im.mode == "RGBA" else im.convert("RGBA") for im in images]
-        if all(im.getextrema()[3][0] == 255 for im in images):
-            images = [im.convert("RGB") for im in images]
+        images = imagefile.opaque_as_rgb(
+            [im if im.mode == "RGBA" else im.convert("RGBA") for im in images])
     good_dpi = None
     with contextlib.suppress(Exception):
         x, y = (float(v) for v in dpi)  # type: ignore[union-attr]
@@ -164,6 +155,4 @@ def threshold_alpha(images: list[Image.Image]) -> tuple[list[Image.Image], bool]
         partial = partial or bool(((alpha > 0) & (alpha < 255)).any())
         rgba[..., 3] = np.where(alpha >= 128, 255, 0).astype(np.uint8)
         out.append(Image.fromarray(rgba, "RGBA"))
-    if all(im.getextrema()[3][0] == 255 for im in out):
-        out = [im.convert("RGB") for im in out]
-    return out, partial
+    return imagefile.opaque_as_rgb(out), partial

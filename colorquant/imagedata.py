@@ -34,8 +34,8 @@ class QuantizeResult:
         Seconds spent in each stage.
     delta_e : float
         Mean CIEDE2000 difference against the input, per pixel; computed when first read
-        (about 1 µs per distinct color, more than the whole mapping costs), so runs that do
-        not report it do not pay for it.
+        (it costs more than the whole mapping), so runs that do not report it do not pay
+        for it.
     """
 
     image: Image.Image
@@ -75,8 +75,3 @@ class Prepared:
     def key_strips(self) -> Iterator[np.ndarray]:
         """The image's raw uint32 pixel keys, one bounded band of rows at a time."""
         return pixels.key_strips(self.image)
-
-    @property
-    def keys(self) -> np.ndarray:
-        """All raw pixel keys at once, uint32 of shape (n,) (a full copy: small images only)."""
-        return np.concatenate(list(self.key_strips()))

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from .errors import ImageTooLargeError, InputError, first_line
 from .memory import as_memory_error, is_out_of_memory
+from .options import Log
 
 _bomb_lock = threading.Lock()
 #: Most frames read from one file: each frame has a fixed cost, so a flood of tiny frames is
@@ -117,7 +118,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
         source = read_stream(source)
     try:
         # Pillow's bomb check at our limit, already while opening: the GIF plugin fills its
-        # first frame there (a 6 kB GIF declaring 3 gigapixels took seconds and gigabytes).
+        # first frame there, so a tiny file declaring gigapixels is refused before it costs
+        # time and memory.
         with pixel_limit(max_pixels, label):
             image = Image.open(source)
     except InputError:
@@ -244,7 +246,6 @@ def _check_size(image: Image.Image, label: str, max_pixels: int, frame: int | No
 
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
-Log = Callable[[str], None]
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -297,10 +298,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     Raises ``InputError`` for modes with no sensible 8-bit RGB conversion.
     """
-    rgba = to_rgba(upright(image))
-    if rgba.mode == "RGBA" and rgba.getextrema()[3][0] == 255:
-        return rgba.convert("RGB")
-    return rgba
+    return opaque_as_rgb([to_rgba(upright(image))])[0]
+
+
+def opaque_as_rgb(images: list[Image.Image]) -> list[Image.Image]:
+    """Frames (all RGB or all RGBA) as RGB when every pixel of every frame is opaque: alpha is
+    kept only where it says something."""
+    if images and images[0].mode == "RGBA" and all(im.getextrema()[3][0] == 255
+                                                   for im in images):
+        return [im.convert("RGB") for im in images]
+    return images
 
 
 def to_rgba(image: Image.Image, label: str = "image") -> Image.Image:

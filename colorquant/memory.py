@@ -1,4 +1,6 @@
-"""Running out of memory: tell it apart from damage, and load the fit backend safely.
+"""The process's resources: running out of memory (told apart from damage, the fit backend
+loaded safely) and the CPUs it may use (:func:`available_cpus`, the one count every module
+reads).
 
 Under an address-space limit (``ulimit -v``, ``RLIMIT_AS``) two things go wrong without
 care. Allocations fail as ``MemoryError`` (numpy, Pillow) or as a Pillow decoder's "out of
@@ -20,9 +22,9 @@ import os
 import sys
 from collections.abc import Iterator
 
-#: Address space the first import of scikit-learn (with SciPy and its OpenBLAS) took on
-#: x86-64 Linux, measured: about 185 MiB with one CPU plus about 40 MiB per further CPU (one
-#: OpenBLAS thread buffer and stack each); with a margin.
+#: Address space the first import of scikit-learn (with SciPy and its OpenBLAS) needs on
+#: x86-64 Linux: a base, plus one OpenBLAS thread buffer and stack per further CPU; both with
+#: a margin over what was measured (the figures are in the commit that set them).
 BACKEND_BASE = 200 << 20
 BACKEND_PER_CPU = 48 << 20
 
@@ -61,12 +63,16 @@ def describe(exc: BaseException) -> str:
     return f"not enough memory ({detail})"
 
 
-def _backend_need() -> int:
+def available_cpus() -> int:
+    """The CPUs this process may use (its affinity where the system has one)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return BACKEND_BASE + BACKEND_PER_CPU * max(0, cpus - 1)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _backend_need() -> int:
+    return BACKEND_BASE + BACKEND_PER_CPU * max(0, available_cpus() - 1)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+
+#: What the library's ``log`` parameters take: a callable that receives each warning, one line
+#: (the command prints them on stderr; the library never prints).
+Log = Callable[[str], None]
 
 MIN_COLORS = 2
 MAX_COLORS = 256

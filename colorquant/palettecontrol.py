@@ -37,7 +37,7 @@ PIN_STEPS = 10
 
 
 @dataclass(frozen=True)
-class Histogram:
+class WeightedColors:
     """The colors palette control works on: distinct uint8 colors and their pixel counts."""
 
     colors: np.ndarray
@@ -73,7 +73,7 @@ def _distinct(centers: np.ndarray, fixed: int) -> np.ndarray:
     return centers[keep]
 
 
-def _assign(hist: Histogram, centers: np.ndarray, fixed: int, nearest: Nearest,
+def _assign(hist: WeightedColors, centers: np.ndarray, fixed: int, nearest: Nearest,
             ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct centers (pinned first) that at least one color uses, pins always kept, and the
     label of each color."""
@@ -88,7 +88,7 @@ def _assign(hist: Histogram, centers: np.ndarray, fixed: int, nearest: Nearest,
     return centers[used], renumber[labels].astype(labels.dtype)
 
 
-def _split(hist: Histogram, centers: np.ndarray, labels: np.ndarray, missing: int,
+def _split(hist: WeightedColors, centers: np.ndarray, labels: np.ndarray, missing: int,
            ) -> np.ndarray:
     """``missing`` new centers, each a distinct color not yet in the palette, taken where the
     error is largest: the weighted-farthest color of each cluster, clusters by descending
@@ -110,7 +110,7 @@ def _split(hist: Histogram, centers: np.ndarray, labels: np.ndarray, missing: in
     return np.vstack([centers, hist.colors[np.array(picked, dtype=np.int64)]])
 
 
-def refine(hist: Histogram, centers: np.ndarray, fixed: int, *, space: Space,
+def refine(hist: WeightedColors, centers: np.ndarray, fixed: int, *, space: Space,
            steps: int) -> np.ndarray:
     """Exact weighted Lloyd steps (:func:`fit.lloyd_refine`) in which the first ``fixed``
     centers never move; returns uint8 centers (possibly with repeats)."""
@@ -134,7 +134,7 @@ def refine(hist: Histogram, centers: np.ndarray, fixed: int, *, space: Space,
     return out
 
 
-def exact(hist: Histogram, centers: np.ndarray, k: int, *, nearest: Nearest,
+def exact(hist: WeightedColors, centers: np.ndarray, k: int, *, nearest: Nearest,
           space: Space, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exactly ``k`` distinct centers, each used by at least one color (the first ``fixed``,
     pinned, are kept even if unused), with each color's label.
@@ -171,7 +171,7 @@ def exact(hist: Histogram, centers: np.ndarray, k: int, *, nearest: Nearest,
     return best[0], best[1]
 
 
-def pinned(hist: Histogram, pins: np.ndarray, k: int, *, fitter: Fitter, nearest: Nearest,
+def pinned(hist: WeightedColors, pins: np.ndarray, k: int, *, fitter: Fitter, nearest: Nearest,
            space: Space) -> tuple[np.ndarray, np.ndarray]:
     """``k`` centers, the first ``len(pins)`` being the pins exactly, the others fitted around
     them, with each color's label.
@@ -214,7 +214,7 @@ def swap(centers: np.ndarray, pins: np.ndarray, space: Space) -> np.ndarray:
 # --- the fewest colors that reach a target ---------------------------------------------
 
 
-def ward_sequence(hist: Histogram, centers: np.ndarray, labels: np.ndarray, fixed: int,
+def ward_sequence(hist: WeightedColors, centers: np.ndarray, labels: np.ndarray, fixed: int,
                   space: Space, smallest: int) -> dict[int, np.ndarray]:
     """Palettes of every size from ``len(centers)`` down to ``smallest``, each made from the
     next larger by merging the two clusters whose merge raises the weighted error least
@@ -282,7 +282,7 @@ class TargetResult:
     reached: bool = True
 
 
-def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_min: float,
+def fewest(hist: WeightedColors, centers: np.ndarray, labels: np.ndarray, *, limit_min: float,
            limit_max: float, nearest: Nearest, space: Space, fixed: int = 0,
            smallest: int = 1) -> TargetResult:
     """The fewest colors, from a full palette down, whose error is at most ``limit_max``
@@ -327,7 +327,7 @@ def fewest(hist: Histogram, centers: np.ndarray, labels: np.ndarray, *, limit_mi
     return TargetResult(chosen, chosen_labels, tuple(evaluated))
 
 
-def _polish(hist: Histogram, centers: np.ndarray, n: int, fixed: int, nearest: Nearest,
+def _polish(hist: WeightedColors, centers: np.ndarray, n: int, fixed: int, nearest: Nearest,
             space: Space) -> tuple[np.ndarray, np.ndarray, int]:
     """Exactly ``n`` used colors from ``centers``, then exact Lloyd steps kept only if they do
     not raise the error; the centers, labels and error."""
@@ -342,7 +342,7 @@ def _polish(hist: Histogram, centers: np.ndarray, n: int, fixed: int, nearest: N
     return centers, labels, error
 
 
-def control(hist: Histogram, k: int, *, fitter: Fitter, nearest: Nearest, space: Space,
+def control(hist: WeightedColors, k: int, *, fitter: Fitter, nearest: Nearest, space: Space,
             pins: np.ndarray | None = None, limits: tuple[float, float] | None = None,
             ) -> tuple[np.ndarray, np.ndarray, TargetResult | None]:
     """The palette of ``k`` entries for a histogram: exactly ``k`` used colors (or every

@@ -355,15 +355,15 @@ def test_save_palette_that_cannot_be_written_leaves_no_image(tmp_path, flower):
 
 
 def test_shared_histograms_merge_in_bounded_batches(monkeypatch):
-    from colorquant import batch, pixels
+    from colorquant import batch, executors, pixels
 
     rng = np.random.default_rng(0)
     parts = []
     for i in range(7):
         keys = pixels.pixel_keys(rng.integers(0, 8, (50, 4), dtype=np.uint8).tobytes())
         parts.append(pixels.histogram(keys, 3 if i % 3 else 4))
-    monkeypatch.setattr(batch, "MERGE_EVERY", 40)  # flush every few images
-    merger = batch._Merger()
+    monkeypatch.setattr(executors, "MERGE_EVERY", 40)  # flush every few images
+    merger = executors._Merger(batch.merge_histograms)
     for part in parts:
         merger.add(part)
         assert merger._size < 40 + max(len(p) for p in parts)  # pending stays bounded
@@ -497,11 +497,12 @@ def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
     (16, 2, 100, True), (15, 2, 100, False), (16, 2, 64, False), (8, 1, 256, True)])
 def test_only_large_batches_above_64_colors_load_the_compiled_fit(monkeypatch, files, jobs,
                                                                   colors, loaded):
-    from colorquant import batch, fit
+    from colorquant import executors, fit
+    from colorquant.plan import Job
 
     monkeypatch.setattr(fit, "_KERNEL", None)
-    plan = [batch.Job(f"in{i}.png", f"out{i}.png", "png") for i in range(files)]
-    batch.local_executor(jobs, plan, colors=colors)
+    plan = [Job(f"in{i}.png", f"out{i}.png", "png") for i in range(files)]
+    executors.local_executor(jobs, plan, colors=colors)
     assert (fit._KERNEL is not None) is loaded
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from colorquant import batch, pixels
+from colorquant import batch, pixels, plan
 from colorquant.options import QuantizeOptions
 from tests.conftest import COMMAND, run
 from tests.test_batch import json_lines, make_set, on_a_terminal, tree
@@ -125,19 +125,19 @@ def test_cluster_run_matches_the_local_run(tmp_path, client, case):
 
 
 def test_library_batch_and_bounded_submission(tmp_path, client):
-    """``run_batch`` with a DaskExecutor from Python: the same results as in this process;
+    """``BatchRun`` with a DaskExecutor from Python: the same results as in this process;
     inputs are pulled only a bounded window ahead of the results yielded."""
-    from colorquant.cluster import DaskExecutor
+    from colorquant.executors import DaskExecutor, InProcess
 
     srcs = make_set(tmp_path / "src", n=12, size=(12, 16))
     options = QuantizeOptions(colors=4)
     results = {}
     for where in ("here", "dask"):
-        jobs = batch.plan([str(s) for s in srcs], k=4, out_dir=str(tmp_path / where))
+        jobs = plan.plan([str(s) for s in srcs], k=4, out_dir=str(tmp_path / where))
         os.makedirs(tmp_path / where)
-        executor = batch.InProcess() if where == "here" else DaskExecutor(client)
+        executor = InProcess() if where == "here" else DaskExecutor(client)
         with executor:
-            got = list(batch.run_batch(jobs, options, executor=executor, shared_palette=True))
+            got = list(batch.BatchRun(jobs, options, executor=executor, shared_palette=True))
         results[where] = [(r.status, r.colors, r.counts, r.mse) for r in got]
     assert results["dask"] == results["here"]
     assert tree(tmp_path / "dask") == tree(tmp_path / "here")
@@ -256,7 +256,7 @@ def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, client, china):
 
 
 @pytest.mark.parametrize("mode", [[], ["--shared-palette"]], ids=["own", "shared"])
-# distributed warns so even with dashboard_address=None (as cluster.connect, which hides it)
+# distributed warns so even with dashboard_address=None (as executors.connect, which hides it)
 @pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
 def test_killed_workers_are_replaced_and_the_run_completes(tmp_path, china, mode):
     """Every worker is SIGKILLed once mid-run: nothing the tasks need may live only on a

@@ -405,12 +405,13 @@ def test_threshold_methods_are_stable_across_frames():
         np.testing.assert_array_equal(a[same], b[same])
 
 
-def test_mapping_threads_follow_the_cpus_and_the_workers_limit():
-    """A single call may use the CPUs it is given (up to MAX_THREADS); a batch worker
-    process, which runs beside the others, one thread."""
-    code = ("import os; from colorquant import batch, dither; os.sched_setaffinity(0, {0}); "
+def test_mapping_threads_follow_the_cpus_and_the_pool_limit():
+    """A single call may use the CPUs it is given (up to MAX_THREADS); a pool process, which
+    runs beside the others, one thread."""
+    code = ("import os; from colorquant import dither, executors; os.sched_setaffinity(0, {0}); "
             "a = dither.map_threads(); os.sched_setaffinity(0, set(range(os.cpu_count()))); "
-            "b = dither.map_threads(); batch._init_worker(); print(a, b, dither.map_threads())")
+            "b = dither.map_threads(); executors._init_pool_process(); "
+            "print(a, b, dither.map_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     cpus = len(os.sched_getaffinity(0))

@@ -30,10 +30,10 @@ def test_format_override(given, fmt):
 
 
 def test_default_output_is_beside_input():
-    from colorquant import batch
+    from colorquant import plan
 
     def default(src: str, k: int, ext: str = "png") -> Path:
-        return Path(src).with_name(batch.render_name(batch.DEFAULT_NAME, src, k, ext))
+        return Path(src).with_name(plan.render_name(plan.DEFAULT_NAME, src, k, ext))
 
     assert default("dir/photo.jpg", 16) == Path("dir/photo-16c.png")
     assert default("photo.tar.png", 8, "gif") == Path("photo.tar-8c.gif")

@@ -42,9 +42,9 @@ def dominant_image(seed: int, dominant: int = 4, outliers: int = 60) -> np.ndarr
     return np.vstack(rows).reshape(-1, 1, 3)
 
 
-def hist_of(image: np.ndarray) -> palettecontrol.Histogram:
+def hist_of(image: np.ndarray) -> palettecontrol.WeightedColors:
     h = core.prepare(image).histogram
-    return palettecontrol.Histogram(h.colors, h.counts)
+    return palettecontrol.WeightedColors(h.colors, h.counts)
 
 
 @settings(max_examples=40, deadline=None)
@@ -79,7 +79,7 @@ def test_a_short_palette_is_filled_to_exactly_n_used_colors_at_no_higher_error(s
 
 def test_fewer_distinct_colors_than_n_give_exactly_those():
     colors = np.array([[0, 0, 0], [10, 20, 30], [200, 100, 0]], dtype=np.uint8)
-    hist = palettecontrol.Histogram(colors, np.array([5, 1, 2]))
+    hist = palettecontrol.WeightedColors(colors, np.array([5, 1, 2]))
     centers, labels = palettecontrol.exact(hist, colors[:1], 8, nearest=nearest, space=RGB)
     assert sorted(map(tuple, centers.tolist())) == sorted(map(tuple, colors.tolist()))
     assert palettecontrol.sse(colors, hist.weights, centers, labels) == 0
@@ -191,7 +191,7 @@ def test_target_picks_n_that_reaches_it_while_n_minus_1_of_the_sequence_does_not
 def test_ward_merges_the_pair_that_raises_the_error_least():
     rng = np.random.default_rng(4)
     colors = rng.integers(0, 256, (40, 3), dtype=np.uint8)
-    hist = palettecontrol.Histogram(colors, rng.integers(1, 50, 40))
+    hist = palettecontrol.WeightedColors(colors, rng.integers(1, 50, 40))
     centers = colors[:6]
     labels = nearest(colors, centers)
     coords = RGB.encode(colors)

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from colorquant import batch, core, nearest, pixels
-from colorquant.batch import PlanError
+from colorquant import core, nearest, pixels, plan
+from colorquant.errors import PlanError
 from colorquant.options import QuantizeOptions
 from colorquant.palette import Palette
 from colorquant.palettefile import read_palette, write_palette
@@ -279,7 +279,7 @@ templates = st.lists(st.one_of(st.sampled_from(["{stem}", "{suffix}", "{ext}", "
 @FAST
 @given(name=file_names, k=st.integers(2, 256))
 def test_default_name_keeps_the_stem(name, k):
-    rendered = batch.render_name(batch.DEFAULT_NAME, name, k, "png")
+    rendered = plan.render_name(plan.DEFAULT_NAME, name, k, "png")
     assert rendered.endswith(f"-{k}c.png") and "/" not in rendered
     stem = rendered[: -len(f"-{k}c.png")]
     suffix = Path(name).suffix
@@ -290,11 +290,11 @@ def test_default_name_keeps_the_stem(name, k):
 @given(template=templates, name=file_names)
 def test_a_checked_template_gives_a_file_name_or_a_plan_error(template, name):
     try:
-        batch.check_name_template(template)
+        plan.check_name_template(template)
     except PlanError:
         return
     try:
-        rendered = batch.render_name(template, name, 16, "png")
+        rendered = plan.render_name(template, name, 16, "png")
     except PlanError:
         return
     assert rendered not in ("", ".", "..")
