@@ -2,7 +2,10 @@
 
 A space says how sRGB(A) uint8 colors become k-means coordinates (``encode``), how fitted
 centers come back (``decode``), which coordinates the exact nearest-color search uses
-(``metric``) and how that search runs (``nearest``). The pipeline never branches on the space.
+(``metric``) and how that search runs (``nearest``). The pipeline never branches on the space:
+it asks :func:`get_space` once for the strategy of a space and a channel count. Colors with
+alpha are premultiplied (:class:`Premultiplied`): their distance is the error a viewer sees
+after compositing on any background, as in libimagequant.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ class Space(Protocol):
     """What every color space strategy offers."""
 
     name: str
+    #: The length of a full-scale step (0 to 255 of a channel) in :meth:`metric` coordinates:
+    #: the alpha coordinate of a premultiplied color is ``unit * A`` (A the 0–255 alpha).
+    unit: float
     #: Whether :meth:`metric` gives whole numbers 0–255 (exact integer float32 arithmetic).
     integer_metric: bool
     #: Whether :meth:`dither_coords` are the float sRGB values themselves (the threshold
@@ -40,6 +46,7 @@ class RGBSpace:
     """The 0–1 RGB(A) cube; Euclidean distance on the stored sRGB values."""
 
     name: str = "rgb"
+    unit: float = 255.0
     integer_metric: bool = True
     srgb_search: bool = True
 
@@ -125,10 +132,12 @@ def cielab_to_srgb(lab: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OKLabSpace:
-    """OKLab (L in 0–1, a and b about ±0.4); alpha, when present, as a fourth coordinate
-    alpha/255. Distances are float64 Euclidean in these coordinates."""
+    """OKLab (L in 0–1, a and b about ±0.4). Distances are float64 Euclidean in these
+    coordinates; colors with alpha go through :class:`Premultiplied` (given alpha here, it is
+    kept as a fourth coordinate alpha/255)."""
 
     name: str = "oklab"
+    unit: float = 1.0
     integer_metric: bool = False
     srgb_search: bool = False
 
@@ -167,10 +176,11 @@ class OKLabSpace:
 @dataclass(frozen=True)
 class CIELabSpace:
     """CIE L*a*b* (D65), the space CIEDE2000 is defined on, divided by 100 (L 0–1, a and b
-    about ±1: the scale of the other spaces, for the fit's tolerances); alpha, when present,
-    as a fourth coordinate alpha/255. Distances are float64 Euclidean (CIE76 ΔE / 100)."""
+    about ±1: the scale of the other spaces, for the fit's tolerances). Distances are float64
+    Euclidean (CIE76 ΔE / 100); colors with alpha go through :class:`Premultiplied`."""
 
     name: str = "lab"
+    unit: float = 1.0
     integer_metric: bool = False
     srgb_search: bool = False
 
@@ -219,10 +229,81 @@ def nearest_float64(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Premultiplied:
+    """A space's strategy for RGBA colors: the color coordinates of ``base`` multiplied by the
+    opacity ``a = A / 255``, and ``a`` itself as the fourth coordinate.
+
+    The squared distance of two colors is then the error seen after compositing over any
+    background: ``|c1·a1 - c2·a2|² + (a1 - a2)²`` (libimagequant fits and remaps in the same
+    way). A faint pixel's color barely counts, so the fit spends its entries where the eye
+    sees them. Opaque colors keep the base space's geometry (plus the alpha term).
+
+    In ``rgb`` the search coordinates are the whole numbers ``(R·A, G·A, B·A, 255·A)``: every
+    squared distance and dot product of them is an integer below 2**53, so the float64 matrix
+    product of :func:`colorquant.nearest.nearest` is exact, whatever BLAS kernel computes it.
+    """
+
+    base: Space
+    integer_metric: bool = False
+    srgb_search: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def unit(self) -> float:
+        return self.base.unit
+
+    def encode(self, colors: np.ndarray) -> np.ndarray:
+        """uint8 or float sRGBA values (m, 4) on the 0–255 scale to float64 premultiplied
+        coordinates (base coordinates × a, a)."""
+        values = np.asarray(colors, dtype=np.float64)
+        alpha = values[:, 3:4] / 255.0
+        return np.hstack([self.base.encode(values[:, :3]) * alpha, alpha])
+
+    def decode(self, coords: np.ndarray) -> np.ndarray:
+        """Premultiplied coordinates (m, 4) to uint8 sRGBA: alpha rounded first, then the color
+        divided by that rounded alpha (so the rounded color premultiplies back nearest to the
+        center); a center of alpha 0 keeps the color of alpha 1/255."""
+        coords = np.asarray(coords, dtype=np.float64)
+        alpha = np.clip(np.rint(coords[:, 3] * 255.0), 0, 255)
+        color = self.base.decode(coords[:, :3] / (np.maximum(alpha, 1.0) / 255.0)[:, None])
+        return np.hstack([color, alpha[:, None].astype(np.uint8)])
+
+    def metric(self, colors: np.ndarray) -> np.ndarray:
+        """uint8 sRGBA (m, 4) to float64 search coordinates: ``(base metric × A, unit × A)``,
+        the geometry of :meth:`encode` scaled by 255 × ``unit``."""
+        values = np.asarray(colors)
+        alpha = values[:, 3:4].astype(np.float64)
+        base = np.asarray(self.base.metric(values[:, :3]), dtype=np.float64)
+        return np.hstack([base * alpha, self.unit * alpha])
+
+    def dither_coords(self, rgb: np.ndarray) -> np.ndarray:
+        """float sRGBA values (m, 4) on the 0–255 scale to the coordinates of :meth:`metric`."""
+        values = np.asarray(rgb, dtype=np.float64)
+        alpha = values[:, 3:4]
+        return np.hstack([self.base.dither_coords(values[:, :3]) * alpha, self.unit * alpha])
+
+    def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """Index of the nearest center of each point (metric coordinates), ties to the lowest
+        index: one float64 matrix product a block over whole-number coordinates (exact), or
+        float64 channel by channel (:func:`nearest_float64`)."""
+        if self.base.integer_metric:
+            from .nearest import nearest
+
+            return nearest(points, centers, exact=np.float64)
+        return nearest_float64(points, centers)
+
+
 _SPACES: dict[ColorSpace, Space] = {ColorSpace.RGB: RGBSpace(), ColorSpace.OKLAB: OKLabSpace(),
                                      ColorSpace.LAB: CIELabSpace()}
+_PREMULTIPLIED: dict[ColorSpace, Space] = {key: Premultiplied(value)
+                                           for key, value in _SPACES.items()}
 
 
-def get_space(space: ColorSpace) -> Space:
-    """The strategy object for a :class:`~colorquant.options.ColorSpace`."""
-    return _SPACES[space]
+def get_space(space: ColorSpace, channels: int = 3) -> Space:
+    """The strategy object for a :class:`~colorquant.options.ColorSpace` and colors of
+    ``channels`` channels (4: RGBA, premultiplied)."""
+    return (_PREMULTIPLIED if channels == 4 else _SPACES)[space]

@@ -104,7 +104,7 @@ def _fit_visible(histogram: pixels.Histogram, k: int, options: QuantizeOptions, 
     transparent one), which a PSNR target counts.
     """
     colors = histogram.colors
-    space = get_space(options.space)
+    space = get_space(options.space, histogram.channels)
     pins = np.array(options.keep, dtype=np.uint8).reshape(-1, 3)
     if histogram.channels == 4:
         pins = np.hstack([pins, np.full((len(pins), 1), 255, dtype=np.uint8)])
@@ -161,7 +161,7 @@ def _labels(colors: np.ndarray, palette: Palette, options: QuantizeOptions) -> n
 def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) -> np.ndarray:
     """Index of each color's nearest center; an exact tie goes to the center that sorts
     first by (R, G, B[, A]), so the answer never depends on the palette's order."""
-    space = get_space(options.space)
+    space = get_space(options.space, colors.shape[1])
     by_value = np.lexsort(centers.T[::-1])
     found = space.nearest(space.metric(colors), space.metric(centers[by_value]))
     return by_value[found].astype(np.uint8)

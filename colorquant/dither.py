@@ -5,15 +5,18 @@
 through its exactly nearest palette index (a lookup, no per-pixel search); the dithering
 mappers work on bands of rows, per pixel, in the color space's search coordinates:
 
-- ``fs``: Floyd–Steinberg error diffusion, serpentine (see
-  :func:`colorquant.ditherkernel.map_band` for the exact arithmetic);
+- ``fs``: selective Floyd–Steinberg error diffusion, serpentine: pixels whose nearest color
+  is all but exact take no error (:func:`fs_quiet`), large errors are damped
+  (:data:`FS_DAMP`); see :func:`colorquant.ditherkernel.map_band` for the exact arithmetic
+  and docs/transparency-and-dithering.md for the rule;
 - ``ordered`` / ``blue-noise``: each pixel becomes the exactly nearest palette color of
   ``clip(pixel + t × strength × spread / 2, 0, 255)`` (``t`` in [-0.5, 0.5) from the threshold
   matrix at the pixel's position, added to R, G and B; ``spread`` the median distance from a
   palette color to its nearest other palette color, in sRGB 0–255 units).
 
-Exact nearest means: float64 squared distance summed channel by channel, ties to the palette
-color that sorts first by (R, G, B[, A]). Fully transparent pixels take the palette's
+Exact nearest means: float64 squared distance summed channel by channel (premultiplied by
+alpha for RGBA: :class:`colorquant.colorspace.Premultiplied`), ties to the palette color that
+sorts first by (R, G, B[, A]). Fully transparent pixels take the palette's
 transparent entry and no part in the diffusion; visible pixels only visible entries.
 """
 
@@ -67,6 +70,16 @@ FS_EDGE = 0.1
 #: +1.0 dB), PSNR (+0.3 to +1.0 dB) and ΔE2000 at k=16/64/256, and FLIP at k=16 and 64
 #: (equal at 256); the overflow alone gives 0.1-0.2 dB blurred PSNR for 0.03-0.09 dB PSNR.
 FS_KEEP, FS_OVERFLOW = 15 / 16, 0.1
+#: ``fs`` dithers selectively (after libimagequant, "don't dither areas that don't have
+#: noticeable error — makes file smaller"): a pixel whose exactly nearest palette color is
+#: within this squared error of it (squared 0–255 differences summed over the channels,
+#: premultiplied with alpha; :func:`fs_quiet`) takes no diffused error.
+FS_QUIET = 3
+#: ``fs`` diffuses only 3/4 of an error whose squared length exceeds this many times the mean
+#: squared error of the undithered mapping (:func:`undithered_mse`; libimagequant's "prevents
+#: crazy green pixels popping out of the blue" uses the same factor): isolated large errors
+#: make the speckles that cost bytes and are seen as noise.
+FS_DAMP = 2.4
 #: Threshold offsets of ``ordered``/``blue-noise`` span this many times the palette spread
 #: (0.5 beat 0.75, 1 and 1.5 on every measure of the quality benchmark).
 THRESHOLD_SCALE = 0.5
@@ -156,7 +169,7 @@ def _cube_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]
     """The per-channel bounds of the cube's lattice (:func:`_cube`) in the search coordinates
     of ``space``: the same for every palette, so made once per process (encoding the lattice
     was most of a small frame's mapping: an animation maps each frame on its own)."""
-    cube = get_space(space).dither_coords(_cube(channels))
+    cube = get_space(space, channels).dither_coords(_cube(channels))
     lo, hi = cube.min(axis=0), cube.max(axis=0)
     lo.flags.writeable = hi.flags.writeable = False  # shared between calls
     return lo, hi
@@ -189,7 +202,8 @@ def _target_of(data: bytes, shape: tuple[int, int], space: ColorSpace,
     if shape[1] == 4 and (colors[:, 3] > 0).any():
         allowed = np.flatnonzero(colors[:, 3] > 0)
     allowed = allowed[np.lexsort(colors[allowed].T[::-1])]
-    coords = np.ascontiguousarray(get_space(space).metric(colors[allowed]), dtype=np.float64)
+    coords = np.ascontiguousarray(get_space(space, shape[1]).metric(colors[allowed]),
+                                  dtype=np.float64)
     cube_lo, cube_hi = _cube_box(space, shape[1])
     lo = np.minimum(coords.min(axis=0), cube_lo)
     hi = np.maximum(coords.max(axis=0), cube_hi)
@@ -210,7 +224,7 @@ def fs_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]:
     corners in the search coordinates of ``space``, widened by :data:`FS_OVERFLOW` of its size
     on each side (in ``rgb``, -25.5 to 280.5)."""
     corners = np.array(list(itertools.product((0.0, 255.0), repeat=channels)))
-    coords = get_space(space).dither_coords(corners)
+    coords = get_space(space, channels).dither_coords(corners)
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     margin = FS_OVERFLOW * (hi - lo)
     return lo - margin, hi + margin
@@ -279,10 +293,13 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
         box_lo, box_hi = box
         edge = FS_EDGE * _length(target.coords.max(axis=0) - target.coords.min(axis=0))
         strength = float(options.dither_strength) * FS_KEEP
+        damp = FS_DAMP * undithered_mse(prepared, palette, labels, options)
     else:
         box_lo, box_hi = np.full(channels, -np.inf), np.full(channels, np.inf)
-        edge, strength = 0.0, 0.0
+        edge, strength, damp = 0.0, 0.0, np.inf
     n = prepared.n_pixels
+    quiet = (fs_quiet(prepared, palette, labels) if diffuse
+             else np.zeros((1, 1), dtype=np.uint8))
     indices = np.empty(n, dtype=np.uint8)
     entry_counts = np.zeros(len(palette), dtype=np.int64)
     entries = palette.colors.astype(np.int64)
@@ -304,7 +321,8 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
         return int(ditherkernel.map_band(
             band, coords, dims, rows, top, target.coords, target.lo, target.inv_step,
             target.cells, target.start, target.members, target.index, entries, clear_index,
-            box_lo, box_hi, strength, edge, diffuse, carry, counts, out))
+            box_lo, box_hi, strength, edge, diffuse, carry, counts, out,
+            quiet[top : top + rows] if diffuse else quiet, damp))
 
     threads = 1 if diffuse else min(map_threads(), -(-n // MIN_THREAD_PIXELS))
     if threads <= 1:  # in order: the error diffused into a band comes from the one above
@@ -321,6 +339,52 @@ def _map(prepared: Prepared, palette: Palette, options: QuantizeOptions, labels:
                                range(len(bands))))
         entry_counts += counts.sum(axis=0)
     return Mapping(indices, entry_counts, sse, lambda: _pairs(prepared, indices))
+
+
+def fs_quiet(prepared: Prepared, palette: Palette, labels: np.ndarray) -> np.ndarray:
+    """Which pixels ``fs`` leaves undithered (uint8 (H, W), 1 or 0): those whose exactly nearest
+    palette color (``labels``, the undithered mapping) is within :data:`FS_QUIET` of them
+    (:func:`undithered_error`). Fully transparent pixels are 1 and take no part anyway."""
+    hist = prepared.histogram
+    width, height = prepared.image.size
+    quiet = undithered_error(hist.colors, palette.colors[labels]) <= FS_QUIET * 255**2
+    return pixels.lookup(prepared.key_strips(), hist, quiet.astype(np.uint8),
+                         n_pixels=prepared.n_pixels).reshape(height, width)
+
+
+def undithered_mse(prepared: Prepared, palette: Palette, labels: np.ndarray,
+                   options: QuantizeOptions) -> float:
+    """Mean squared distance (search coordinates) from a visible pixel to its exactly nearest
+    palette color, the scale of :data:`FS_DAMP`: ``fsum(count × d) / pixels`` over the
+    distinct visible colors (``d`` summed channel by channel in float64; ``math.fsum`` is
+    exactly rounded, so no summation order or machine changes it)."""
+    hist = prepared.histogram
+    colors, counts, chosen = hist.colors, hist.counts, palette.colors[labels]
+    if hist.channels == 4:
+        shown = colors[:, 3] > 0
+        colors, counts, chosen = colors[shown], counts[shown], chosen[shown]
+    if not len(colors):
+        return 0.0
+    space = get_space(options.space, hist.channels)
+    a = np.asarray(space.metric(colors), dtype=np.float64)
+    b = np.asarray(space.metric(chosen), dtype=np.float64)
+    dist = np.zeros(len(a))
+    for c in range(a.shape[1]):
+        dist += (a[:, c] - b[:, c]) ** 2
+    return math.fsum((counts.astype(np.float64) * dist).tolist()) / int(counts.sum())
+
+
+def undithered_error(colors: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Squared error of each color against its chosen palette color, int64 and exact, on the
+    scale of 255² × squared 0–255 units: ``255² × Σ (c − p)²`` over R, G, B without alpha;
+    with alpha, premultiplied: ``Σ (c·A − p·A')² + 255² (A − A')²``."""
+    colors = colors.astype(np.int64)
+    chosen = chosen.astype(np.int64)
+    if colors.shape[1] == 4:
+        diff = colors[:, :3] * colors[:, 3:] - chosen[:, :3] * chosen[:, 3:]
+        return (diff * diff).sum(axis=1) + (255 * (colors[:, 3] - chosen[:, 3])) ** 2
+    diff = colors - chosen
+    return (diff * diff).sum(axis=1) * 255**2
 
 
 def _pairs(prepared: Prepared, indices: np.ndarray,
@@ -362,7 +426,7 @@ def _transparent(prepared: Prepared, labels: np.ndarray) -> int | None:
 def _fs_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
     """Floyd–Steinberg, serpentine, error diffused in the space's search coordinates."""
-    space = get_space(options.space)
+    space = get_space(options.space, prepared.histogram.channels)
 
     def points(top: int, band: np.ndarray) -> np.ndarray:
         return space.dither_coords(band.reshape(-1, band.shape[2])).reshape(band.shape)
@@ -377,7 +441,7 @@ def _threshold_mapper(matrix: Callable[[], np.ndarray]) -> Mapper:
 
     def mapper(prepared: Prepared, palette: Palette, options: QuantizeOptions,
                labels: np.ndarray) -> Mapping:
-        space = get_space(options.space)
+        space = get_space(options.space, prepared.histogram.channels)
         offsets = matrix() * (THRESHOLD_SCALE * float(options.dither_strength)
                               * spread(palette))
         size = offsets.shape[0]

@@ -215,7 +215,7 @@ def _tally(band, y, x, chosen, visible, entries, counts, out, channels):
 @cached(nogil=True)
 def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, start,
              members, index, entries, clear, box_lo, box_hi, strength, edge, diffuse, carry,
-             counts, out):
+             counts, out, quiet, damp):
     """Palette index of every pixel of the first ``rows`` rows of a band, with
     Floyd–Steinberg error diffusion when ``diffuse`` (serpentine: even image rows left to
     right, odd rows right to left), writing the indices and summing what the result reports.
@@ -228,13 +228,17 @@ def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, 
     at. A fully transparent pixel (``channels`` 4, alpha 0) takes ``clear`` and no part in the
     diffusion. ``first_row`` is the band's row in the image; ``carry`` (w, C) holds the error
     diffused into the band's first row and is updated in place to the error for row ``rows``.
-    For each visible pixel in scan order: ``want = clip(pixel + error, box_lo, box_hi)``;
+    ``quiet`` (h, w) uint8 marks the pixels that take no diffused error
+    (:func:`colorquant.dither.fs_quiet`); read only when diffusing.
+    For each visible pixel in scan order: ``want = clip(pixel + error, box_lo, box_hi)``
+    (``want = pixel`` for a quiet one);
     ``out`` = ``index`` of the nearest of ``palette`` to ``want``; when diffusing, ``e = (want -
     chosen) * strength`` (the caller's strength, with the share of the error kept already in
-    it) goes 7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below, added in that
-    order, and only to visible pixels inside the image. With ``edge > 0`` no error goes
-    to a neighbour whose pixel is farther than ``edge`` (Euclidean, search coordinates) from
-    this one. ``counts`` (pixels per palette entry) is added to in place; returns the exact sum
+    it; times 3/4 when ``|want - chosen|²``, summed in channel order, exceeds ``damp``) goes
+    7/16 ahead, 3/16 behind-below, 5/16 below, 1/16 ahead-below, added in that order, and only
+    to visible pixels inside the image. With ``edge > 0`` no error goes to a neighbour whose
+    pixel is farther than ``edge`` (Euclidean, search coordinates) from this one.
+    ``counts`` (pixels per palette entry) is added to in place; returns the exact sum
     of squared differences between each pixel (a transparent one as transparent black) and
     ``entries`` (the palette's uint8 colors) of its index.
     """
@@ -256,14 +260,23 @@ def map_band(band, coords, dims, rows, first_row, palette, lo, inv_step, cells, 
             if channels == 4 and band[y, x, 3] == 0:
                 sse += _tally(band, y, x, clear, False, entries, counts, out, channels)
                 continue
+            still = diffuse and quiet[y, x] != 0
             for c in range(channels):
-                want[c] = min(max(coords[y, x, c] + acc[cur, x, c], box_lo[c]), box_hi[c])
+                wanted = np.float64(coords[y, x, c])
+                if not still:
+                    wanted += acc[cur, x, c]
+                want[c] = min(max(wanted, box_lo[c]), box_hi[c])
             best = _nearest(want, palette, lo, inv_step, cells, start, members, channels)
             sse += _tally(band, y, x, index[best], True, entries, counts, out, channels)
             if not diffuse:
                 continue
+            big = 0.0
             for c in range(channels):
-                err[c] = (want[c] - palette[best, c]) * strength
+                diff = want[c] - palette[best, c]
+                big += diff * diff
+            scale = strength * 0.75 if big > damp else strength
+            for c in range(channels):
+                err[c] = (want[c] - palette[best, c]) * scale
             for target in range(4):
                 ty = y if target == 0 else y + 1
                 tx = x + d if target == 0 else x + (target - 2) * d
@@ -343,9 +356,10 @@ def warm() -> None:
         entries = np.zeros((2, channels), dtype=np.int64)  # mappers' bands are
         counts = np.zeros(2, dtype=np.int64)
         out = np.zeros((1, 2), dtype=np.uint8)
+        quiet = np.zeros((1, 2), dtype=np.uint8)
         for coords in (band, np.zeros((1, 2, channels))):  # sRGB search or float64 coords
             map_band(band, coords, (0,) * channels, 1, 0, palette, lo, 1.0 / step, 1, start,
                      members, index, entries, 0, palette[0], palette[1], 1.0, 0.0, True,
-                     np.zeros((2, channels)), counts, out)
+                     np.zeros((2, channels)), counts, out, quiet, 1.0)
         threshold_band(band, (0,) * channels, 1, 0, np.zeros((2, 2)), palette, lo, 1.0 / step, 1,
                        start, members, index, entries, 0, counts, out)

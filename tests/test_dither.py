@@ -54,25 +54,102 @@ def _brute_nearest(point: list[float], centers: list[list[float]]) -> int:
     return best
 
 
-def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
-                 space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
-    """Floyd–Steinberg as README and dither.py document it, one pixel at a time."""
-    strategy = get_space(space)
+def search_point(color: list[float], space: ColorSpace) -> list[float]:
+    """The search coordinates of one sRGB(A) color (0–255 values) as docs/
+    transparency-and-dithering.md defines them: the space's coordinates of R, G, B (in ``rgb``
+    the values themselves); with alpha A, premultiplied: those times A, and ``unit × A`` (unit
+    255 in ``rgb``, 1 in ``oklab`` and ``lab``)."""
+    base = get_space(space)
+    rgb = [float(v) for v in color[:3]]
+    point = rgb if space is ColorSpace.RGB else base.dither_coords(np.array([rgb]))[0].tolist()
+    if len(color) == 3:
+        return point
+    alpha = float(color[3])
+    unit = 255.0 if space is ColorSpace.RGB else 1.0
+    return [v * alpha for v in point] + [unit * alpha]
+
+
+def undithered_error(color: list[int], entry: list[int]) -> int:
+    """255² × the squared 0–255 error of a color against a palette entry, premultiplied when
+    there is alpha (plain integers)."""
+    if len(color) == 3:
+        return 255 * 255 * sum((a - b) * (a - b) for a, b in zip(color, entry, strict=True))
+    total = 255 * 255 * (color[3] - entry[3]) ** 2
+    for c in range(3):
+        total += (color[c] * color[3] - entry[c] * entry[3]) ** 2
+    return total
+
+
+def reference_nearest(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> np.ndarray:
+    """The undithered mapping, one pixel at a time: alpha 0 to the first transparent entry,
+    others to the first (in value order) of the visible entries nearest in search
+    coordinates."""
     h, w, channels = image.shape
     allowed = _allowed(palette)
-    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
+    clear = [i for i in range(len(palette)) if channels == 4 and palette[i, 3] == 0]
+    out = np.zeros((h, w), dtype=np.uint8)
+    for y in range(h):
+        for x in range(w):
+            if channels == 4 and image[y, x, 3] == 0 and clear:
+                out[y, x] = clear[0]
+            else:
+                out[y, x] = allowed[_brute_nearest(search_point(image[y, x].tolist(), space),
+                                                   centers)]
+    return out
+
+
+def reference_quiet(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> list:
+    """Whether each pixel is left undithered by ``fs``: its undithered error is at most
+    FS_QUIET (docs: selective dithering)."""
+    h, w, _ = image.shape
+    near = reference_nearest(image, palette, space)
+    return [[undithered_error(image[y, x].tolist(), palette[near[y, x]].tolist())
+             <= dither.FS_QUIET * 255 * 255 for x in range(w)] for y in range(h)]
+
+
+def reference_mse(image: np.ndarray, palette: np.ndarray, space: ColorSpace) -> float:
+    """The undithered mapping's mean squared distance (search coordinates) over the visible
+    pixels: each distinct color's count × distance, summed exactly (math.fsum)."""
+    near = reference_nearest(image, palette, space)
+    found: dict[tuple[int, ...], list[int]] = {}
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            color = tuple(int(v) for v in image[y, x])
+            if len(color) == 4 and color[3] == 0:
+                continue
+            found.setdefault(color, [0, int(near[y, x])])[0] += 1
+    terms, total = [], 0
+    for color, (count, index) in found.items():
+        a, b = search_point(list(color), space), search_point(palette[index].tolist(), space)
+        d = 0.0
+        for c in range(len(a)):
+            d += (a[c] - b[c]) ** 2
+        terms.append(count * d)
+        total += count
+    return math.fsum(terms) / total if total else 0.0
+
+
+def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
+                 space: ColorSpace = ColorSpace.RGB) -> np.ndarray:
+    """Floyd–Steinberg as docs/transparency-and-dithering.md and dither.py document it, one
+    pixel at a time."""
+    h, w, channels = image.shape
+    allowed = _allowed(palette)
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
+    quiet = reference_quiet(image, palette, space)
+    damp = dither.FS_DAMP * reference_mse(image, palette, space)
     lo = [min(c[i] for c in centers) for i in range(channels)]
     hi = [max(c[i] for c in centers) for i in range(channels)]
-    corners = strategy.dither_coords(
-        np.array(list(itertools.product([0.0, 255.0], repeat=channels)))).tolist()
+    corners = [search_point(list(corner), space)
+               for corner in itertools.product([0.0, 255.0], repeat=channels)]
     clamp_lo, clamp_hi = [], []  # the cube corners' box, widened by FS_OVERFLOW a side
     for c in range(channels):
         low, high = min(p[c] for p in corners), max(p[c] for p in corners)
         clamp_lo.append(low - dither.FS_OVERFLOW * (high - low))
         clamp_hi.append(high + dither.FS_OVERFLOW * (high - low))
     keep = strength * dither.FS_KEEP
-    coords = strategy.metric(image.reshape(-1, channels)).astype(np.float64)
-    coords = coords.reshape(h, w, channels).tolist()
+    coords = [[search_point(image[y, x].tolist(), space) for x in range(w)] for y in range(h)]
     span = 0.0
     for a, b in zip(lo, hi, strict=True):
         span += (b - a) * (b - a)
@@ -95,11 +172,15 @@ def reference_fs(image: np.ndarray, palette: np.ndarray, strength: float,
             if skip[y][x]:
                 out[y, x] = clear[0]
                 continue
-            want = [min(max(coords[y][x][c] + error[y][x][c], clamp_lo[c]), clamp_hi[c])
-                    for c in range(channels)]
+            want = [min(max(coords[y][x][c] + (0.0 if quiet[y][x] else error[y][x][c]),
+                            clamp_lo[c]), clamp_hi[c]) for c in range(channels)]
             j = _brute_nearest(want, centers)
             out[y, x] = allowed[j]
-            err = [(want[c] - centers[j][c]) * keep for c in range(channels)]
+            big = 0.0
+            for c in range(channels):
+                big += (want[c] - centers[j][c]) * (want[c] - centers[j][c])
+            scale = keep * 0.75 if big > damp else keep
+            err = [(want[c] - centers[j][c]) * scale for c in range(channels)]
             for yy, xx, weight in ((y, x + d, 7), (y + 1, x - d, 3), (y + 1, x, 5),
                                    (y + 1, x + d, 1)):
                 if yy < h and 0 <= xx < w and not skip[yy][xx] and near(y, x, yy, xx):
@@ -177,10 +258,9 @@ def _threads(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
 def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndarray,
                          strength: float, space: ColorSpace) -> np.ndarray:
     """Each pixel: the exactly nearest palette color of clip(pixel + t × strength × spread)."""
-    strategy = get_space(space)
     h, w, channels = image.shape
     allowed = _allowed(palette)
-    centers = strategy.metric(palette[allowed]).astype(np.float64).tolist()
+    centers = [search_point(palette[i].tolist(), space) for i in allowed]
     amount = dither.THRESHOLD_SCALE * strength * dither.spread(
         Palette(palette, np.ones(len(palette), np.int64)))
     out = np.zeros((h, w), dtype=np.uint8)
@@ -192,8 +272,7 @@ def _reference_threshold(image: np.ndarray, palette: np.ndarray, matrix: np.ndar
             t = matrix[y % len(matrix), x % len(matrix)]
             want = [min(max(float(v) + (t * amount if c < 3 else 0.0), 0.0), 255.0)
                     for c, v in enumerate(image[y, x])]
-            point = strategy.dither_coords(np.array([want]))[0].tolist()
-            out[y, x] = allowed[_brute_nearest(point, centers)]
+            out[y, x] = allowed[_brute_nearest(search_point(want, space), centers)]
     return out
 
 
@@ -544,3 +623,109 @@ def test_palette_file_with_blue_noise(tmp_path):
     out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).reshape(-1, 3)
     palette = {(0, 0, 0), (255, 255, 255), (128, 64, 32), (20, 200, 90)}
     assert {tuple(c) for c in out.tolist()} <= palette
+
+
+# --- transparency: premultiplied alpha ----------------------------------------------------
+
+
+def _translucent(h: int, w: int, seed: int) -> np.ndarray:
+    """A gradient with every alpha: clear, faint, half and opaque pixels."""
+    image = _gradient(h, w, channels=4, seed=seed)
+    rng = np.random.default_rng(seed)
+    image[:, :, 3] = rng.choice([0, 1, 7, 40, 128, 200, 255], size=(h, w))
+    return image
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+@pytest.mark.parametrize("given", [False, True])
+def test_rgba_nearest_is_the_premultiplied_reference(space, given):
+    """The undithered mapping of an image with every alpha (a fitted palette, or a given one
+    with faint and half-transparent entries) is the plain loop over premultiplied
+    coordinates."""
+    image = _translucent(17, 23, seed=11)
+    if given:
+        palette = _fixed_palette(20, 4, seed=5)
+        result = core.quantize(image, QuantizeOptions(space=space), palette=palette)
+    else:
+        result = core.quantize(image, QuantizeOptions(colors=12, space=space))
+    np.testing.assert_array_equal(_indices(result),
+                                  reference_nearest(image, result.palette.colors, space))
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_a_faint_pixel_takes_the_entry_nearest_after_compositing(space):
+    """A faint red pixel (alpha 10) is nearer to faint black than to nearly opaque red once
+    premultiplied (either shows as almost nothing over any background, the red one as red);
+    unpremultiplied, with alpha a fourth coordinate, it was the red."""
+    image = np.array([[[255, 0, 0, 10]]], dtype=np.uint8)
+    palette = Palette(np.array([[255, 0, 0, 200], [0, 0, 0, 10]], np.uint8), np.ones(2, np.int64))
+    assert _indices(core.quantize(image, QuantizeOptions(space=space),
+                                      palette=palette)).item() == 1
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_premultiplied_colors_round_trip(space):
+    """Every visible color of a lattice of the sRGBA cube decodes back to itself."""
+    strategy = get_space(space, 4)
+    axis = np.arange(0, 256, 15, dtype=np.uint8)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, np.array([1, 3, 128, 255], np.uint8),
+                                   indexing="ij"), axis=-1).reshape(-1, 4)
+    np.testing.assert_array_equal(strategy.decode(strategy.encode(lattice)), lattice)
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_rgba_fs_and_threshold_methods_are_the_reference(space):
+    image = _translucent(15, 19, seed=3)
+    opts = QuantizeOptions(colors=9, dither=Dither.FS, space=space)
+    result = core.quantize(image, opts)
+    np.testing.assert_array_equal(_indices(result),
+                                  reference_fs(image, result.palette.colors, 1.0, space))
+    opts = QuantizeOptions(colors=9, dither=Dither.ORDERED, space=space)
+    result = core.quantize(image, opts)
+    np.testing.assert_array_equal(
+        _indices(result), _reference_threshold(image, result.palette.colors, dither.bayer8(),
+                                               1.0, space))
+
+
+# --- selective dithering --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_fs_quiet_pixels_are_the_reference(channels):
+    """With a palette holding the color of a flat patch (quiet) and a gradient (mostly not)."""
+    image = _translucent(14, 18, seed=2) if channels == 4 else _gradient(14, 18, seed=2)
+    image[3:9, 4:12] = (90, 90, 90, 255)[:channels]
+    image[3:5, 4:6, :3] = (91, 90, 89)  # squared error 2: still quiet
+    fixed = _fixed_palette(6, channels, seed=3).colors
+    colors = np.vstack([fixed, np.array([(90, 90, 90, 255)[:channels]], np.uint8)])
+    palette = Palette(colors, np.ones(len(colors), np.int64))
+    prepared = core.prepare(image)
+    labels = core._labels(prepared.histogram.colors, palette, QuantizeOptions())
+    got = dither.fs_quiet(prepared, palette, labels)
+    assert got.astype(bool).tolist() == reference_quiet(image, palette.colors, ColorSpace.RGB)
+    assert got[3:9, 4:12].all() and not got.all()
+
+
+@pytest.mark.parametrize("space", list(ColorSpace))
+def test_fs_damping_is_the_reference(monkeypatch, space):
+    """A low damping bound (most errors damped) and the default, in every space."""
+    image = _gradient(16, 22, seed=7)
+    for damp in (0.3, dither.FS_DAMP):
+        monkeypatch.setattr(dither, "FS_DAMP", damp)
+        result = core.quantize(image, QuantizeOptions(colors=5, dither=Dither.FS,
+                                                          space=space))
+        np.testing.assert_array_equal(
+            _indices(result), reference_fs(image, result.palette.colors, 1.0, space))
+
+
+def test_fs_leaves_a_nearly_exact_flat_area_undithered():
+    """A flat area within FS_QUIET of a palette color takes that color everywhere, even with
+    a strong error arriving from a dithered gradient beside it; plain diffusion would spread
+    that error into it."""
+    image = _gradient(20, 40, seed=1)
+    image[:, 20:] = (101, 99, 100)
+    palette = Palette(np.array([[0, 0, 0], [100, 100, 100], [255, 255, 255], [255, 0, 0],
+                                [0, 255, 0], [0, 0, 255]], np.uint8), np.ones(6, np.int64))
+    out = _indices(core.quantize(image, QuantizeOptions(dither=Dither.FS), palette=palette))
+    assert (out[:, 20:] == 1).all()
+    assert len(np.unique(out[:, :20])) > 3  # the gradient is dithered

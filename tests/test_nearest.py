@@ -39,3 +39,24 @@ def test_extreme_colors_are_exact_across_chunks(monkeypatch):
 def test_more_than_256_centers_is_refused():
     with pytest.raises(ValueError):
         nearest.nearest(np.zeros((1, 3), np.float32), np.zeros((257, 3), np.float32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 256))
+def test_nearest_is_exact_in_float64_on_premultiplied_coordinates(seed, k):
+    """Premultiplied ``rgb`` coordinates (R·A, G·A, B·A, 255·A) run to 65025: their distances
+    need float64, where every product and sum of them is still a whole number (exact)."""
+    from colorquant.colorspace import ColorSpace, get_space
+
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, 256, (400, 4), dtype=np.uint8)
+    centers = rng.integers(0, 256, (k, 4), dtype=np.uint8)
+    centers[: k // 3] = points[: k // 3]  # exact hits and ties
+    space = get_space(ColorSpace.RGB, 4)
+    got = space.nearest(space.metric(points), space.metric(centers))
+
+    def premultiplied(c: np.ndarray) -> np.ndarray:
+        c = c.astype(np.int64)
+        return np.hstack([c[:, :3] * c[:, 3:], 255 * c[:, 3:]])
+
+    assert np.array_equal(got, brute_force(premultiplied(points), premultiplied(centers)))
