@@ -33,6 +33,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rd_bench import blur  # noqa: E402  (the σ = 1 px blur both benchmarks measure with)
+
 from colorquant import core, dither, metrics  # noqa: E402
 from colorquant.colorspace import srgb_to_cielab  # noqa: E402
 from colorquant.options import ColorSpace, Dither, FitMethod, QuantizeOptions  # noqa: E402
@@ -44,31 +46,6 @@ KS = (16, 64, 256)
 def quality_images() -> list[Path]:
     kodak = sorted((CORPUS / "photos").glob("kodak-*.png"))
     return [*kodak, ROOT / "sample_images" / "china.jpg", ROOT / "sample_images" / "flower.jpg"]
-
-
-def _kernel(sigma: float = 1.0) -> np.ndarray:
-    radius = int(4 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1)
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def blur(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Separable Gaussian blur of an (H, W, C) image, float64, edges reflected."""
-    kernel = _kernel(sigma)
-    r = len(kernel) // 2
-    out = image.astype(np.float64)
-    for axis in (0, 1):
-        pad = [(0, 0)] * 3
-        pad[axis] = (r, r)
-        padded = np.pad(out, pad, mode="reflect")
-        acc = np.zeros_like(out)
-        for i, w in enumerate(kernel):
-            sl = [slice(None)] * 3
-            sl[axis] = slice(i, i + out.shape[axis])
-            acc += w * padded[tuple(sl)]
-        out = acc
-    return out
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -343,6 +343,8 @@ def test_signal_on_the_client_reaches_the_child(warm, tmp_path, slow_image, sign
 
 
 def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
+    """The client is SIGKILLed: its child stops and cleans up, and writes nothing to the dead
+    client's standard error (a pipe others may still read)."""
     out = tmp_path / "out.png"
     (pid,) = worker_pids(warm.root)
     before = set(children(pid))
@@ -351,8 +353,9 @@ def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
     (child,) = set(children(pid)) - before
     time.sleep(0.3)
     proc.kill()
-    proc.communicate(timeout=TIMEOUT)
+    _, err = proc.communicate(timeout=TIMEOUT)  # until the child closed the pipe too
     wait_for(lambda: gone(child), "the child to stop")
+    assert err == b""
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file
     assert warm.run("--worker-status").returncode == 0  # the worker itself goes on
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_worker
 from tests.conftest import COMMAND, random_image, worker_pids
 from tests.test_worker import (
     TIMEOUT,
@@ -29,26 +30,15 @@ from tests.test_worker import (
     wait_for,
 )
 
+#: test_worker's fixtures: a private runtime folder per test, one warm worker for the tests
+#: that do not break it.
+rt = test_worker.rt
+warm = test_worker.warm
+
 #: These tests choose how each call runs (conftest runs the others in both modes).
 OWN_WORKER_MODES = True
 PYTHON = COMMAND.read_text().splitlines()[0].removeprefix("#!")  # the console script's own
 BIN = str(COMMAND.parent)
-
-
-@pytest.fixture
-def rt() -> Iterator[Runtime]:
-    runtime = Runtime()
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture(scope="module")
-def warm() -> Iterator[Runtime]:
-    """One warm worker shared by the tests that do not break it."""
-    runtime = Runtime()
-    runtime.start()
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture(scope="module")
@@ -708,26 +698,6 @@ def test_status_requests_do_not_keep_a_worker_alive(rt):
         rt.run("--worker-status")
         time.sleep(0.2)
     assert gone(pid), "a worker polled for status never went idle"
-
-
-# --- minor: a killed client's child prints nothing ----------------------------------------
-
-
-def test_a_killed_clients_child_prints_nothing(warm, tmp_path, slow_image):
-    """The client is SIGKILLed: its child stops and cleans up, and writes nothing to the
-    dead client's standard error (a pipe others may still read)."""
-    out = tmp_path / "out.png"
-    (pid,) = worker_pids(warm.root)
-    before = set(children(pid))
-    proc = warm.popen(*slow_args(slow_image, out))
-    wait_for(lambda: set(children(pid)) - before, "the call's child")
-    (child,) = set(children(pid)) - before
-    time.sleep(0.3)
-    proc.kill()
-    _, err = proc.communicate(timeout=TIMEOUT)  # until the child closed the pipe too
-    wait_for(lambda: gone(child), "the child to stop")
-    assert err == b""
-    assert list(tmp_path.iterdir()) == []
 
 
 # --- issue 25, goal 5: calls that do no work start no worker ------------------------------
