@@ -83,6 +83,7 @@ def test_transparent_entry_counts_toward_k_and_takes_no_part_in_the_fit():
 
 
 def test_visible_pixels_are_exactly_nearest_visible_entry():
+    """Nearest in premultiplied coordinates (R·A, G·A, B·A, 255·A), among visible entries."""
     rgba = random_image(32, 32, seed=7, channels=4)
     rgba[:8, :, 3] = 0
     result = core.quantize_image(rgba, 12, seed=1)
@@ -90,9 +91,15 @@ def test_visible_pixels_are_exactly_nearest_visible_entry():
     indices = np.asarray(result.image)
     visible = rgba[..., 3] > 0
     shown = np.flatnonzero(palette[:, 3] > 0)
-    d = ((rgba[visible][:, None, :].astype(np.int64) - palette[shown][None]) ** 2).sum(-1)
+
+    def premultiplied(c: np.ndarray) -> np.ndarray:
+        c = c.astype(np.int64)
+        return np.concatenate([c[..., :3] * c[..., 3:], 255 * c[..., 3:]], axis=-1)
+
+    pixels = premultiplied(rgba[visible])
+    d = ((pixels[:, None, :] - premultiplied(palette[shown])[None]) ** 2).sum(-1)
     best = d.min(axis=1)
-    got = ((rgba[visible].astype(np.int64) - palette[indices[visible]]) ** 2).sum(-1)
+    got = ((pixels - premultiplied(palette[indices[visible]])) ** 2).sum(-1)
     assert np.array_equal(got, best)
     assert (palette[indices[~visible], 3] == 0).all()
 
