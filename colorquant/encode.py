@@ -52,9 +52,7 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     row = formats.get(fmt)
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
     if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
-        channels = 4 if has_alpha else 3
-        palette = np.frombuffer(bytes(images[0].getpalette("RGBA" if has_alpha else "RGB")),
-                                dtype=np.uint8).reshape(-1, channels)[:n_colors]
+        palette = _palette(images[0], has_alpha, n_colors)
         metadata = Metadata() if strip else Metadata(frames.icc_profile, frames.dpi)
         handle.write(optimized(np.asarray(images[0]), palette, level=compress_level,
                                optimize=optimize, metadata=metadata, keep_order=keep_order))
@@ -71,7 +69,7 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     if fmt == "PNG" and has_alpha:
         # tRNS without its trailing opaque entries (readers take missing ones as opaque):
         # smaller files, as pngquant writes them; Pillow would write one per palette entry.
-        alpha = bytes(images[0].getpalette("RGBA")[3::4][:n_colors]).rstrip(b"\xff")
+        alpha = trns(_palette(images[0], has_alpha, n_colors))
         if alpha:
             params["transparency"] = alpha
     if has_alpha and row.alpha == "none":
@@ -110,6 +108,13 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
         images[0].save(handle, format=fmt, **params)
     if fmt == "TIFF" and images[0].mode == "P":
         _widen_tiff_colormaps(handle)
+
+
+def _palette(image: Image.Image, has_alpha: bool, n_colors: int) -> np.ndarray:
+    """The first ``n_colors`` palette entries of a ``"P"`` image, (n, 3|4) uint8."""
+    channels = 4 if has_alpha else 3
+    return np.frombuffer(bytes(image.getpalette("RGBA" if has_alpha else "RGB")),
+                         dtype=np.uint8).reshape(-1, channels)[:n_colors]
 
 
 def _save_tiff_pages(images: list[Image.Image], handle: BinaryIO,
