@@ -164,6 +164,8 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
         return FileResult(job.src, job.dst, "skipped", options.colors, error=reason,
                           code=int(_skip_code(exc)), target=options.target_psnr,
                           seconds=time.perf_counter() - start)
+    except BrokenPipeError:  # the reader of standard output went: the command ends quietly
+        raise
     except Exception as exc:
         return _failure(job, options.colors, exc, start)
     k = len(result.palette) if options.target_psnr is not None else options.colors

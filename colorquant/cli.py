@@ -19,7 +19,7 @@ import click
 
 from . import __version__, formats
 from . import plan as planning
-from .errors import ColorquantError
+from .errors import ColorquantError, OutputError
 from .options import (
     DEFAULT_MAX_PIXELS,
     MAX_COLORS,
@@ -272,6 +272,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
                               max_pixels=max_pixels, frame=frame,
                               to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
                               target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
+    if sys.stdout is None and (as_json or any(imagefile.is_stdio(job.dst)
+                                              for job in batch_plan.jobs)):
+        raise click.ClickException("<stdout>: cannot write: standard output is closed")
     from . import batch
 
     try:
@@ -354,7 +357,7 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
         report.failure(result.input, result.error or "")
         _message(f"Error: {result.error}")
     if as_json:
-        click.echo(json.dumps(result.as_json()))
+        _data(json.dumps(result.as_json()))
     if quiet:
         return
     for note in result.warnings:
@@ -363,6 +366,17 @@ def _record(result: batch.FileResult, report: Report, *, as_json: bool, quiet: b
         _message(f"Skipped: {result.error}")
     if result.status == "ok" and verbose:
         _verbose(result)
+
+
+def _data(line: str) -> None:
+    """One line of data on standard output: a device or file that cannot take it (full, read
+    only) is an output error; a reader that went (a broken pipe) ends the command quietly."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"<stdout>: cannot write: {exc.strerror or exc}") from None
 
 
 #: The signal received (SIGINT or SIGTERM), so that only a real one is called an interruption

@@ -9,6 +9,7 @@ ran. The Dask part needs the optional ``distributed`` package (``pip install
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, redirect_stderr
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -164,26 +165,40 @@ class ProcessPool(_Local):
 
     def imap(self, function: Callable[[Any], Any], items: Iterable[Any], *,
              done: Callable[[], None] | None = None) -> Iterator[Any]:
+        if self._executor is None and "sklearn.cluster" in self._preload:
+            count_cores_once()  # for the fits here and in the processes forked from here
+        if self._executor is None and self.count > 1:
+            self.count = min(self.count, processes_within_descriptor_limit())
         if self.count == 1:
             return InProcess().imap(function, items, done=done)
-        if self._executor is None:
-            import importlib
-            from concurrent.futures import ProcessPoolExecutor
+        items = list(items)  # the executor submits them all at once anyway
+        try:
+            if self._executor is None:
+                self._executor = self._start()
+            results = self._executor.map(partial(_guarded, function), items)
+        except OSError:
+            # no descriptor or memory to start the processes (ulimit -n, ulimit -u): nothing
+            # has run yet, so the files run here, one after the other, as with -j 1
+            self.stop()
+            self.count = 1
+            return InProcess().imap(function, items, done=done)
+        return _counted(_unbroken(results), done)
 
-            # fork: processes start in milliseconds with the modules already imported (before
-            # any k-means ran here, so no OpenMP state is copied); spawn where fork is unsafe.
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
-            from . import memory
+    def _start(self) -> Any:
+        import importlib
+        from concurrent.futures import ProcessPoolExecutor
 
-            for module in self._preload:
-                if module == "sklearn.cluster":
-                    memory.load_fit_backend()  # under ulimit -v: refuse rather than hang
-                importlib.import_module(module)
-            self._executor = ProcessPoolExecutor(
-                self.count, mp_context=multiprocessing.get_context(method),
-                initializer=_init_pool_process)
-        return _counted(_unbroken(self._executor.map(partial(_guarded, function), items)),
-                        done)
+        # fork: processes start in milliseconds with the modules already imported (before
+        # any k-means ran here, so no OpenMP state is copied); spawn where fork is unsafe.
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        from . import memory
+
+        for module in self._preload:
+            if module == "sklearn.cluster":
+                memory.load_fit_backend()  # under ulimit -v: refuse rather than hang
+            importlib.import_module(module)
+        return ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context(method),
+                                   initializer=_init_pool_process)
 
     def stop(self) -> None:
         """Cancel pending work and end the processes (busy ones clean up first)."""
@@ -247,6 +262,52 @@ def _init_pool_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
     single_threaded()
+
+
+#: Descriptors of a pool: a pool process holds those of the process that forks it, the
+#: pool's pipes (a fixed number) and two for each process (its own and the others' ends);
+#: a task opens a few at once (its input, its output's temporary file and folder, a module
+#: imported on the way, a library reading /proc).
+POOL_DESCRIPTORS = 7
+DESCRIPTORS_PER_PROCESS = 2
+TASK_DESCRIPTORS = 6
+
+
+def processes_within_descriptor_limit() -> int:
+    """How many pool processes fit under the descriptor limit (``ulimit -n``) with room for
+    their tasks, from what this process holds now: a pool that does not fit would fail its
+    files with EMFILE. At most 1 means none: the files run in this process."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    try:
+        held = len(os.listdir("/proc/self/fd")) - 1  # not the listing's own descriptor
+    except OSError:  # no /proc, or no descriptor left to list it with
+        return 1 if soft < 64 else sys.maxsize
+    room = soft - held - POOL_DESCRIPTORS - TASK_DESCRIPTORS
+    return max(1, room // DESCRIPTORS_PER_PROCESS)
+
+
+def count_cores_once() -> None:
+    """Count the physical cores now, for this process and every process it forks.
+
+    scikit-learn asks joblib for the count at its first fit in each process, and joblib
+    finds it by running ``lscpu``, then caches it: done here, before a pool or a warm worker
+    forks, every fork inherits the count and starts no subprocess (which, under a low
+    descriptor limit, fails and prints joblib's traceback). When it cannot be found here
+    either (no descriptor left), joblib caches that, silently, and uses the logical CPUs,
+    which changes no result: the fit runs on one thread (:func:`colorquant.fit.one_thread`).
+    """
+    try:
+        from joblib import cpu_count
+
+        with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            cpu_count(only_physical_cores=True)
+    except Exception:  # not even importable here: scikit-learn's own import will say why
+        pass
 
 
 def single_threaded() -> None:

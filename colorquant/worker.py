@@ -31,6 +31,8 @@ from . import launch
 PRELOAD = ("numpy", "PIL.Image", "threadpoolctl", "sklearn.cluster", "colorquant.cli",
            "colorquant.files", "colorquant.batch", "colorquant.fit", "colorquant.imagefile",
            "colorquant.palettefile", "colorquant.frames")
+#: Descriptors taking a call needs at once: the connection and the caller's 0-2 and folder.
+CALL_DESCRIPTORS = 5
 #: Seconds a client has to send its request and its "go" (more than it waits for "ready").
 HANDSHAKE = 10.0
 DEFAULT_IDLE = 600.0
@@ -47,11 +49,12 @@ def _preload() -> str | None:
             importlib.import_module(name)
         from PIL import Image
 
-        from . import ditherkernel, fit
+        from . import ditherkernel, executors, fit
 
         Image.init()  # the plugins, as the first Image.open of a call would load them
         fit.load_kernel()  # numba and the compiled loops, loaded once for every child
         ditherkernel.warm()
+        executors.count_cores_once()  # no child runs lscpu for scikit-learn
     if caught:
         # a fresh process would print these when a call imports the module: we cannot
         return f"importing printed a warning: {caught[0].message}"
@@ -111,7 +114,14 @@ class Worker:
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it over the socket (stale or not), both
-        through the open folder."""
+        through the open folder; ``Refused`` when the descriptor limit leaves no room to
+        take a call (every caller would wait for the handshake, then run in-process)."""
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        held = len(os.listdir("/proc/self/fd")) - 1  # not the listing's own descriptor
+        if soft != resource.RLIM_INFINITY and soft - held < CALL_DESCRIPTORS:
+            raise launch.Refused(f"too few descriptors to take a call (ulimit -n {soft})")
         tmp = f".{self.name}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=self.folder.fd)

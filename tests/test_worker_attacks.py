@@ -640,21 +640,27 @@ def test_a_worker_that_cannot_listen_says_so_once(rt, tmp_path):
 # --- 6. failures print what they print in-process -----------------------------------------
 
 
-def test_an_escaping_error_prints_its_traceback_through_the_worker(warm, tmp_path):
-    """``--json`` to a full device raises out of the command (a traceback in-process): the
-    worker's child prints it too, from the command's frames down, and exits 1."""
+def test_an_escaping_error_prints_its_traceback_through_the_worker(rt, tmp_path):
+    """A broken install of an optional library (a ``distributed`` whose import raises
+    ``RuntimeError``, first on ``PYTHONPATH``) makes ``--dask local`` raise out of the command:
+    a traceback in-process; the worker's child prints it too, from the command's frames down,
+    and exits 1."""
+    fake = tmp_path / "fake" / "distributed"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("a broken distributed install")\n')
+    rt.env["PYTHONPATH"] = str(fake.parent)  # part of the identity: a worker of its own
+    rt.start()
     (src,) = images(tmp_path / "src", 1)
 
     def call(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-        with open("/dev/full", "wb") as full:
-            return subprocess.run([str(COMMAND), str(src), "-k", "8", "-o",
-                                   str(tmp_path / "o.png"), "--json"], env=env, stdout=full,
-                                  stderr=subprocess.PIPE, timeout=TIMEOUT, check=False)
+        return subprocess.run([str(COMMAND), str(src), "-k", "8", "-o", str(tmp_path / "o.png"),
+                               "--dask", "local"], env=env, capture_output=True,
+                              timeout=TIMEOUT, check=False)
 
-    local = call(off(warm))
-    warm.calls()
-    served = call(warm.env)
-    assert warm.calls() == ["worker"]
+    local = call(off(rt))
+    rt.calls()
+    served = call(rt.env)
+    assert rt.calls() == ["worker"]
     assert local.returncode == served.returncode == 1
     assert local.stderr.startswith(b"Traceback (most recent call last):")
 
@@ -664,7 +670,8 @@ def test_an_escaping_error_prints_its_traceback_through_the_worker(warm, tmp_pat
         return [lines[0], *lines[first:]]
 
     assert from_the_command(served.stderr) == from_the_command(local.stderr)
-    assert local.stderr.splitlines()[-1].startswith(b"OSError: [Errno 28]")
+    assert local.stderr.splitlines()[-1] == b"RuntimeError: a broken distributed install"
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_a_deleted_working_directory_is_one_error_line(warm, tmp_path):
@@ -700,6 +707,83 @@ def test_status_requests_do_not_keep_a_worker_alive(rt):
     assert gone(pid), "a worker polled for status never went idle"
 
 
+# --- 8. a low descriptor limit, and a standard output that fails --------------------------
+
+
+@pytest.mark.parametrize("limit", [12, 16, 24])
+def test_a_descriptor_limit_prints_no_traceback(rt, tmp_path, limit):
+    """``ulimit -n`` low: a batch with ``-j 2`` printed joblib's traceback (each pool process
+    ran ``lscpu`` for scikit-learn, which failed with EMFILE), and at 12 the pool could not
+    start (an ``OSError`` traceback). In both modes, alone or in a batch, ``-j 1`` or 2, every
+    call now writes what it writes without a limit and prints nothing."""
+    srcs = images(tmp_path / "src", 4)
+    reference = tmp_path / "ref"
+    assert rt.run(*srcs, "-k", "8", "-q", "--out-dir", reference, env=off(rt)).returncode == 0
+    limited = _limited(RLIMIT_NOFILE=limit)
+    subprocess.run([str(COMMAND), "--worker-start"], env=rt.env, capture_output=True,
+                   timeout=TIMEOUT, preexec_fn=limited, check=False)
+    rt.calls()
+    for mode, env in (("off", off(rt)), ("on", rt.env)):
+        for jobs, inputs in (("2", srcs), ("2", srcs[:1]), ("1", srcs)):
+            out = tmp_path / f"{mode}-{jobs}-{len(inputs)}"
+            proc = rt.run(*inputs, "-k", "8", "-q", "--out-dir", out, "-j", jobs, env=env,
+                          preexec_fn=limited)
+            assert (proc.returncode, proc.stderr) == (0, b""), (mode, jobs, len(inputs))
+            names = sorted(p.name for p in out.iterdir())
+            assert names == [f"img{i}-8c.png" for i in range(len(inputs))]
+            for name in names:
+                assert (out / name).read_bytes() == (reference / name).read_bytes()
+    calls = rt.calls()
+    assert calls[:3] == ["local off"] * 3
+    if limit >= 16:  # a worker can serve there: the second mode really went through it
+        assert calls[3:] == ["worker"] * 3, calls
+
+
+def _stdout(kind: str) -> tuple[dict[str, object], list[int]]:
+    """Arguments for subprocess.run whose standard output is ``kind``, and the descriptors to
+    close afterwards."""
+    if kind == "full":
+        fd = os.open("/dev/full", os.O_WRONLY)
+        return {"stdout": fd}, [fd]
+    if kind == "closed":
+        return {"preexec_fn": lambda: os.close(1)}, []
+    read, write = os.pipe()  # a reader that went before anything was written
+    os.close(read)
+    return {"stdout": write}, [write]
+
+
+@pytest.mark.parametrize("kind", ["full", "closed", "broken pipe"])
+@pytest.mark.parametrize("data", ["--json", "-o -"])
+def test_a_standard_output_that_fails_is_one_error_line(warm, tmp_path, kind, data):
+    """``--json`` or ``-o -`` to a full device (``> /dev/full``), a closed descriptor
+    (``>&-``) or a pipe whose reader went (``| head -c 1``): ``--json`` to /dev/full was an
+    ``OSError`` traceback, and ``>&-`` an 'unexpected AttributeError' or nothing at all (exit
+    0, the JSON lost). In both modes: one ``Error:`` line and exit code 1; a broken pipe ends
+    the call quietly with 1; a closed standard output is found before anything is written."""
+    (src,) = images(tmp_path / "src", 1)
+    args = [str(src), "-k", "8", *(["--json", "-o", str(tmp_path / "o.png")]
+                                   if data == "--json" else ["-o", "-"])]
+    expected = {"full": b"Error: <stdout>: cannot write: No space left on device\n",
+                "closed": b"Error: <stdout>: cannot write: standard output is closed\n",
+                "broken pipe": b""}[kind]
+    warm.calls()
+    for env in (off(warm), warm.env):
+        (tmp_path / "o.png").unlink(missing_ok=True)
+        how, opened = _stdout(kind)
+        try:
+            proc = subprocess.run([str(COMMAND), *args], env=env, stderr=subprocess.PIPE,
+                                  timeout=TIMEOUT, check=False, **how)  # type: ignore[arg-type]
+        finally:
+            for fd in opened:
+                os.close(fd)
+        assert (proc.returncode, proc.stderr) == (1, expected), env is warm.env
+        if data == "--json":
+            assert (tmp_path / "o.png").exists() == (kind != "closed")
+    # a closed descriptor is never handed to a worker; the others are served by it
+    assert warm.calls() == ["local off", "local descriptor 1 is closed" if kind == "closed"
+                            else "worker"]
+
+
 # --- issue 25, goal 5: calls that do no work start no worker ------------------------------
 
 
@@ -716,3 +800,4 @@ def test_help_says_what_the_worker_is_and_how_to_turn_it_off(rt):
     text = rt.run("--help", env=off(rt)).stdout.decode()
     (line,) = [line for line in text.splitlines() if "COLORQUANT_WORKER=0" in line]
     assert "worker" in line.lower()
+
