@@ -59,9 +59,6 @@ ENV_PREFIXES = ("PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "GOTO", "MKL_", 
                 "LOKY_", "THREADPOOLCTL", "PIL", "NUMBA_", "COLORQUANT_", "LC_", "LD_",
                 "MALLOC_", "GLIBC_")
 ENV_NAMES = ("LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP")
-#: Resource limits the worker's children inherit from the worker, so they must match.
-RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
-           "RLIMIT_MEMLOCK", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_STACK")
 #: Lines of ``/proc/PID/status`` that differ between any two processes (counters, ids,
 #: memory, signal state the call sets itself): every other line must be the same.
 VARYING_STATUS = frozenset((
@@ -282,28 +279,21 @@ def identity() -> str:
 
     The installed code (version, folder, every module's size and time), the interpreter and
     its flags, ``sys.path`` and its folders' times (an install or upgrade changes them), the
-    environment read at import time, resource limits, CPU affinity, niceness, ids and the
-    kernel's view of the process (:func:`context`). ``Unservable`` for a process that no
-    worker may serve.
+    environment read at import time, and the kernel's view of the process (:func:`context`:
+    ids, resource limits, CPU affinity, niceness and the rest). ``Unservable`` for a process
+    that no worker may serve.
     """
-    import resource
-
     package = os.path.dirname(os.path.abspath(__file__))
     files = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size)
                    for e in os.scandir(package) if e.name.endswith(".py"))
     env = sorted((k, v) for k, v in os.environ.items()
                  if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES)
                  and not k.startswith(OWN_PREFIX))
-    limits = [resource.getrlimit(getattr(resource, name)) for name in RLIMITS
-              if hasattr(resource, name)]
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     parts = {
         "protocol": PROTOCOL, "version": __version__, "package": package, "files": files,
         "executable": sys.executable, "python": sys.version, "flags": repr(sys.flags),
         "xoptions": sorted(map(str, sys._xoptions.items())), "path": sys.path,
-        "path_mtimes": [_mtime(p or ".") for p in sys.path], "env": env, "rlimits": limits,
-        "affinity": affinity, "nice": os.getpriority(os.PRIO_PROCESS, 0),
-        "ids": [os.getuid(), os.getgid(), sorted(os.getgroups())], "context": context(),
+        "path_mtimes": [_mtime(p or ".") for p in sys.path], "env": env, "context": context(),
     }
     return json.dumps(parts, sort_keys=True)
 
