@@ -607,11 +607,14 @@ def _interrupted(signum: int) -> NoReturn:
 # --- starting, status, stopping -----------------------------------------------------------
 
 
-def start_worker(ident: str, folder: Folder, env: dict[str, str] | None = None) -> bool:
+def start_worker(ident: str, folder: Folder, env: dict[str, str] | None = None, *,
+                 background: bool = False) -> bool:
     """Start one detached worker for this identity unless one runs or is starting (a lock).
 
     ``env`` is the environment the identity was computed from (default: this one). The
-    worker gets the open folder itself. Returns whether this call started it.
+    worker gets the open folder itself. ``background``: it loads at the lowest CPU priority
+    (started after a call, for the calls that follow, which run in-process meanwhile and
+    must not compete with it). Returns whether this call started it.
     """
     import fcntl
     import subprocess
@@ -630,7 +633,8 @@ def start_worker(ident: str, folder: Folder, env: dict[str, str] | None = None) 
         env = {**(os.environ if env is None else env),
                "COLORQUANT_WORKER_PATH": json.dumps(sys.path),
                "COLORQUANT_WORKER_LOCK": str(lock), "COLORQUANT_WORKER_DIR": str(folder.fd),
-               "COLORQUANT_WORKER_ID": name}
+               "COLORQUANT_WORKER_ID": name, "COLORQUANT_WORKER_LOAD": "low" if background
+               else "normal"}
         try:
             subprocess.Popen([sys.executable, "-c", BOOT, "colorquant.worker", folder.path],
                              env=env, cwd="/", stdin=subprocess.DEVNULL,
@@ -849,6 +853,6 @@ def _start_after(ident: str, env: dict[str, str], code: int) -> None:
     with contextlib.suppress(OSError, Refused):
         folder = runtime_dir()
         try:
-            start_worker(ident, folder, env=env)
+            start_worker(ident, folder, env=env, background=True)
         finally:
             folder.close()

@@ -594,26 +594,67 @@ def _watch_client(conn: socket.socket) -> None:
     gone(signal.SIGIO, None)  # a client that went before this was set up
 
 
+#: The worker's autogroup (a new session makes one): its share of the CPU against every other
+#: session's processes, whatever the niceness of the processes inside it.
+AUTOGROUP = "/proc/self/autogroup"
+
+
+def _autogroup_nice() -> int | None:
+    """The niceness of this process's autogroup (None: no autogroups, or not readable)."""
+    try:
+        with open(AUTOGROUP, encoding="ascii") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _set_autogroup_nice(nice: int) -> bool:
+    """Set the autogroup's niceness; the kernel takes one change in 0.1 s from all processes
+    (EAGAIN), so a busy moment is waited out."""
+    for _ in range(30):
+        try:
+            with open(AUTOGROUP, "w", encoding="ascii") as f:
+                f.write(str(nice))
+            return True
+        except BlockingIOError:
+            time.sleep(0.11)
+        except OSError:
+            return False
+    return False
+
+
 @contextlib.contextmanager
 def _low_priority() -> Any:
-    """Load at the lowest CPU priority when the priority can be given back afterwards (root,
-    CAP_SYS_NICE or a high enough RLIMIT_NICE): the calls that follow the one that started
-    this worker run in-process meanwhile and must not wait for its loading. Without that
-    right the worker loads at the caller's priority (its children must have it)."""
+    """Load at the lowest CPU priority, so that the calls that follow the one that started
+    this worker, which run in-process meanwhile, do not compete with its loading (an explicit
+    ``--worker-start`` waits for it instead, and loads it at the caller's priority).
+
+    The worker runs in a session of its own, which the kernel schedules as a group (an
+    autogroup) beside the caller's: the niceness of a process counts only inside its group,
+    so the group's niceness is lowered (any user may raise it back to 0). The process's own
+    niceness is lowered too where autogroups are off, when it can be given back afterwards
+    (root, CAP_SYS_NICE or a high enough RLIMIT_NICE): its children must have the caller's.
+    ``RuntimeError`` when the priority cannot be given back (the worker must not serve).
+    """
     import resource
 
+    group = _autogroup_nice()
+    if group is not None and (group >= 19 or not _set_autogroup_nice(19)):
+        group = None  # nothing to give back
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     status = launch.context()["status"]
     can = int(status.get("CapEff", "0"), 16) >> 23 & 1  # CAP_SYS_NICE
     soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
-    if not can and not (soft == resource.RLIM_INFINITY or 20 - soft <= nice):
-        yield
-        return
-    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    lower = bool(can) or soft == resource.RLIM_INFINITY or 20 - soft <= nice
+    if lower:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
     try:
         yield
     finally:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if lower:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if group is not None and not _set_autogroup_nice(group):
+            raise RuntimeError("the worker could not take back its CPU priority")
 
 
 def main() -> None:
@@ -621,6 +662,7 @@ def main() -> None:
     lock = int(os.environ.pop("COLORQUANT_WORKER_LOCK"))
     folder = launch.Folder(sys.argv[-1], int(os.environ.pop("COLORQUANT_WORKER_DIR")))
     expected = os.environ.pop("COLORQUANT_WORKER_ID")
+    background = os.environ.pop("COLORQUANT_WORKER_LOAD", "") == "low"
     idle = float(os.environ.get(launch.IDLE) or DEFAULT_IDLE)
     problem = None
     try:
@@ -631,7 +673,7 @@ def main() -> None:
     before = dict(os.environ)
     if problem is None:
         try:
-            with _low_priority():
+            with _low_priority() if background else contextlib.nullcontext():
                 problem = _preload()
         except Exception as exc:  # no descriptor or memory left (ulimit)
             problem = f"loading the libraries failed: {exc}"

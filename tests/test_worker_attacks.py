@@ -801,3 +801,39 @@ def test_help_says_what_the_worker_is_and_how_to_turn_it_off(rt):
     (line,) = [line for line in text.splitlines() if "COLORQUANT_WORKER=0" in line]
     assert "worker" in line.lower()
 
+
+def _autogroup_nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except OSError:
+        return None  # no autogroups on this kernel
+
+
+def test_a_loading_worker_is_not_waited_for_and_takes_no_cpu_from_calls(rt, tmp_path):
+    """The calls right after the one that started a worker run in-process while it loads,
+    without waiting for it (here it is stopped mid-load: a call that waited would hang), and
+    its loading does not compete with them: its session's scheduling group (where autogroups
+    exist) runs at the lowest priority until it is ready, then at the caller's."""
+    (src,) = images(tmp_path / "src", 1)
+    first = rt.run(src, "-k", "8", "-o", "-")
+    assert first.returncode == 0
+    wait_for(lambda: worker_pids(rt.root), "the worker the first call started")
+    (pid,) = worker_pids(rt.root)
+    if _autogroup_nice(pid) is not None:  # until its group's priority is lowered
+        wait_for(lambda: _autogroup_nice(pid) == 19, "the worker to lower its priority")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        loading = _autogroup_nice(pid)
+        second = rt.run(src, "-k", "8", "-o", "-")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (second.returncode, second.stdout, second.stderr) == (0, first.stdout, first.stderr)
+    calls = rt.calls()
+    assert len(calls) == 2 and all(c.startswith("local ") for c in calls), calls
+    assert "No such file" in calls[1], calls  # no socket yet: nothing to wait for
+    wait_for(lambda: rt.run("--worker-status").returncode == 0, "the worker to be ready")
+    third = rt.run(src, "-k", "8", "-o", "-")
+    assert (third.returncode, third.stdout) == (0, first.stdout)
+    assert rt.calls()[-1] == "worker"
+    if loading is not None:
+        assert (loading, _autogroup_nice(pid)) == (19, 0)
