@@ -19,8 +19,8 @@ tools rotates each round), it times over the same files:
   before it exits) against today's in-process entry point (``colorquant.cli:main``), on one
   photo, the worker stopped between trials (goal 2: at most 5% slower);
 - with ``--cold-start ROUNDS`` only: the first, second and third call right after a cold
-  start (each at most the first call's time: the worker being started must not slow the
-  calls that follow it), with how each ran (in-process or by the worker);
+  start, on one photo (each at most the first call's time: the worker being started must
+  not slow the calls that follow it), with how each ran (in-process or by the worker);
 
 and prints the median seconds per file, the ratios to pngquant in the same form and round,
 and the idle worker's resident memory. On a shared machine only the ratios mean much.
@@ -273,7 +273,9 @@ def cold_start(work: Path, photos: list[Path], base: dict[str, str], k: int,
                rounds: int) -> tuple[list[list[float]], list[list[str]]]:
     """Seconds of the first, second and third call after a cold start (no worker: the first
     call runs in-process and starts one; the next ones follow at once, as in a loop), and
-    how each ran (the launcher's trace), ``rounds`` times, each from a new runtime folder."""
+    how each ran (the launcher's trace), ``rounds`` times, each from a new runtime folder.
+    The three calls quantize the same photo (to three outputs), so that only what runs
+    beside them (a worker loading) can make one slower than another."""
     times: list[list[float]] = [[], [], []]
     how: list[list[str]] = [[], [], []]
     for r in range(rounds):
@@ -281,7 +283,7 @@ def cold_start(work: Path, photos: list[Path], base: dict[str, str], k: int,
         runtime.mkdir(mode=0o700)
         trace = work / f"cold{r}.trace"
         env = {**base, "XDG_RUNTIME_DIR": str(runtime), "COLORQUANT_WORKER_TRACE": str(trace)}
-        for i, photo in enumerate(photos[:3]):
+        for i, photo in enumerate([photos[0]] * 3):
             times[i].append(timed([str(COMMAND), str(photo), "-k", str(k), "-o",
                                    str(work / f"cold{i}.png")], env))
         lines = trace.read_text().splitlines()
@@ -300,7 +302,7 @@ def cold_start_main(rounds: int, colors: list[int]) -> None:
     try:
         photos = make_photos(work / "src", 3)
         base = {k: v for k, v in os.environ.items() if not k.startswith("COLORQUANT_WORKER")}
-        print(f"cold start: 3 photos of 768x512; {os.cpu_count()} CPUs; load "
+        print(f"cold start: one photo of 768x512, 3 calls; {os.cpu_count()} CPUs; load "
               f"{os.getloadavg()[0]:.1f}; {rounds} rounds; colorquant={COMMAND}", flush=True)
         print("| k | 1st call s | 2nd call s | 3rd call s | 2nd / 1st | 3rd / 1st "
               "| how they ran (most rounds) |")
