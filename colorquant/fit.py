@@ -19,7 +19,6 @@ from .options import FitMethod
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
 #: Fit on at most this many weighted points per palette color (within the bounds below).
 FIT_POINTS_PER_COLOR = 256
@@ -67,6 +66,9 @@ FAST_NEIGHBORS = 16
 
 #: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
 _KERNEL: Any = None
+#: The BLAS and OpenMP pools of the process (a ``threadpoolctl.ThreadpoolController``), found
+#: by the first :func:`one_thread`.
+_POOLS: Any = None
 
 
 def load_kernel() -> None:
@@ -233,18 +235,23 @@ def lloyd_refine(
     return centers
 
 
-def one_thread() -> threadpool_limits:
+def one_thread() -> Any:
     """A context in which every BLAS and OpenMP pool the fit uses runs one thread.
 
     The fit is small, and its result must not depend on the core count. scikit-learn is
     imported first: threadpoolctl limits only the libraries already loaded, and
     ``sklearn.cluster`` loads the OpenMP runtime its k-means runs on (imported inside the limit,
     the k-means ran two OpenMP threads, which on a busy machine made the fit 2.5x slower).
+    The libraries are looked up once a process (:data:`_POOLS`): the lookup walks every loaded
+    shared object, which cost more than some whole fits' mini-batch runs.
     """
-    import sklearn.cluster  # noqa: F401  (loads libgomp before the limit is taken)
-    from threadpoolctl import threadpool_limits
+    global _POOLS
+    if _POOLS is None:
+        import sklearn.cluster  # noqa: F401  (loads libgomp before the pools are looked up)
+        from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=1)
+        _POOLS = ThreadpoolController()
+    return _POOLS.limit(limits=1)
 
 
 def fit_centers(
@@ -363,15 +370,16 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
     return min(runs, key=lambda run: run[0])[1]  # the first of equals: deterministic
 
 
-def seeding(points: np.ndarray, weights: np.ndarray, k: int, random: np.random.RandomState
-            ) -> tuple[np.ndarray, float]:
-    """Weighted greedy k-means++: ``k`` of the points as centers, and their weighted error.
+def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
+                 random: np.random.RandomState, count: int = 1) -> np.ndarray:
+    """Weighted greedy k-means++, ``count`` times side by side: the ``k`` centers (points) of
+    the seeding with the least weighted error (the first of equals).
 
-    The seeding scikit-learn's k-means runs (each new center the best, by the weighted error
-    it leaves, of ``2 + ln k`` points drawn with probability weight x squared distance), done
-    here in a few whole-array steps a center: scikit-learn's own spends most of a small fit
-    in per-call checks. Like scikit-learn's, the distances come from one BLAS product a
-    center, which :func:`one_thread` keeps on one thread (the same bits on any core count).
+    The seeding of scikit-learn's k-means, and its ``n_init`` choice: each new center is the
+    best, by the weighted error it leaves, of ``2 + ln k`` points drawn with probability
+    weight x squared distance. Here the ``count`` seedings advance together, one BLAS product
+    a center for all of them (which :func:`one_thread` keeps on one thread: the same bits on
+    any core count): scikit-learn's own spends most of a small fit in per-call checks.
 
     Parameters
     ----------
@@ -380,36 +388,36 @@ def seeding(points: np.ndarray, weights: np.ndarray, k: int, random: np.random.R
     k : int, 1 <= k <= n
     random : RandomState
         Every draw comes from it.
+    count : int
     """
     points = np.asarray(points, dtype=np.float64)
     n = len(points)
     trials = 2 + int(np.log(k))
     squares = (points * points).sum(axis=1)
     # rows [x, |x|^2, 1] against [-2c, 1, |c|^2]: one product gives every squared distance
-    rows = np.ascontiguousarray(np.vstack([points.T, squares, np.ones(n)]))
-    candidates = np.hstack([-2.0 * points, np.ones((n, 1)), squares[:, None]])
-    chosen = np.empty(k, dtype=np.intp)
+    rows = np.ascontiguousarray(np.vstack([points.T, squares, np.ones(n)]), dtype=np.float32)
+    candidates = np.hstack([-2.0 * points, np.ones((n, 1)), squares[:, None]]).astype(np.float32)
+    weights32 = weights.astype(np.float32)
+    seeds = np.arange(count)
+    chosen = np.empty((count, k), dtype=np.intp)
     cumulative = np.cumsum(weights)
-    chosen[0] = min(int(np.searchsorted(cumulative, random.uniform() * cumulative[-1],
-                                        side="right")), n - 1)
-    closest = np.maximum(candidates[chosen[0]] @ rows, 0.0)
+    chosen[:, 0] = np.minimum(np.searchsorted(cumulative, random.uniform(size=count)
+                                              * cumulative[-1], side="right"), n - 1)
+    closest = np.maximum(candidates[chosen[:, 0]] @ rows, 0.0)  # (count, n), float32
     for c in range(1, k):
-        cumulative = np.cumsum(closest * weights)
-        draws = np.minimum(np.searchsorted(cumulative, random.uniform(size=trials)
-                                           * cumulative[-1], side="right"), n - 1)
-        near = np.minimum(candidates[draws] @ rows, closest[None, :])
-        best = int(np.argmin(near @ weights))
-        chosen[c] = draws[best]
-        closest = np.maximum(near[best], 0.0)  # the product can round just below zero
-    return points[chosen], float((closest * weights).sum())
-
-
-def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
-                 random: np.random.RandomState, count: int) -> np.ndarray:
-    """The :func:`seeding` of least weighted error of ``count`` (the first of equals), as
-    scikit-learn's ``n_init`` picks the best of its k-means++ starts."""
-    runs = [seeding(points, weights, k, random) for _ in range(count)]
-    return min(runs, key=lambda run: run[1])[0]
+        # one running sum over all seedings: seeding s draws within its own stretch of it
+        cumulative = np.cumsum((closest * weights).ravel())
+        ends = cumulative[n - 1 :: n]
+        starts = np.concatenate([[0.0], ends[:-1]])
+        targets = starts[:, None] + random.uniform(size=(count, trials)) * (ends - starts)[:, None]
+        draws = np.searchsorted(cumulative, targets.ravel(), side="right").reshape(count, trials)
+        draws = np.clip(draws - n * seeds[:, None], 0, n - 1)
+        near = (candidates[draws.ravel()] @ rows).reshape(count, trials, n)
+        np.minimum(near, closest[:, None, :], out=near)
+        best = np.argmin(near @ weights32, axis=1)
+        chosen[:, c] = draws[seeds, best]
+        closest = np.maximum(near[seeds, best], 0.0)  # the product can round just below zero
+    return points[chosen[int(np.argmin(closest @ weights))]]
 
 
 def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> KMeans:
@@ -444,7 +452,7 @@ def _fast_start(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> n
         else:  # a few colors carry nearly all pixels: distinct colors, uniformly instead
             chosen = np.sort(random.choice(len(points), FAST_SAMPLE, replace=False))
             sample, sample_w = points[chosen], weights[chosen]
-    mini = MiniBatchKMeans(n_clusters=k, init=seeding(sample, sample_w, k, random)[0],
+    mini = MiniBatchKMeans(n_clusters=k, init=best_seeding(sample, sample_w, k, random),
                            random_state=random, n_init=1, batch_size=min(4096, len(sample)),
                            max_iter=3,
                            reassignment_ratio=0.0).fit(sample, sample_weight=sample_w)
