@@ -540,7 +540,8 @@ class _Assignment:
         self.weights = weights
         self.weighted = weights[:, None] * self.points  # the means' sums, formed once
         self.labels: np.ndarray | None = None
-        self.compiled = _KERNEL is not None and bool(np.all(weights == np.rint(weights)))
+        self.compiled = (_KERNEL is not None and self.points.shape[1] == 3  # the kernel's RGB
+                         and bool(np.all(weights == np.rint(weights))))
         self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._grids: dict[int, np.ndarray] = {}
         self._sums: tuple[np.ndarray, np.ndarray] | None = None
