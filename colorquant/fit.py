@@ -76,7 +76,7 @@ def load_kernel() -> None:
 
     Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
     loading numba costs about 0.4 s, so only processes that fit many palettes (the warm
-    worker, a batch of files) load it.
+    worker, a batch of files) load it. A small fit follows (:func:`_warm_fit`).
     """
     global _KERNEL
     if _KERNEL is None:
@@ -84,6 +84,21 @@ def load_kernel() -> None:
 
         fitkernel.warm()
         _KERNEL = fitkernel
+        _warm_fit()
+
+
+def _warm_fit() -> None:
+    """Fit a small made-up histogram by every route once, so that what the first fit of a
+    process sets up (the thread pools' lookup, scikit-learn's and numpy's first-call work)
+    is done here, before the warm worker or a batch forks: each forked child then starts
+    from it instead of doing it again."""
+    from .colorspace import RGBSpace
+
+    random = np.random.RandomState(0)
+    colors = np.unique(random.randint(0, 256, (3000, 3)).astype(np.uint8), axis=0)
+    counts = random.randint(1, 50, len(colors))
+    for k in (8, RESTART_COLORS + 1, FAST_COLORS + 1):
+        fit_centers(colors, counts, k, seed=0, space=RGBSpace())
 
 
 def fit_points_limit(k: int) -> int:
