@@ -112,8 +112,9 @@ class QuantizeOptions:
         The k-means algorithm (mini-batch by default).
     space : ColorSpace
         Color space of the fit and of the nearest-color search.
-    compress_level : int
-        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 9 (slow, small).
+    compress_level : int or None
+        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 12 (slow, small);
+        None: chosen from the image's size and data (:func:`colorquant.encode.auto_level`).
     optimize : int
         Extra effort for smaller PNG files with the same pixels, 0 (none) to 2
         (see :func:`colorquant.encode.optimized`).
@@ -147,7 +148,7 @@ class QuantizeOptions:
     seed: int = 0
     fit_method: FitMethod = FitMethod.MINIBATCH
     space: ColorSpace = ColorSpace.RGB
-    compress_level: int = 8
+    compress_level: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     transparent_color: tuple[int, int, int] = (0, 0, 0)
     frame: int | None = None
@@ -185,8 +186,11 @@ class QuantizeOptions:
             raise ValueError(f"fit_method must be a FitMethod, got {self.fit_method!r}")
         if not isinstance(self.space, ColorSpace):
             raise ValueError(f"space must be a ColorSpace, got {self.space!r}")
-        if not 0 <= self.compress_level <= 9:
-            raise ValueError(f"compress_level must be between 0 and 9, got {self.compress_level}")
+        if self.compress_level is not None and (
+                isinstance(self.compress_level, bool) or not isinstance(self.compress_level, int)
+                or not 0 <= self.compress_level <= 12):
+            raise ValueError(f"compress_level must be None or an integer from 0 to 12, got "
+                             f"{self.compress_level!r}")
         if (isinstance(self.optimize, bool) or not isinstance(self.optimize, int)
                 or not 0 <= self.optimize <= MAX_OPTIMIZE):
             raise ValueError(f"optimize must be an integer from 0 to {MAX_OPTIMIZE}, got "
