@@ -79,7 +79,7 @@ def load_kernel() -> None:
 
     Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
     loading numba costs about 0.4 s, so only processes that fit many palettes (the warm
-    worker, a batch of files) load it. A small fit follows (:func:`_warm_fit`).
+    worker, a batch of files) load it, and look the thread pools up once before they fork.
     """
     global _KERNEL
     if _KERNEL is None:
@@ -87,21 +87,7 @@ def load_kernel() -> None:
 
         fitkernel.warm()
         _KERNEL = fitkernel
-        _warm_fit()
-
-
-def _warm_fit() -> None:
-    """Fit a small made-up histogram by every route once, so that what the first fit of a
-    process sets up (the thread pools' lookup, scikit-learn's and numpy's first-call work)
-    is done here, before the warm worker or a batch forks: each forked child then starts
-    from it instead of doing it again."""
-    from .colorspace import RGBSpace
-
-    random = np.random.RandomState(0)
-    colors = np.unique(random.randint(0, 256, (3000, 3)).astype(np.uint8), axis=0)
-    counts = random.randint(1, 50, len(colors))
-    for k in (8, RESTART_COLORS + 1, FAST_COLORS + 1):
-        fit_centers(colors, counts, k, seed=0, space=RGBSpace())
+        _pools()  # here, before the worker or a batch forks: not again in every child
 
 
 def fit_points_limit(k: int) -> int:
@@ -263,13 +249,18 @@ def one_thread() -> Any:
     The libraries are looked up once a process (:data:`_POOLS`): the lookup walks every loaded
     shared object, which cost more than some whole fits' mini-batch runs.
     """
+    return _pools().limit(limits=1)
+
+
+def _pools() -> Any:
+    """The process's thread pools (:data:`_POOLS`), looked up on first use."""
     global _POOLS
     if _POOLS is None:
         import sklearn.cluster  # noqa: F401  (loads libgomp before the pools are looked up)
         from threadpoolctl import ThreadpoolController
 
         _POOLS = ThreadpoolController()
-    return _POOLS.limit(limits=1)
+    return _POOLS
 
 
 def fit_centers(
