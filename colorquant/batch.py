@@ -23,7 +23,7 @@ from .errors import (
     SkippedError,
 )
 from .executors import Executor
-from .options import QuantizeOptions
+from .options import QuantizeOptions, SaveOptions
 from .plan import Job
 from .report import ExitCode
 
@@ -130,11 +130,11 @@ def _skipped(job: Job, k: int) -> FileResult:
     return FileResult(job.src, job.dst, "skipped", k, error=f"{job.dst}: exists (--no-clobber)")
 
 
-def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
+def quantize_task(task: tuple[Job, QuantizeOptions, SaveOptions, Any]) -> FileResult:
     """Quantize one file (with a given palette or its own) and describe the outcome."""
     from . import core, files
 
-    job, options, palette = task
+    job, options, save, palette = task
     start = time.perf_counter()
     notes: list[str] = []
     src: Any = job.src
@@ -152,7 +152,7 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
                 return _skipped(job, len(palette))
-        result = files.quantize_file(src, job.dst, options=options, fmt=job.fmt,
+        result = files.quantize_file(src, job.dst, options=options, save=save, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
                                         replace=not job.no_clobber)
@@ -289,10 +289,11 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
 
 
 def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
-        palette: Any = None, failed: dict[str, FileResult] | None = None,
-        no_clobber: bool = False, step: Callable[[], None] | None = None,
-        ) -> Iterator[FileResult]:
-    """Quantize every job (each with its own palette, or all with ``palette``), in order.
+        save: SaveOptions | None = None, palette: Any = None,
+        failed: dict[str, FileResult] | None = None, no_clobber: bool = False,
+        step: Callable[[], None] | None = None) -> Iterator[FileResult]:
+    """Quantize every job (each with its own palette, or all with ``palette``) and write it
+    as ``save`` says (the defaults when not given), in order.
 
     Inputs in ``failed`` (from :func:`fit_shared`) are reported, not run again. With
     ``no_clobber`` an existing output is skipped, untouched. ``step`` is called once per
@@ -311,9 +312,8 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
         else:
             todo.append(replace(job, no_clobber=True) if no_clobber else job)
     sent = {job.src: _sent(job, workers) for job in todo}
-    shared_options, shared_palette = workers.share(options), workers.share(palette)
-    results = workers.imap(quantize_task, ((sent[j.src], shared_options, shared_palette)
-                                           for j in todo), done=step)
+    shared = [workers.share(value) for value in (options, save or SaveOptions(), palette)]
+    results = workers.imap(quantize_task, ((sent[j.src], *shared) for j in todo), done=step)
     for job in jobs:
         if job.src in ready:
             if step is not None:
@@ -335,11 +335,14 @@ class BatchRun:
     """
 
     def __init__(self, jobs: Sequence[Job], options: QuantizeOptions, *, executor: Executor,
-                 palette: Any = None, shared_palette: bool = False,
+                 save: SaveOptions | None = None, palette: Any = None,
+                 shared_palette: bool = False,
                  save_palette: str | None = None, fail_fast: bool = False,
                  no_clobber: bool = False, progress: Callable[[], None] | None = None) -> None:
         self.jobs = list(jobs)
         self.options = options
+        #: How every output is written (the defaults when not given).
+        self.save = save or SaveOptions()
         self.executor = executor
         self.palette = palette
         self.shared_palette = shared_palette
@@ -368,9 +371,10 @@ class BatchRun:
             return
         result = None
         written = False
-        for done, result in enumerate(run(jobs, self.options, executor, palette=self.palette,
-                                          failed=failed, no_clobber=self.no_clobber,
-                                          step=self.progress), start=1):
+        for done, result in enumerate(run(jobs, self.options, executor, save=self.save,
+                                          palette=self.palette, failed=failed,
+                                          no_clobber=self.no_clobber, step=self.progress),
+                                      start=1):
             yield result
             written = written or result.status == "ok"
             if result.status == "failed" and self.fail_fast:
