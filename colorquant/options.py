@@ -115,7 +115,8 @@ def _call_repr(value: object) -> str:
 @dataclass(frozen=True, repr=False)
 class QuantizeOptions:
     """Everything that decides the quantized image (and how the input is read); how the output
-    file is written is :class:`SaveOptions`. Equal options give identical bytes.
+    file is written is :class:`SaveOptions`. Equal options, with equal save options, give
+    identical bytes.
 
     Parameters
     ----------
