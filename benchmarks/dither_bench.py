@@ -181,8 +181,6 @@ def speed(rounds: int, folder: str, level: int | None) -> None:
         base = statistics.median(times[f"pngquant k={k}"])
         none = statistics.median(times[f"colorquant --dither none k={k}"])
         print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
-    if level is None:
-        level = SaveOptions().compress_level
     print("\n| k | method | output MB | save s | floor × none |\n|---:|---|---:|---:|---:|")
     for k in (16, 256):
         none = statistics.median(times[f"colorquant --dither none k={k}"])
@@ -194,7 +192,8 @@ def speed(rounds: int, folder: str, level: int | None) -> None:
             print(f"| {k} | {method} | {size:.1f} | {saves[method]:.2f} | {floor:.2f} |")
 
 
-def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str, float]:
+def encoder_floor(outputs: dict[str, Path], rounds: int, level: int | None,
+                  ) -> dict[str, float]:
     """Median time to save each output's indices again with the encoder arguments colorquant
     uses (interleaved rounds, in memory). A method's run minus ``none``'s is its mapping's
     extra time plus this save's extra time; with ``none``'s run time, the second alone gives

@@ -163,8 +163,9 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
               help="Also write the RGB scatter plot of the pixel cloud before and after.")
 @click.option("--compare", metavar="PATH",
               help="Also write the original and quantized images side by side.")
-@click.option("--compress-level", type=click.IntRange(0, 9), default=8, show_default=True,
-              help="PNG deflate level: 0 fastest, 9 smallest.")
+@click.option("--compress-level", type=click.IntRange(0, 12), default=None, metavar="0-12",
+              help="PNG deflate level (libdeflate): 0 fastest, 12 smallest.  [default: 10, "
+                   "11 for flat graphics, 8 above 4 megapixels]")
 @click.option("-O", "--optimize", type=click.IntRange(0, MAX_OPTIMIZE), default=0,
               show_default=True, metavar="LEVEL",
               help="Spend more time for a smaller PNG with the same pixels: 1 strongest "
@@ -198,7 +199,7 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         space: str, dither: str, dither_strength: float, shared_palette: bool,
         palette_file: str | None, save_palette: str | None, jobs: int | None,
         dask: str | None, fail_fast: bool, no_clobber: bool, as_json: bool, plot: str | None,
-        compare: str | None, compress_level: int, optimize: int, max_pixels: int,
+        compare: str | None, compress_level: int | None, optimize: int, max_pixels: int,
         frame: int | None,
         to_srgb: bool, strip: bool, transparent_color: tuple[int, int, int],
         target_psnr: tuple[float, float] | None, keep: tuple[tuple[int, int, int], ...],

@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 _GIF_DISPOSAL = {"none": 1, "background": 2, "previous": 3}
 
 
-def save_params(fmt: str, *, compress_level: int, optimize: int = 0) -> dict[str, object]:
+def save_params(fmt: str, *, compress_level: int | None, optimize: int = 0,
+                ) -> dict[str, object]:
     """Pillow's encoder arguments for a format: deterministic, lossless where the format
-    allows (for animated PNGs: zlib at ``compress_level``; single-frame PNGs are written by
-    :func:`png_bytes`), with the format's ``--optimize`` settings when ``optimize``."""
+    allows (for animated PNGs: zlib at ``compress_level``, at most zlib's 9, which is also
+    the default; single-frame PNGs are written by :func:`png_bytes`), with the format's
+    ``--optimize`` settings when ``optimize``."""
     if fmt == "PNG":
-        return {"compress_level": compress_level}
+        return {"compress_level": 9 if compress_level is None else min(compress_level, 9)}
     row = formats.get(fmt)
     return {**row.params, **(row.optimized if optimize else {})}
 
@@ -47,8 +49,8 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
     over white; JPEG is RGB. Formats without frames get the first frame only (the caller
     warns). A single-frame PNG is written by :func:`optimized` (at ``save``'s
-    ``compress_level`` and ``optimize``; ``keep_order``: the palette order is the user's), an
-    APNG by Pillow; ``save.strip`` leaves the metadata out.
+    ``compress_level``, or :func:`auto_level` when None, and ``optimize``; ``keep_order``: the
+    palette order is the user's), an APNG by Pillow; ``save.strip`` leaves the metadata out.
     """
     row = formats.get(fmt)
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
@@ -306,10 +308,32 @@ def trns(palette: np.ndarray) -> bytes:
     return bytes(palette[:, 3]).rstrip(b"\xff")
 
 
+#: Largest image (pixels) that gets the stronger default deflate and the whole ``--optimize``
+#: search; above it both step down, so that a camera-sized photo keeps a bounded encode time.
+EFFORT_PIXELS = 4_000_000
+#: libdeflate's strongest level (near-optimal parsing, most passes).
+MAX_LEVEL = 12
+#: Data that libdeflate's fastest level shrinks at least this many times are "flat" (drawings,
+#: clip art, screenshots: long runs and repeats) and get one more near-optimal pass.
+FLAT_RATIO = 8
+
+
+def auto_level(data: bytes, pixels: int) -> int:
+    """The libdeflate level used when ``--compress-level`` is not given, from the image's
+    size and a quick level-1 pass over its data: up to :data:`EFFORT_PIXELS`, 10 (the first
+    near-optimal parsing level, several percent smaller than the lazy levels), or 11 for flat
+    data (:data:`FLAT_RATIO`), where the extra pass finds long repeats that level 10 misses;
+    above :data:`EFFORT_PIXELS`, 8 (lazy matching, a few times faster than 10). Depends only
+    on the data, so outputs stay byte-identical."""
+    if pixels > EFFORT_PIXELS:
+        return 8
+    return 11 if len(data) >= FLAT_RATIO * len(compress(data, 1)) else 10
+
+
 def deflate_level(level: int) -> int:
     """The libdeflate level of a colorquant PNG level (0–12, the same numbers)."""
-    if not 0 <= level <= 12:
-        raise ValueError(f"PNG level must be from 0 to 12, got {level}")
+    if not 0 <= level <= MAX_LEVEL:
+        raise ValueError(f"PNG level must be from 0 to {MAX_LEVEL}, got {level}")
     return level
 
 
@@ -340,15 +364,16 @@ class Metadata:
     dpi: tuple[float, float] | None = None
 
 
-def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int,
+def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int | None,
               bits: int | None = None, row_filter: int = NONE,
               metadata: Metadata = Metadata()) -> bytes:
     """An indexed PNG of ``indices`` (H, W) uint8 with ``palette`` (k, 3|4) uint8.
 
     Every row takes ``row_filter`` (filter type 0, none, by default: indexed data has no
     numeric order for a difference to exploit); ``bits`` per index defaults to the fewest
-    that hold the palette. The data are deflated by libdeflate at ``level``; the palette is
-    written as given, and tRNS only up to its last entry that is not opaque.
+    that hold the palette. The data are deflated by libdeflate at ``level`` (None:
+    :func:`auto_level`); the palette is written as given, and tRNS only up to its last entry
+    that is not opaque.
     """
     indices = np.asarray(indices, dtype=np.uint8)
     palette = np.asarray(palette, dtype=np.uint8)
@@ -370,19 +395,29 @@ def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int,
     if metadata.dpi:
         per_metre = (int(metadata.dpi[0] / 0.0254 + 0.5), int(metadata.dpi[1] / 0.0254 + 0.5))
         parts.append(chunk(b"pHYs", struct.pack(">IIB", *per_metre, 1)))
-    data = compress(scanlines(pack_rows(indices, bits), row_filter), level)
+    rows = scanlines(pack_rows(indices, bits), row_filter)
+    data = compress(rows, auto_level(rows, indices.size) if level is None else level)
     parts += [chunk(b"IDAT", data[i:i + IDAT_SIZE]) for i in range(0, len(data), IDAT_SIZE)]
     parts.append(chunk(b"IEND", b""))
     return b"".join(parts)
 
 
-#: The libdeflate level of every ``--optimize`` level above 0 (its strongest).
-OPTIMIZE_DEFLATE = 12
+def optimize_deflate(pixels: int) -> int:
+    """The libdeflate level of every ``--optimize`` level above 0: the strongest up to
+    :data:`EFFORT_PIXELS`, the default's near-optimal level above (the strongest costs
+    several seconds a megapixel more there)."""
+    return MAX_LEVEL if pixels <= EFFORT_PIXELS else 10
 
 
 def needs_oxipng(optimize: int) -> bool:
-    """Whether an ``--optimize`` level runs oxipng (the ``optimize`` extra)."""
+    """Whether an ``--optimize`` level needs oxipng (the ``optimize`` extra)."""
     return optimize >= 2
+
+
+def runs_oxipng(optimize: int, pixels: int) -> bool:
+    """Whether oxipng's search runs: at level 2, on images up to :data:`EFFORT_PIXELS`
+    (its trials re-deflate the whole image several times)."""
+    return needs_oxipng(optimize) and pixels <= EFFORT_PIXELS
 
 
 def oxipng_missing() -> bool:
@@ -392,31 +427,34 @@ def oxipng_missing() -> bool:
     return importlib.util.find_spec("oxipng") is None
 
 
-def optimized(indices: np.ndarray, palette: np.ndarray, *, level: int, optimize: int,
+def optimized(indices: np.ndarray, palette: np.ndarray, *, level: int | None, optimize: int,
               metadata: Metadata = Metadata(), keep_order: bool = False) -> bytes:
     """The smallest PNG of these indices found at an ``--optimize`` level; every candidate
     decodes to the same pixels.
 
-    0: the default encoder at ``level``. 1: libdeflate's strongest level, with the rows
-    both packed (at 16 colors or fewer) and one byte a pixel, the smaller kept. 2: level 1,
-    then oxipng's full search (row filters, palette orders and reductions, its own
-    deflate), the smaller kept; with ``keep_order`` oxipng may not reorder the palette.
-    Each step is deterministic (oxipng's result does not depend on its thread count).
+    0: the default encoder at ``level`` (None: :func:`auto_level`). 1: libdeflate at
+    :func:`optimize_deflate`, with the rows both packed (at 16 colors or fewer) and one byte
+    a pixel, the smaller kept. 2: level 1, then (up to :data:`EFFORT_PIXELS`) oxipng's full
+    search (row filters, palette orders and reductions, its own deflate), the smaller kept;
+    with ``keep_order`` oxipng may not reorder the palette. Each step is deterministic
+    (oxipng's result does not depend on its thread count), and the effort depends only on
+    the image's size.
     """
     if not 0 <= optimize <= MAX_OPTIMIZE:
         raise ValueError(f"optimize must be from 0 to {MAX_OPTIMIZE}, got {optimize!r}")
     if optimize == 0:
         return png_bytes(indices, palette, level=level, metadata=metadata)
-    best = png_bytes(indices, palette, level=OPTIMIZE_DEFLATE, metadata=metadata)
+    strongest = optimize_deflate(indices.size)
+    best = png_bytes(indices, palette, level=strongest, metadata=metadata)
     if bit_depth(len(palette)) < 8:
-        wide = png_bytes(indices, palette, level=OPTIMIZE_DEFLATE, bits=8, metadata=metadata)
+        wide = png_bytes(indices, palette, level=strongest, bits=8, metadata=metadata)
         best = wide if len(wide) < len(best) else best
-    if needs_oxipng(optimize):
+    if runs_oxipng(optimize, indices.size):
         import oxipng
 
         found = oxipng.optimize_from_memory(
             best, level=2, fast_evaluation=False, palette_reduction=not keep_order,
             color_type_reduction=not keep_order, grayscale_reduction=not keep_order,
-            deflate=oxipng.Deflaters.libdeflater(OPTIMIZE_DEFLATE))
+            deflate=oxipng.Deflaters.libdeflater(strongest))
         best = found if len(found) < len(best) else best
     return best

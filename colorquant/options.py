@@ -218,8 +218,9 @@ class SaveOptions:
 
     Parameters
     ----------
-    compress_level : int
-        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 9 (slow, small).
+    compress_level : int or None
+        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 12 (slow, small);
+        None: chosen from the image's size and data (:func:`colorquant.encode.auto_level`).
     optimize : int
         Extra effort for smaller PNG files with the same pixels, 0 (none) to 2
         (see :func:`colorquant.encode.optimized`).
@@ -230,7 +231,7 @@ class SaveOptions:
         would be larger than the input file.
     """
 
-    compress_level: int = 8
+    compress_level: int | None = None
     optimize: int = 0
     strip: bool = False
     skip_if_larger: bool = False
@@ -241,8 +242,10 @@ class SaveOptions:
 
     def __post_init__(self) -> None:
         level = self.compress_level
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
-            raise ValueError(f"compress_level must be between 0 and 9, got {level}")
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                  or not 0 <= level <= 12):
+            raise ValueError(f"compress_level must be None or an integer from 0 to 12, got "
+                             f"{level!r}")
         if (isinstance(self.optimize, bool) or not isinstance(self.optimize, int)
                 or not 0 <= self.optimize <= MAX_OPTIMIZE):
             raise ValueError(f"optimize must be an integer from 0 to {MAX_OPTIMIZE}, got "

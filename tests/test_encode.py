@@ -122,6 +122,55 @@ def test_every_deflate_level_round_trips(level):
     assert found == indices.tolist()
 
 
+def _stripes(height: int, width: int, n_colors: int) -> np.ndarray:
+    """Flat data: diagonal bands of equal indices (long runs and repeats, like a drawing)."""
+    rows, cols = np.indices((height, width))
+    return ((rows + cols) // 37 % n_colors).astype(np.uint8)
+
+
+def test_the_default_level_follows_the_documented_rule():
+    rng = np.random.default_rng(5)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    noise = rng.integers(0, 256, (120, 150), dtype=np.uint8)  # deflates about 1:1
+    flat = _stripes(120, 150, 256)  # deflates far more than FLAT_RATIO:1
+    assert encode.png_bytes(noise, palette, level=None) == encode.png_bytes(
+        noise, palette, level=10)
+    assert encode.png_bytes(flat, palette, level=None) == encode.png_bytes(
+        flat, palette, level=11)
+    big = _stripes(2001, 2000, 4)  # just above EFFORT_PIXELS: the lazy level
+    assert big.size > encode.EFFORT_PIXELS
+    assert encode.png_bytes(big, palette[:4], level=None) == encode.png_bytes(
+        big, palette[:4], level=8)
+    assert encode.png_bytes(big, palette[:4], level=8) != encode.png_bytes(
+        big, palette[:4], level=11)
+
+
+def test_optimize_steps_down_above_the_effort_size():
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    big = _stripes(2001, 2000, 4)
+    packed = encode.png_bytes(big, palette, level=10)
+    wide = encode.png_bytes(big, palette, level=10, bits=8)
+    smaller = min(packed, wide, key=len)
+    assert encode.optimized(big, palette, level=None, optimize=1) == smaller
+    # no oxipng above the effort size: level 2 is level 1 there (pyoxipng need not exist)
+    assert encode.optimized(big, palette, level=None, optimize=2) == smaller
+
+
+def test_compress_level_takes_libdeflate_levels_and_names_a_bad_one(flower, tmp_path):
+    outputs = {}
+    for level in ("0", "12"):
+        done = run(flower, "--compress-level", level, "-o", tmp_path / f"{level}.png")
+        assert done.returncode == 0, done.stderr
+        with Image.open(tmp_path / f"{level}.png") as image:
+            outputs[level] = np.asarray(image.convert("RGBA"))
+    assert np.array_equal(outputs["0"], outputs["12"])
+    assert (tmp_path / "12.png").stat().st_size < (tmp_path / "0.png").stat().st_size
+    done = run(flower, "--compress-level", "13", "-o", tmp_path / "x.png")
+    assert done.returncode == 2
+    assert b"13" in done.stderr and b"--compress-level" in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_trns_stops_at_the_last_entry_that_is_not_opaque():
     palette = np.array([[1, 2, 3, 0], [4, 5, 6, 128], [7, 8, 9, 255], [1, 1, 1, 255]], np.uint8)
     assert encode.trns(palette) == bytes([0, 128])

@@ -113,9 +113,12 @@ def test_float_arrays_are_refused():
 
 
 @pytest.mark.parametrize(("bad", "message"), [
-    ({"compress_level": 10}, "compress_level must be between 0 and 9, got 10"),
-    ({"compress_level": -1}, "compress_level must be between 0 and 9, got -1"),
-    ({"compress_level": True}, "compress_level must be between 0 and 9, got True"),
+    ({"compress_level": 13}, "compress_level must be None or an integer from 0 to 12, got 13"),
+    ({"compress_level": -1}, "compress_level must be None or an integer from 0 to 12, got -1"),
+    ({"compress_level": True},
+     "compress_level must be None or an integer from 0 to 12, got True"),
+    ({"compress_level": 9.0},
+     "compress_level must be None or an integer from 0 to 12, got 9.0"),
     ({"optimize": 3}, "optimize must be an integer from 0 to 2, got 3"),
     ({"optimize": 1.0}, "optimize must be an integer from 0 to 2, got 1.0"),
     ({"strip": 1}, "strip must be True or False, got 1"),
