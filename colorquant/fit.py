@@ -272,10 +272,12 @@ def fit_centers(
     1. The fit runs on about :func:`fit_points_limit` weighted points (grid-cell means when
        there are more distinct colors), so its cost does not grow with the image:
 
-       - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (k-means++ over all points,
-         then mini-batch updates), polished by full-batch Lloyd (``KMeans`` started from its
-         centers); up to :data:`RESTART_COLORS` colors, the best of :data:`RESTARTS` such
-         runs. Without restarts one unlucky run in three lost 0.1–0.3 dB (measured).
+       - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (mini-batch updates)
+         from the best of several k-means++ seedings over all points
+         (:func:`best_seeding`); up to :data:`RESTART_COLORS` colors, the best of
+         :data:`RESTARTS` such runs, each polished by full-batch Lloyd (``KMeans`` started
+         from its centers) to rank them. Without restarts one unlucky run in three lost
+         0.1–0.3 dB (measured).
        - ``LLOYD``: scikit-learn ``KMeans`` (k-means++, Lloyd; three starts up to 64 colors).
 
     2. Lloyd iterations on the finer refinement points (every distinct color up to
