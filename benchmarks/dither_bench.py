@@ -37,7 +37,13 @@ from rd_bench import blur  # noqa: E402  (the σ = 1 px blur both benchmarks mea
 
 from colorquant import core, dither, metrics  # noqa: E402
 from colorquant.colorspace import srgb_to_cielab  # noqa: E402
-from colorquant.options import ColorSpace, Dither, FitMethod, QuantizeOptions  # noqa: E402
+from colorquant.options import (  # noqa: E402
+    ColorSpace,
+    Dither,
+    FitMethod,
+    QuantizeOptions,
+    SaveOptions,
+)
 
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 KS = (16, 64, 256)
@@ -175,8 +181,6 @@ def speed(rounds: int, folder: str, level: int | None) -> None:
         base = statistics.median(times[f"pngquant k={k}"])
         none = statistics.median(times[f"colorquant --dither none k={k}"])
         print(f"| {name} | {med:.2f} | {med / base:.2f}× pngquant, {med / none:.2f}× none |")
-    if level is None:
-        level = QuantizeOptions().compress_level
     print("\n| k | method | output MB | save s | floor × none |\n|---:|---|---:|---:|---:|")
     for k in (16, 256):
         none = statistics.median(times[f"colorquant --dither none k={k}"])
@@ -188,7 +192,8 @@ def speed(rounds: int, folder: str, level: int | None) -> None:
             print(f"| {k} | {method} | {size:.1f} | {saves[method]:.2f} | {floor:.2f} |")
 
 
-def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str, float]:
+def encoder_floor(outputs: dict[str, Path], rounds: int, level: int | None,
+                  ) -> dict[str, float]:
     """Median time to save each output's indices again with the encoder arguments colorquant
     uses (interleaved rounds, in memory). A method's run minus ``none``'s is its mapping's
     extra time plus this save's extra time; with ``none``'s run time, the second alone gives
@@ -209,7 +214,7 @@ def encoder_floor(outputs: dict[str, Path], rounds: int, level: int) -> dict[str
         for method, image in decoded.items():
             start = time.perf_counter()
             encode.write(BytesIO(), [image], "PNG", Frames([image]), transparent_index=None,
-                         compress_level=level, strip=True,
+                         save=SaveOptions(compress_level=level, strip=True),
                          n_colors=len(image.getpalette()) // 3)
             taken[method].append(time.perf_counter() - start)
     return {method: statistics.median(values) for method, values in taken.items()}

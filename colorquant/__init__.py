@@ -24,6 +24,7 @@ __all__ = [
     "PaletteError",
     "QuantizeOptions",
     "QuantizeResult",
+    "SaveOptions",
     "__version__",
     "quantize",
     "quantize_file",
@@ -37,6 +38,7 @@ _WHERE = {
     "Dither": "options",
     "FitMethod": "options",
     "QuantizeOptions": "options",
+    "SaveOptions": "options",
     "ColorquantError": "errors",
     "ImageTooLargeError": "errors",
     "InputError": "errors",
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
         PaletteError,
     )
     from .files import quantize_file
-    from .options import ColorSpace, Dither, FitMethod, QuantizeOptions
+    from .options import ColorSpace, Dither, FitMethod, QuantizeOptions, SaveOptions
     from .palette import Palette
     from .palettefile import read_palette, write_palette
 

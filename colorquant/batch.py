@@ -23,7 +23,7 @@ from .errors import (
     SkippedError,
 )
 from .executors import Executor
-from .options import QuantizeOptions
+from .options import QuantizeOptions, SaveOptions
 from .plan import Job
 from .report import ExitCode
 
@@ -130,11 +130,11 @@ def _skipped(job: Job, k: int) -> FileResult:
     return FileResult(job.src, job.dst, "skipped", k, error=f"{job.dst}: exists (--no-clobber)")
 
 
-def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
+def quantize_task(task: tuple[Job, QuantizeOptions, SaveOptions, Any]) -> FileResult:
     """Quantize one file (with a given palette or its own) and describe the outcome."""
     from . import core, files
 
-    job, options, palette = task
+    job, options, save, palette = task
     start = time.perf_counter()
     notes: list[str] = []
     src: Any = job.src
@@ -152,7 +152,7 @@ def quantize_task(task: tuple[Job, QuantizeOptions, Any]) -> FileResult:
             job = replace(job, dst=job.final_dst(len(palette)))
             if job.no_clobber and os.path.lexists(job.dst):
                 return _skipped(job, len(palette))
-        result = files.quantize_file(src, job.dst, options=options, fmt=job.fmt,
+        result = files.quantize_file(src, job.dst, options=options, save=save, fmt=job.fmt,
                                         plot=job.plot, compare=job.compare,
                                         log=notes.append, palette=palette,
                                         replace=not job.no_clobber)
@@ -291,10 +291,11 @@ def fit_shared(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor,
 
 
 def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
-        palette: Any = None, failed: dict[str, FileResult] | None = None,
-        no_clobber: bool = False, step: Callable[[], None] | None = None,
-        ) -> Iterator[FileResult]:
-    """Quantize every job (each with its own palette, or all with ``palette``), in order.
+        save: SaveOptions | None = None, palette: Any = None,
+        failed: dict[str, FileResult] | None = None, no_clobber: bool = False,
+        step: Callable[[], None] | None = None) -> Iterator[FileResult]:
+    """Quantize every job (each with its own palette, or all with ``palette``) and write it
+    as ``save`` says (the defaults when not given), in order.
 
     Inputs in ``failed`` (from :func:`fit_shared`) are reported, not run again. With
     ``no_clobber`` an existing output is skipped, untouched. ``step`` is called once per
@@ -313,9 +314,8 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
         else:
             todo.append(replace(job, no_clobber=True) if no_clobber else job)
     sent = {job.src: _sent(job, workers) for job in todo}
-    shared_options, shared_palette = workers.share(options), workers.share(palette)
-    results = workers.imap(quantize_task, ((sent[j.src], shared_options, shared_palette)
-                                           for j in todo), done=step)
+    shared = [workers.share(value) for value in (options, save or SaveOptions(), palette)]
+    results = workers.imap(quantize_task, ((sent[j.src], *shared) for j in todo), done=step)
     for job in jobs:
         if job.src in ready:
             if step is not None:
@@ -328,20 +328,31 @@ def run(jobs: Sequence[Job], options: QuantizeOptions, workers: Executor, *,
 class BatchRun:
     """One batch: iterate it for the result of every input, in input order.
 
-    Fits the shared palette first when asked (and saves it), then quantizes; with
-    ``fail_fast`` it stops after the first failure and counts the inputs never run in
-    :attr:`not_run`. :attr:`palette` is the palette every image was mapped to (given or
-    shared), else ``None``. Raises :class:`WorkerError` when a worker dies, and
-    :class:`~colorquant.errors.PaletteError` when ``save_palette`` cannot be written (before
-    any image is, unless the palette is that of a lone image fitted on its own).
+    Fits the shared palette first when asked, then quantizes; with ``fail_fast`` it stops
+    after the first failure and counts the inputs never run in :attr:`not_run`.
+    :attr:`palette` is the palette every image was mapped to (given or shared), else ``None``.
+    ``save_palette`` writes the palette of the batch (given or shared) before any image is
+    written; with neither, the batch must be one input, and its own palette is written after
+    its image (:func:`colorquant.plan.prepare` makes a lone input file shared, so only
+    standard input, which can be read once, comes to that). Raises
+    :class:`~colorquant.errors.PoolError` or :class:`~colorquant.errors.ClusterError` when a
+    process dies, and :class:`~colorquant.errors.PaletteError` when ``save_palette`` cannot
+    be written.
     """
 
     def __init__(self, jobs: Sequence[Job], options: QuantizeOptions, *, executor: Executor,
-                 palette: Any = None, shared_palette: bool = False,
+                 save: SaveOptions | None = None, palette: Any = None,
+                 shared_palette: bool = False,
                  save_palette: str | None = None, fail_fast: bool = False,
                  no_clobber: bool = False, progress: Callable[[], None] | None = None) -> None:
+        if (save_palette is not None and len(jobs) > 1 and palette is None
+                and not shared_palette):
+            raise ValueError("save_palette with several inputs needs shared_palette or a "
+                             "palette: each input would have its own")
         self.jobs = list(jobs)
         self.options = options
+        #: How every output is written (the defaults when not given).
+        self.save = save or SaveOptions()
         self.executor = executor
         self.palette = palette
         self.shared_palette = shared_palette
@@ -360,27 +371,41 @@ class BatchRun:
         if self.shared_palette:
             self.palette, failed = fit_shared(jobs, self.options, executor,
                                               step=self.progress, fail_fast=self.fail_fast)
-        if self.save_palette is not None and self.palette is not None:
-            palettefile.write_palette(self.palette, self.save_palette)
-        if self.shared_palette and (self.palette is None or (self.fail_fast and failed)):
-            # nothing to map to (no input readable), or fail_fast after a failed read
-            failed = failed or {}
-            yield from (failed[j.src] for j in jobs if j.src in failed)
-            self.not_run = len(jobs) - len(failed)
-            return
+            if self.palette is None or (self.fail_fast and failed):
+                # nothing to map to (no input readable), or fail_fast after a failed read
+                failed = failed or {}
+                yield from (failed[j.src] for j in jobs if j.src in failed)
+                self.not_run = len(jobs) - len(failed)
+                return
+        # a generator: no task starts before its first result is asked for
+        results = run(jobs, self.options, executor, save=self.save, palette=self.palette,
+                      failed=failed, no_clobber=self.no_clobber, step=self.progress)
+        unsaved = self.save_palette
         result = None
-        written = False
-        for done, result in enumerate(run(jobs, self.options, executor, palette=self.palette,
-                                          failed=failed, no_clobber=self.no_clobber,
-                                          step=self.progress), start=1):
+        done = 0
+        while True:
+            # The one place the palette is saved, as soon as it is known: before the first
+            # task when the batch has one, else after the lone image fitted on its own.
+            if unsaved is not None and (palette := self._to_save(result)) is not None:
+                palettefile.write_palette(palette, unsaved)
+                unsaved = None
+            result = next(results, None)
+            if result is None:
+                return
+            done += 1
             yield result
-            written = written or result.status == "ok"
             if result.status == "failed" and self.fail_fast:
                 self.not_run = len(jobs) - done
                 executor.stop()
                 return
-        if self.save_palette is not None and self.palette is None and written:
-            # one input, fitted on its own: save the palette it got
-            assert result is not None
-            palettefile.write_palette(palettefile.palette_from_hex(result.colors, result.counts),
-                                      self.save_palette)
+
+    def _to_save(self, last: FileResult | None) -> Any:
+        """The palette ``save_palette`` gets, or ``None`` while it is not known: the batch's
+        palette, else that of the lone input's written image."""
+        from . import palettefile
+
+        if self.palette is not None:
+            return self.palette
+        if last is not None and last.status == "ok":
+            return palettefile.palette_from_hex(last.colors, last.counts)
+        return None

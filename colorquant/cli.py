@@ -30,6 +30,7 @@ from .options import (
     Dither,
     FitMethod,
     QuantizeOptions,
+    SaveOptions,
 )
 from .report import ExitCode, Report
 
@@ -269,10 +270,11 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
     options = QuantizeOptions(colors=max(colors, MIN_COLORS), seed=seed,
                               fit_method=FitMethod(fit_method), space=ColorSpace(space),
                               dither=Dither(dither), dither_strength=dither_strength,
-                              compress_level=compress_level, optimize=optimize,
-                              max_pixels=max_pixels, frame=frame,
-                              to_srgb=to_srgb, strip=strip, transparent_color=transparent_color,
-                              target_psnr=target_psnr, keep=keep, skip_if_larger=skip_if_larger)
+                              max_pixels=max_pixels, frame=frame, to_srgb=to_srgb,
+                              transparent_color=transparent_color, target_psnr=target_psnr,
+                              keep=keep)
+    save = SaveOptions(compress_level=compress_level, optimize=optimize, strip=strip,
+                       skip_if_larger=skip_if_larger)
     if sys.stdout is None and (as_json or any(imagefile.is_stdio(job.dst)
                                               for job in batch_plan.jobs)):
         raise click.ClickException("<stdout>: cannot write: standard output is closed")
@@ -286,9 +288,9 @@ def cli(inputs: tuple[str, ...], colors: int, output: str | None, out_dir: str |
         raise click.ClickException(str(exc)) from None
     report = Report()
     try:
-        return _run_plan(batch_plan, options, report, palette=palette, jobs=jobs, dask=dask,
-                         fail_fast=fail_fast, no_clobber=no_clobber, as_json=as_json,
-                         quiet=quiet, verbose=verbose)
+        return _run_plan(batch_plan, options, save, report, palette=palette, jobs=jobs,
+                         dask=dask, fail_fast=fail_fast, no_clobber=no_clobber,
+                         as_json=as_json, quiet=quiet, verbose=verbose)
     finally:
         if not report.written:  # nothing was written: leave no empty folders behind
             batch.remove_folders(created)
@@ -311,9 +313,10 @@ def _pins_from_file(path: str, keep: tuple[tuple[int, int, int], ...],
     return tuple(dict.fromkeys([*keep, *found]))  # type: ignore[arg-type]
 
 
-def _run_plan(batch_plan: planning.Plan, options: QuantizeOptions, report: Report, *,
-              palette: Palette | None, jobs: int | None, dask: str | None, fail_fast: bool,
-              no_clobber: bool, as_json: bool, quiet: bool, verbose: bool) -> int:
+def _run_plan(batch_plan: planning.Plan, options: QuantizeOptions, save: SaveOptions,
+              report: Report, *, palette: Palette | None, jobs: int | None, dask: str | None,
+              fail_fast: bool, no_clobber: bool, as_json: bool, quiet: bool,
+              verbose: bool) -> int:
     """Run the planned jobs with the library's runner and report each result."""
     from . import batch, executors
 
@@ -329,7 +332,7 @@ def _run_plan(batch_plan: planning.Plan, options: QuantizeOptions, report: Repor
             executor = stack.enter_context(executors.executor_for(
                 plan, dask=dask, jobs=jobs, fitting=not (shared_palette or palette),
                 colors=options.colors))
-            run = batch.BatchRun(plan, options, executor=executor, palette=palette,
+            run = batch.BatchRun(plan, options, executor=executor, save=save, palette=palette,
                                  shared_palette=shared_palette,
                                  save_palette=batch_plan.save_palette, fail_fast=fail_fast,
                                  no_clobber=no_clobber,

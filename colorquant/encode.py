@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from . import formats
-from .options import MAX_OPTIMIZE
+from .options import MAX_OPTIMIZE, SaveOptions
 
 if TYPE_CHECKING:
     from .frames import Frames
@@ -41,28 +41,29 @@ def save_params(fmt: str, *, compress_level: int | None, optimize: int = 0,
 
 
 def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames, *,
-          transparent_index: int | None, compress_level: int | None, strip: bool,
-          n_colors: int = 256, optimize: int = 0, keep_order: bool = False) -> None:
+          transparent_index: int | None, save: SaveOptions, n_colors: int = 256,
+          keep_order: bool = False) -> None:
     """Encode quantized ``"P"`` frames (one shared palette) in ``fmt`` to ``handle``.
 
     PNG (APNG), GIF, TIFF and BMP keep the palette; WebP is lossless RGB(A); TIFF falls back to
     RGBA when the palette has alpha; BMP (whose alpha few readers honour) and JPEG are shown
     over white; JPEG is RGB. Formats without frames get the first frame only (the caller
-    warns). A single-frame PNG is written by :func:`optimized` (at ``compress_level``, or
-    :func:`auto_level` when None, and ``optimize``; ``keep_order``: the palette order is the
-    user's), an APNG by Pillow.
+    warns). A single-frame PNG is written by :func:`optimized` (at ``save``'s
+    ``compress_level``, or :func:`auto_level` when None, and ``optimize``; ``keep_order``: the
+    palette order is the user's), an APNG by Pillow; ``save.strip`` leaves the metadata out.
     """
     row = formats.get(fmt)
     has_alpha = images[0].palette is not None and images[0].palette.mode == "RGBA"
     if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
         palette = _palette(images[0], has_alpha, n_colors)
-        metadata = Metadata() if strip else Metadata(frames.icc_profile, frames.dpi)
-        handle.write(optimized(np.asarray(images[0]), palette, level=compress_level,
-                               optimize=optimize, metadata=metadata, keep_order=keep_order))
+        metadata = Metadata() if save.strip else Metadata(frames.icc_profile, frames.dpi)
+        handle.write(optimized(np.asarray(images[0]), palette, level=save.compress_level,
+                               optimize=save.optimize, metadata=metadata,
+                               keep_order=keep_order))
         return
-    params: dict[str, object] = dict(save_params(fmt, compress_level=compress_level,
-                                                 optimize=optimize))
-    if not strip:
+    params: dict[str, object] = dict(save_params(fmt, compress_level=save.compress_level,
+                                                 optimize=save.optimize))
+    if not save.strip:
         if frames.icc_profile and row.icc:
             params["icc_profile"] = frames.icc_profile
         if frames.dpi and row.dpi:

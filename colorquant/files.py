@@ -19,7 +19,7 @@ from PIL import Image
 from . import atomic, encode, formats, frames, imagefile, memory, metrics, pixels
 from .core import Clock, QuantizeResult, prepare_frame, quantize_frames
 from .errors import NotSmallerError, OutputError, PaletteError
-from .options import Log, QuantizeOptions
+from .options import Log, QuantizeOptions, SaveOptions
 from .palette import Palette
 
 
@@ -86,6 +86,7 @@ def quantize_file(
     *,
     seed: int = 0,
     options: QuantizeOptions | None = None,
+    save: SaveOptions | None = None,
     fmt: str | None = None,
     plot: str | os.PathLike[str] | None = None,
     compare: str | os.PathLike[str] | None = None,
@@ -104,7 +105,10 @@ def quantize_file(
     k, seed : int
         Palette size and seed, when ``options`` is not given.
     options : QuantizeOptions, optional
-        Every setting of the run (wins over ``k`` and ``seed``).
+        Every setting of the quantization (wins over ``k`` and ``seed``).
+    save : SaveOptions, optional
+        How the output file is written (deflate level, ``optimize``, ``strip``,
+        ``skip_if_larger``); the defaults when not given.
     fmt : str, optional
         Output format (``"PNG"``, ``"GIF"``, …); default from ``dst``'s extension, else PNG.
     plot, compare : str or PathLike, optional
@@ -132,23 +136,25 @@ def quantize_file(
     With ``palette`` given, no fit runs: pixels are mapped to that palette, kept in its order.
     With ``replace=False`` an existing ``dst`` is left alone (``OutputExistsError``), decided
     when the file is put in place.
-    With ``options.skip_if_larger``, :class:`NotSmallerError` is raised, before anything is
+    With ``save.skip_if_larger``, :class:`NotSmallerError` is raised, before anything is
     written, when the encoded output is larger than ``src`` (standard input: the bytes read).
     """
     options = options or QuantizeOptions(colors=k, seed=seed)
+    save = save or SaveOptions()
     target = _Target.of(src, dst, fmt)
     clock = Clock()
     if palette is None:
         memory.load_fit_backend()  # under ulimit -v: before the pixels take the memory
     input_size = None
-    if options.skip_if_larger:
+    if save.skip_if_larger:
         src, input_size = input_bytes(src)
     decoded, images = _read_frames(src, target.fmt, options, shown_dst=target.shown, log=log)
     clock.lap("read")
     keep_order = palette is not None  # a given palette's order is the user's
-    results, palette, stage_times = _quantize(images, options, palette, target, log)
+    results, palette, stage_times = _quantize(images, options, palette, target)
     clock.add(stage_times)
-    writer = _encoder(results, palette, decoded, options, target, keep_order=keep_order)
+    _warn(palette, len(images), save, target, log)
+    writer = _encoder(results, palette, decoded, save, target, keep_order=keep_order)
     size = _write(writer, target, input_size=input_size, replace=replace)
     clock.lap("write")
     result = _summary(results, palette, clock.timings, size)
@@ -189,30 +195,34 @@ class _Target:
 
 
 def _quantize(images: list[Image.Image], options: QuantizeOptions, palette: Palette | None,
-              target: _Target, log: Log | None,
-              ) -> tuple[list[QuantizeResult], Palette, dict[str, float]]:
-    """The quantize step: every frame with one palette, and a warning for what the output
-    format will lose of it."""
+              target: _Target) -> tuple[list[QuantizeResult], Palette, dict[str, float]]:
+    """The quantize step: every frame with one palette."""
     try:
-        results, palette, stage_times = quantize_frames(images, options, palette=palette)
+        return quantize_frames(images, options, palette=palette)
     except PaletteError as exc:
         raise PaletteError(f"{target.label}: {exc}") from None
+
+
+def _warn(palette: Palette, n_frames: int, save: SaveOptions, target: _Target,
+          log: Log | None) -> None:
+    """The warnings of what the output format will lose of the quantized frames, or not do
+    of what ``save`` asks."""
+    if log is None:
+        return
     row = formats.get(target.fmt)
-    if row.alpha == "none" and palette.has_alpha and log:
+    if row.alpha == "none" and palette.has_alpha:
         log(f"warning: {target.shown}: {target.fmt} keeps no transparency; shown over white")
-    if (options.optimize and log and not row.optimized
-            and (target.fmt != "PNG" or len(images) > 1)):
+    if save.optimize and not row.optimized and (target.fmt != "PNG" or n_frames > 1):
         what = "an animated PNG" if target.fmt == "PNG" else target.fmt
         log(f"warning: {target.shown}: --optimize applies to single-frame PNG and WebP only; "
             f"{what} written as without it")
-    if row.lossy and log:
+    if row.lossy:
         log(f"warning: {target.shown}: {target.fmt} cannot store a palette; its compression "
             "adds colors back")
-    return results, palette, stage_times
 
 
 def _encoder(results: list[QuantizeResult], palette: Palette, decoded: frames.Frames,
-             options: QuantizeOptions, target: _Target, *, keep_order: bool = False,
+             save: SaveOptions, target: _Target, *, keep_order: bool = False,
              ) -> Callable[[BinaryIO], None]:
     """The encode step: a function that encodes the quantized frames into a binary handle
     (``keep_order``: the palette's order is the user's, not to be changed by ``--optimize``).
@@ -224,8 +234,7 @@ def _encoder(results: list[QuantizeResult], palette: Palette, decoded: frames.Fr
     def encoded(handle: BinaryIO) -> None:
         try:
             encode.write(handle, [r.image for r in results], target.fmt, decoded,
-                         transparent_index=transparent, compress_level=options.compress_level,
-                         strip=options.strip, n_colors=len(palette), optimize=options.optimize,
+                         transparent_index=transparent, save=save, n_colors=len(palette),
                          keep_order=keep_order)
         except (ValueError, OverflowError, struct.error) as exc:  # encoder limits
             raise OutputError(f"{target.shown}: the {target.fmt} encoder refused the image "

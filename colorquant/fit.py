@@ -19,7 +19,6 @@ from .options import FitMethod
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
 #: Fit on at most this many weighted points per palette color (within the bounds below).
 FIT_POINTS_PER_COLOR = 256
@@ -30,6 +29,11 @@ GRID_BITS = (7, 6, 5)
 #: Palettes up to this size keep the best of this many mini-batch runs (by k-means inertia).
 RESTART_COLORS = 32
 RESTARTS = 3
+#: k-means++ seedings drawn for each mini-batch run; the one of least error starts it. Up to
+#: RESTART_COLORS colors, where a seeding costs little and the start decides more of the
+#: error, more of them (with three, one photo of 26 lost 0.08 dB at k=8).
+SEEDINGS = 3
+SEEDINGS_SMALL = 5
 #: Full-batch Lloyd iterations polishing each fit, first on the fit's points then on the finer
 #: refinement points, and their tolerance (scikit-learn's default is 1e-4: from centers this
 #: close, the last small moves cost 15–50% of the time at k=256 and under 0.02 dB, measured;
@@ -65,6 +69,9 @@ FAST_NEIGHBORS = 16
 
 #: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
 _KERNEL: Any = None
+#: The BLAS and OpenMP pools of the process (a ``threadpoolctl.ThreadpoolController``), found
+#: by the first :func:`one_thread`.
+_POOLS: Any = None
 
 
 def load_kernel() -> None:
@@ -72,7 +79,7 @@ def load_kernel() -> None:
 
     Its results are the BLAS route's, bit for bit; it halves the cost of each Lloyd pass, but
     loading numba costs about 0.4 s, so only processes that fit many palettes (the warm
-    worker, a batch of files) load it.
+    worker, a batch of files) load it, and look the thread pools up once before they fork.
     """
     global _KERNEL
     if _KERNEL is None:
@@ -80,6 +87,7 @@ def load_kernel() -> None:
 
         fitkernel.warm()
         _KERNEL = fitkernel
+        _pools()  # here, before the worker or a batch forks: not again in every child
 
 
 def fit_points_limit(k: int) -> int:
@@ -231,18 +239,28 @@ def lloyd_refine(
     return centers
 
 
-def one_thread() -> threadpool_limits:
+def one_thread() -> Any:
     """A context in which every BLAS and OpenMP pool the fit uses runs one thread.
 
     The fit is small, and its result must not depend on the core count. scikit-learn is
     imported first: threadpoolctl limits only the libraries already loaded, and
     ``sklearn.cluster`` loads the OpenMP runtime its k-means runs on (imported inside the limit,
     the k-means ran two OpenMP threads, which on a busy machine made the fit 2.5x slower).
+    The libraries are looked up once a process (:data:`_POOLS`): the lookup walks every loaded
+    shared object, which cost more than some whole fits' mini-batch runs.
     """
-    import sklearn.cluster  # noqa: F401  (loads libgomp before the limit is taken)
-    from threadpoolctl import threadpool_limits
+    return _pools().limit(limits=1)
 
-    return threadpool_limits(limits=1)
+
+def _pools() -> Any:
+    """The process's thread pools (:data:`_POOLS`), looked up on first use."""
+    global _POOLS
+    if _POOLS is None:
+        import sklearn.cluster  # noqa: F401  (loads libgomp before the pools are looked up)
+        from threadpoolctl import ThreadpoolController
+
+        _POOLS = ThreadpoolController()
+    return _POOLS
 
 
 def fit_centers(
@@ -254,10 +272,12 @@ def fit_centers(
     1. The fit runs on about :func:`fit_points_limit` weighted points (grid-cell means when
        there are more distinct colors), so its cost does not grow with the image:
 
-       - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (k-means++ over all points,
-         then mini-batch updates), polished by full-batch Lloyd (``KMeans`` started from its
-         centers); up to :data:`RESTART_COLORS` colors, the best of :data:`RESTARTS` such
-         runs. Without restarts one unlucky run in three lost 0.1–0.3 dB (measured).
+       - ``MINIBATCH`` (default): scikit-learn ``MiniBatchKMeans`` (mini-batch updates)
+         from the best of several k-means++ seedings over all points
+         (:func:`best_seeding`); up to :data:`RESTART_COLORS` colors, the best of
+         :data:`RESTARTS` such runs, each polished by full-batch Lloyd (``KMeans`` started
+         from its centers) to rank them. Without restarts one unlucky run in three lost
+         0.1–0.3 dB (measured).
        - ``LLOYD``: scikit-learn ``KMeans`` (k-means++, Lloyd; three starts up to 64 colors).
 
     2. Lloyd iterations on the finer refinement points (every distinct color up to
@@ -344,18 +364,72 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
                       max_iter=100, algorithm="lloyd").fit(points, sample_weight=weights
                                                            ).cluster_centers_
     random = np.random.RandomState(seed)  # one stream: each restart draws new seeds from it
+    restarts = RESTARTS if k <= RESTART_COLORS else 1
     runs = []
-    for _ in range(RESTARTS if k <= RESTART_COLORS else 1):
+    for _ in range(restarts):
         # reassignment_ratio=0: a cluster of rare but distinct colors (a small red door in a
         # photo) is light in a weighted histogram, and reassigning it cost up to 0.25 dB.
         mini = MiniBatchKMeans(
-            n_clusters=k, random_state=random, n_init=3 if k <= 64 else 1,
-            init_size=len(points), batch_size=min(4096, len(points)), max_iter=10,
+            n_clusters=k, n_init=1, init=best_seeding(
+                points, weights, k, random, SEEDINGS_SMALL if k <= RESTART_COLORS else SEEDINGS),
+            random_state=random, batch_size=min(4096, len(points)), max_iter=10,
             reassignment_ratio=0.0,
         ).fit(points, sample_weight=weights)
+        if restarts == 1:  # nothing to rank: the exact passes that follow do the polishing
+            return mini.cluster_centers_
         polished = _lloyd(points, weights, mini.cluster_centers_)
         runs.append((polished.inertia_, polished.cluster_centers_))
     return min(runs, key=lambda run: run[0])[1]  # the first of equals: deterministic
+
+
+def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
+                 random: np.random.RandomState, count: int = 1) -> np.ndarray:
+    """Weighted greedy k-means++, ``count`` times side by side: the ``k`` centers (points) of
+    the seeding with the least weighted error (the first of equals).
+
+    The seeding of scikit-learn's k-means, and its ``n_init`` choice: each new center is the
+    best, by the weighted error it leaves, of ``2 + ln k`` points drawn with probability
+    weight x squared distance. Here the ``count`` seedings advance together, one BLAS product
+    a center for all of them (which :func:`one_thread` keeps on one thread: the same bits on
+    any core count): scikit-learn's own spends most of a small fit in per-call checks.
+
+    Parameters
+    ----------
+    points : ndarray of float64, shape (n, C)
+    weights : ndarray of float64, shape (n,)
+    k : int, 1 <= k <= n
+    random : RandomState
+        Every draw comes from it.
+    count : int
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    trials = 2 + int(np.log(k))
+    squares = (points * points).sum(axis=1)
+    # rows [x, |x|^2, 1] against [-2c, 1, |c|^2]: one product gives every squared distance
+    rows = np.ascontiguousarray(np.vstack([points.T, squares, np.ones(n)]), dtype=np.float32)
+    candidates = np.hstack([-2.0 * points, np.ones((n, 1)), squares[:, None]]).astype(np.float32)
+    weights32 = weights.astype(np.float32)
+    seeds = np.arange(count)
+    chosen = np.empty((count, k), dtype=np.intp)
+    cumulative = np.cumsum(weights)
+    chosen[:, 0] = np.minimum(np.searchsorted(cumulative, random.uniform(size=count)
+                                              * cumulative[-1], side="right"), n - 1)
+    closest = np.maximum(candidates[chosen[:, 0]] @ rows, 0.0)  # (count, n), float32
+    for c in range(1, k):
+        # one running sum over all seedings: seeding s draws within its own stretch of it
+        cumulative = np.cumsum((closest * weights).ravel())
+        ends = cumulative[n - 1 :: n]
+        starts = np.concatenate([[0.0], ends[:-1]])
+        targets = starts[:, None] + random.uniform(size=(count, trials)) * (ends - starts)[:, None]
+        draws = np.searchsorted(cumulative, targets.ravel(), side="right").reshape(count, trials)
+        draws = np.clip(draws - n * seeds[:, None], 0, n - 1)
+        near = (candidates[draws.ravel()] @ rows).reshape(count, trials, n)
+        np.minimum(near, closest[:, None, :], out=near)
+        best = np.argmin(near @ weights32, axis=1)
+        chosen[:, c] = draws[seeds, best]
+        closest = np.maximum(near[seeds, best], 0.0)  # the product can round just below zero
+    return points[chosen[int(np.argmin(closest @ weights))]]
 
 
 def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> KMeans:
@@ -390,8 +464,9 @@ def _fast_start(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> n
         else:  # a few colors carry nearly all pixels: distinct colors, uniformly instead
             chosen = np.sort(random.choice(len(points), FAST_SAMPLE, replace=False))
             sample, sample_w = points[chosen], weights[chosen]
-    mini = MiniBatchKMeans(n_clusters=k, random_state=random, n_init=1, init_size=len(sample),
-                           batch_size=min(4096, len(sample)), max_iter=3,
+    mini = MiniBatchKMeans(n_clusters=k, init=best_seeding(sample, sample_w, k, random),
+                           random_state=random, n_init=1, batch_size=min(4096, len(sample)),
+                           max_iter=3,
                            reassignment_ratio=0.0).fit(sample, sample_weight=sample_w)
     return mini.cluster_centers_
 
@@ -477,7 +552,8 @@ class _Assignment:
         self.weights = weights
         self.weighted = weights[:, None] * self.points  # the means' sums, formed once
         self.labels: np.ndarray | None = None
-        self.compiled = _KERNEL is not None and bool(np.all(weights == np.rint(weights)))
+        self.compiled = (_KERNEL is not None and self.points.shape[1] == 3  # the kernel's RGB
+                         and bool(np.all(weights == np.rint(weights))))
         self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._grids: dict[int, np.ndarray] = {}
         self._sums: tuple[np.ndarray, np.ndarray] | None = None

@@ -23,24 +23,27 @@ def center_neighbors(quant, count):
     equals), their distances, and the distance from each center to the nearest center not
     among them (inf if none is left).
 
-    ``quant`` (k, C) float64 holds whole numbers, so the squared distances are exact.
+    ``quant`` (k, 3) float64 holds whole numbers, so the squared distances are exact.
     """
-    k, channels = quant.shape
+    k = quant.shape[0]
+    x, y, z = quant[:, 0].copy(), quant[:, 1].copy(), quant[:, 2].copy()
     count = min(count, k - 1)
     neighbors = np.empty((k, max(count, 1)), dtype=np.int64)
     gaps = np.empty((k, max(count, 1)))
     radius = np.full(k, np.inf)
     near = np.empty(count + 1)
     which = np.empty(count + 1, dtype=np.int64)
+    row = np.empty(k)
     for a in range(k):
+        xa, ya, za = x[a], y[a], z[a]
+        for j in range(k):  # three named channels: the compiler vectorizes this loop
+            dx, dy, dz = x[j] - xa, y[j] - ya, z[j] - za
+            row[j] = dx * dx + dy * dy + dz * dz
         filled = 0
         for j in range(k):
             if j == a:
                 continue
-            d = 0.0
-            for c in range(channels):
-                diff = quant[a, c] - quant[j, c]
-                d += diff * diff
+            d = row[j]
             if filled <= count:  # keep the count + 1 nearest, sorted ascending
                 pos = filled
                 filled += 1
@@ -67,7 +70,8 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     """Nearest center of every point, starting from its previous center; the weighted error
     and each center's sums for the means.
 
-    ``grid`` (m, C) and ``quant`` (k, C) are whole numbers in float64; ``labels`` (m,) holds
+    ``grid`` (m, 3) and ``quant`` (k, 3) are whole numbers in float64 (three channels, named
+    in the loops so that the compiler vectorizes them: the RGB fit's); ``labels`` (m,) holds
     each point's previous center and is overwritten with its nearest (ties to the lowest
     index); ``neighbors``, ``gaps`` and ``radius`` come from :func:`center_neighbors`.
 
@@ -85,13 +89,15 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
       >= d(a, j) - d(x, a) >= radius[a] - d(x, a) > d(x, best)``. Otherwise every center is
       compared. The bound of the point is then set again from what was compared.
 
-    ``weighted`` is ``weights[:, None] * grid`` (any coordinates of the points): the sums
+    ``weighted`` is ``weights[:, None] * grid`` ((m, 3), any coordinates of the points): the sums
     of each center's points are added in point order, as ``numpy.bincount`` adds them.
-    Returns (sum of weight * squared distance in point order, full searches, sums (k, C'),
+    Returns (sum of weight * squared distance in point order, full searches, sums (k, 3),
     total weight of each center (k,)).
     """
-    m, channels = grid.shape
+    m = grid.shape[0]
     k = quant.shape[0]
+    x, y, z = quant[:, 0].copy(), quant[:, 1].copy(), quant[:, 2].copy()
+    row = np.empty(k)
     count = neighbors.shape[1]
     top, runner, top_j = 0.0, 0.0, -1  # the largest move, and the largest of the others
     for j in range(k):
@@ -105,10 +111,8 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     full = 0
     for i in range(m):
         a = labels[i]
-        d_a = 0.0
-        for c in range(channels):
-            diff = grid[i, c] - quant[a, c]
-            d_a += diff * diff
+        gx, gy, gz = grid[i, 0], grid[i, 1], grid[i, 2]
+        d_a = (gx - x[a]) ** 2 + (gy - y[a]) ** 2 + (gz - z[a]) ** 2
         root_a = np.sqrt(d_a)
         bound = lower[i] - (runner if a == top_j else top) - MARGIN
         best, best_d = a, d_a
@@ -123,10 +127,7 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
                     beyond = gaps[a, t]
                     break
                 j = neighbors[a, t]
-                d = 0.0
-                for c in range(channels):
-                    diff = grid[i, c] - quant[j, c]
-                    d += diff * diff
+                d = (gx - x[j]) ** 2 + (gy - y[j]) ** 2 + (gz - z[j]) ** 2
                 if d < best_d or (d == best_d and j < best):
                     second = min(second, np.sqrt(best_d))
                     best, best_d = j, d
@@ -135,11 +136,10 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
             if np.sqrt(best_d) + root_a + MARGIN >= radius[a]:
                 full += 1
                 best, best_d, second_d = 0, np.inf, np.inf
+                for j in range(k):  # vectorized: the distances first, then the two least
+                    row[j] = (gx - x[j]) ** 2 + (gy - y[j]) ** 2 + (gz - z[j]) ** 2
                 for j in range(k):
-                    d = 0.0
-                    for c in range(channels):
-                        diff = grid[i, c] - quant[j, c]
-                        d += diff * diff
+                    d = row[j]
                     if d < best_d:
                         best, best_d, second_d = j, d, best_d
                     elif d < second_d:
@@ -150,8 +150,9 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
         labels[i] = best
         error += best_d * weights[i]
         totals[best] += weights[i]
-        for c in range(weighted.shape[1]):
-            sums[best, c] += weighted[i, c]
+        sums[best, 0] += weighted[i, 0]
+        sums[best, 1] += weighted[i, 1]
+        sums[best, 2] += weighted[i, 2]
     return error, full, sums, totals
 
 

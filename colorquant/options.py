@@ -1,4 +1,5 @@
-"""The options of one quantization run, as one frozen, validated value."""
+"""The options of one run, as frozen, validated values: what decides the quantized image
+(:class:`QuantizeOptions`) and how the output file is written (:class:`SaveOptions`)."""
 
 from __future__ import annotations
 
@@ -98,9 +99,24 @@ class FitMethod(enum.Enum):
     LLOYD = "lloyd"
 
 
+def _call_repr(value: object) -> str:
+    """A dataclass as the call that builds it, naming only the fields that differ from the
+    defaults (enums by their names, so the text evaluates back)."""
+    changed = []
+    for f in fields(value):  # type: ignore[arg-type]
+        field_value = getattr(value, f.name)
+        if field_value != f.default:
+            shown = (f"{type(field_value).__name__}.{field_value.name}"
+                     if isinstance(field_value, enum.Enum) else repr(field_value))
+            changed.append(f"{f.name}={shown}")
+    return f"{type(value).__name__}({', '.join(changed)})"
+
+
 @dataclass(frozen=True, repr=False)
 class QuantizeOptions:
-    """Everything that decides the output of a run; equal options give identical bytes.
+    """Everything that decides the quantized image (and how the input is read); how the output
+    file is written is :class:`SaveOptions`. Equal options, with equal save options, give
+    identical bytes.
 
     Parameters
     ----------
@@ -112,12 +128,6 @@ class QuantizeOptions:
         The k-means algorithm (mini-batch by default).
     space : ColorSpace
         Color space of the fit and of the nearest-color search.
-    compress_level : int or None
-        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 12 (slow, small);
-        None: chosen from the image's size and data (:func:`colorquant.encode.auto_level`).
-    optimize : int
-        Extra effort for smaller PNG files with the same pixels, 0 (none) to 2
-        (see :func:`colorquant.encode.optimized`).
     max_pixels : int
         Refuse inputs with more pixels than this (decompression bombs); for an animation,
         width × height × frames.
@@ -127,17 +137,12 @@ class QuantizeOptions:
         Quantize only this frame (0-based) of a multi-frame input; None for every frame.
     to_srgb : bool
         Convert pixels from an embedded ICC profile to sRGB before the fit.
-    strip : bool
-        Write no metadata (ICC profile, DPI) to the output.
     target_psnr : tuple of 2 float or None
         (MIN, MAX) in dB: use the fewest colors, up to ``colors``, whose output reaches MAX;
         when even ``colors`` colors miss MIN, nothing is written
         (:class:`~colorquant.errors.QualityTooLowError`).
     keep : tuple of RGB tuples
         Colors pinned in the palette exactly; the others are fitted around them.
-    skip_if_larger : bool
-        Write nothing (:class:`~colorquant.errors.NotSmallerError`) when the output file
-        would be larger than the input file.
     dither : Dither
         How pixels are mapped to the palette (the fit is the same for every method).
     dither_strength : float
@@ -148,29 +153,18 @@ class QuantizeOptions:
     seed: int = 0
     fit_method: FitMethod = FitMethod.MINIBATCH
     space: ColorSpace = ColorSpace.RGB
-    compress_level: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     transparent_color: tuple[int, int, int] = (0, 0, 0)
     frame: int | None = None
     to_srgb: bool = False
-    strip: bool = False
     target_psnr: tuple[float, float] | None = None
     keep: tuple[tuple[int, int, int], ...] = ()
-    skip_if_larger: bool = False
     dither: Dither = Dither.NONE
     dither_strength: float = 1.0
-    optimize: int = 0
 
     def __repr__(self) -> str:
         """The fields that differ from the defaults, as they would be written in a call."""
-        changed = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value != f.default:
-                shown = (f"{type(value).__name__}.{value.name}" if isinstance(value, enum.Enum)
-                         else repr(value))
-                changed.append(f"{f.name}={shown}")
-        return f"QuantizeOptions({', '.join(changed)})"
+        return _call_repr(self)
 
     def __post_init__(self) -> None:
         if isinstance(self.colors, bool) or not isinstance(self.colors, int):
@@ -186,15 +180,6 @@ class QuantizeOptions:
             raise ValueError(f"fit_method must be a FitMethod, got {self.fit_method!r}")
         if not isinstance(self.space, ColorSpace):
             raise ValueError(f"space must be a ColorSpace, got {self.space!r}")
-        if self.compress_level is not None and (
-                isinstance(self.compress_level, bool) or not isinstance(self.compress_level, int)
-                or not 0 <= self.compress_level <= 12):
-            raise ValueError(f"compress_level must be None or an integer from 0 to 12, got "
-                             f"{self.compress_level!r}")
-        if (isinstance(self.optimize, bool) or not isinstance(self.optimize, int)
-                or not 0 <= self.optimize <= MAX_OPTIMIZE):
-            raise ValueError(f"optimize must be an integer from 0 to {MAX_OPTIMIZE}, got "
-                             f"{self.optimize!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         rgb = self.transparent_color
@@ -224,3 +209,47 @@ class QuantizeOptions:
         if (isinstance(strength, bool) or not isinstance(strength, (int, float))
                 or not 0.0 <= strength <= 1.0):
             raise ValueError(f"dither_strength must be a number from 0 to 1, got {strength!r}")
+
+
+@dataclass(frozen=True, repr=False)
+class SaveOptions:
+    """How the output file is written: settings of the file layer (:mod:`colorquant.files`,
+    :mod:`colorquant.encode`) that the in-memory quantization never reads.
+
+    Parameters
+    ----------
+    compress_level : int or None
+        Deflate (libdeflate) level for PNG output, 0 (fast, large) to 12 (slow, small);
+        None: chosen from the image's size and data (:func:`colorquant.encode.auto_level`).
+    optimize : int
+        Extra effort for smaller PNG files with the same pixels, 0 (none) to 2
+        (see :func:`colorquant.encode.optimized`).
+    strip : bool
+        Write no metadata (ICC profile, DPI) to the output.
+    skip_if_larger : bool
+        Write nothing (:class:`~colorquant.errors.NotSmallerError`) when the output file
+        would be larger than the input file.
+    """
+
+    compress_level: int | None = None
+    optimize: int = 0
+    strip: bool = False
+    skip_if_larger: bool = False
+
+    def __repr__(self) -> str:
+        """The fields that differ from the defaults, as they would be written in a call."""
+        return _call_repr(self)
+
+    def __post_init__(self) -> None:
+        level = self.compress_level
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                  or not 0 <= level <= 12):
+            raise ValueError(f"compress_level must be None or an integer from 0 to 12, got "
+                             f"{level!r}")
+        if (isinstance(self.optimize, bool) or not isinstance(self.optimize, int)
+                or not 0 <= self.optimize <= MAX_OPTIMIZE):
+            raise ValueError(f"optimize must be an integer from 0 to {MAX_OPTIMIZE}, got "
+                             f"{self.optimize!r}")
+        for name in ("strip", "skip_if_larger"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

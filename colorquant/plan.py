@@ -245,7 +245,9 @@ class Plan:
     #: Fit one palette over every input before mapping any (asked for, or to save the palette
     #: of a lone input file before its image is written).
     shared_palette: bool = False
-    #: Write the palette every image was mapped to into this file.
+    #: Write the palette every image was mapped to into this file: the given or shared one,
+    #: before any image is written; a lone standard input's own, after its image (see
+    #: :func:`prepare`).
     save_palette: str | None = None
 
 
@@ -256,7 +258,8 @@ def prepare(jobs: list[Job], *, plot: str | None = None, compare: str | None = N
     """The batch of ``jobs`` (from :func:`plan`) with its side outputs: ``plot`` and
     ``compare`` go to the one input, ``delta_e`` asks each job for the mean ΔE2000, and a
     palette saved from a lone input file is fitted first (the same palette), so a palette
-    file that cannot be written fails before the image is written.
+    file that cannot be written fails before the image is written. Standard input can be
+    read only once: a lone one is fitted on its own, and its palette saved after its image.
 
     Raises
     ------

@@ -1,6 +1,7 @@
 """Batch mode end to end: the installed command on real files, serial and in parallel."""
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -352,6 +353,46 @@ def test_save_palette_that_cannot_be_written_leaves_no_image(tmp_path, flower):
     assert run(src, "-k", "6", "-o", out, "--save-palette", tmp_path / "p.json").returncode == 0
     assert run(src, "-k", "6", "-o", tmp_path / "plain.png").returncode == 0
     assert out.read_bytes() == (tmp_path / "plain.png").read_bytes()
+
+
+def test_save_palette_of_standard_input_is_its_own_saved_after_its_image(tmp_path, flower):
+    """Standard input is read once, so it is fitted with its image, and its palette saved
+    after the image: the palette of the written file, with its pixel counts; a palette file
+    that cannot be written is reported after the image and its record are out."""
+    out = tmp_path / "o.png"
+    pal = tmp_path / "p.json"
+    proc = run("-", "-k", "5", "-o", out, "--save-palette", pal, "--json",
+               stdin=flower.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    record = json_lines(proc)[0]
+    saved = read_palette(pal)
+    assert saved.hex() == [p["color"] for p in record["palette"]]
+    assert saved.counts.tolist() == [p["count"] for p in record["palette"]]
+    assert png_palette(out)[:5] == [tuple(c) for c in saved.colors.tolist()]
+    rgba = np.asarray(Image.open(flower).convert("RGBA")).copy()
+    rgba[:40, :40, 3] = 0  # an RGBA palette cannot go to .gpl
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, "PNG")
+    out = tmp_path / "alpha.png"
+    proc = run("-", "-k", "6", "-o", out, "--save-palette", tmp_path / "p.gpl", "--json",
+               stdin=buffer.getvalue())
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith(f"Error: {tmp_path / 'p.gpl'}: ")
+    assert out.exists() and not (tmp_path / "p.gpl").exists()
+    assert json_lines(proc)[0]["status"] == "ok"
+
+
+def test_a_library_batch_refuses_to_save_one_palette_of_many(tmp_path):
+    from colorquant import QuantizeOptions, executors, plan
+    from colorquant.batch import BatchRun
+
+    srcs = make_set(tmp_path / "src")
+    jobs = plan.plan([str(s) for s in srcs], k=8, out_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="save_palette with several inputs"):
+        BatchRun(jobs, QuantizeOptions(colors=8), executor=executors.InProcess(),
+                 save_palette=str(tmp_path / "p.json"))
+    BatchRun(jobs, QuantizeOptions(colors=8), executor=executors.InProcess(),
+             shared_palette=True, save_palette=str(tmp_path / "p.json"))
 
 
 def test_shared_histograms_merge_in_bounded_batches(monkeypatch):

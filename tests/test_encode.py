@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorquant import QuantizeOptions, core, encode, frames
+from colorquant import QuantizeOptions, SaveOptions, core, encode, frames
 from colorquant.palette import Palette
 from tests.conftest import random_image, run
 
@@ -277,9 +277,63 @@ def test_any_palette_order_gives_the_same_pixels_in_every_format(fmt, alpha, flo
         buffer = io.BytesIO()
         encode.write(buffer, [shuffled], fmt, frames.Frames([image]),
                      transparent_index=int(clear[0]) if len(clear) else None,
-                     compress_level=8, strip=True, n_colors=n)
+                     save=SaveOptions(compress_level=8, strip=True), n_colors=n)
         outputs.append(_decoded(buffer.getvalue()))
     assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
+
+
+# --- SaveOptions: the file layer's settings -----------------------------------------------
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """The chunk types of a PNG, in order."""
+    found, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        found.append(kind)
+        at += 12 + length
+    return found
+
+
+def test_save_options_reach_the_file_in_process_and_through_a_pool(tmp_path, corpus):
+    """``quantize_file`` and a batch on a pool of processes (each task gets the settings
+    pickled) write the same bytes for the same :class:`SaveOptions`, and each setting
+    changes the file as it says."""
+    from colorquant import executors, files, plan
+    from colorquant.batch import BatchRun
+    from colorquant.errors import NotSmallerError
+
+    sources = [corpus / "tricky" / "pillow-hopper.iccprofile.tif", _graphic(corpus)]
+    options = QuantizeOptions(colors=16)
+    written: dict[SaveOptions, list[bytes]] = {}
+    for save in (SaveOptions(), SaveOptions(compress_level=0), SaveOptions(strip=True)):
+        alone = []
+        for n, src in enumerate(sources):
+            dst = tmp_path / f"{n}-{save!r}.png"
+            files.quantize_file(src, dst, options=options, save=save)
+            alone.append(dst.read_bytes())
+        folder = tmp_path / f"pool-{save!r}"
+        jobs = plan.plan([str(s) for s in sources], k=16, out_dir=str(folder))
+        folder.mkdir()
+        with executors.ProcessPool(2) as pool:
+            results = list(BatchRun(jobs, options, executor=pool, save=save))
+        assert [r.status for r in results] == ["ok", "ok"], results
+        assert [Path(job.dst).read_bytes() for job in jobs] == alone
+        written[save] = alone
+    default, level0, stripped = written.values()
+    for n in range(2):  # the same pixels every time
+        assert np.array_equal(_decoded(default[n]), _decoded(level0[n]))
+        assert np.array_equal(_decoded(default[n]), _decoded(stripped[n]))
+        assert len(level0[n]) > len(default[n])
+    assert b"iCCP" in _chunks(default[0]) and b"pHYs" in _chunks(default[0])
+    assert b"iCCP" not in _chunks(stripped[0]) and b"pHYs" not in _chunks(stripped[0])
+    # the TIFF source is uncompressed, the PNG source is not: only the latter is refused
+    files.quantize_file(sources[0], tmp_path / "smaller.png", options=options,
+                        save=SaveOptions(skip_if_larger=True))
+    with pytest.raises(NotSmallerError):
+        files.quantize_file(sources[1], tmp_path / "larger.png", options=options,
+                            save=SaveOptions(skip_if_larger=True, compress_level=0))
+    assert not (tmp_path / "larger.png").exists()
 
 
 # --- --optimize -------------------------------------------------------------------------
@@ -310,9 +364,9 @@ def test_optimize_levels_give_the_same_pixels_and_the_same_bytes_twice(tmp_path,
 def test_oxipng_gives_the_same_bytes_with_one_thread_or_many(tmp_path, corpus):
     """oxipng searches in parallel (rayon); its choice must not depend on the threads."""
     src = _graphic(corpus)
-    script = ("import sys; from colorquant import files, QuantizeOptions; "
+    script = ("import sys; from colorquant import files, QuantizeOptions, SaveOptions; "
               "files.quantize_file(sys.argv[1], sys.argv[2], "
-              "options=QuantizeOptions(colors=64, optimize=2))")
+              "options=QuantizeOptions(colors=64), save=SaveOptions(optimize=2))")
     found = []
     for threads in ("1", "2", "4"):
         dst = tmp_path / f"t{threads}.png"

@@ -30,6 +30,63 @@ def test_same_seed_same_centers():
     assert np.array_equal(a, b)
 
 
+def _plain_seeding(points, weights, k, random, count):
+    """Weighted greedy k-means++ in plain loops, ``count`` seedings drawing from ``random`` in
+    the order best_seeding documents (the first centers of all, then one row of draws per
+    seeding and center); the centers of the one with the least weighted error."""
+    n, trials = len(points), 2 + int(np.log(k))
+
+    def dist(i, j):
+        return sum((points[i][c] - points[j][c]) ** 2 for c in range(points.shape[1]))
+
+    def draw(closest, u):
+        total = sum(w * d for w, d in zip(weights, closest, strict=True))
+        running = 0.0
+        for i in range(n):
+            running += weights[i] * closest[i]
+            if running > u * total:
+                return i
+        return n - 1
+
+    firsts = random.uniform(size=count)
+    seeds = []
+    for s in range(count):
+        running, first = 0.0, n - 1
+        for i in range(n):
+            running += weights[i]
+            if running > firsts[s] * sum(weights):
+                first = i
+                break
+        seeds.append(([first], [dist(first, i) for i in range(n)]))
+    for _ in range(1, k):
+        draws = random.uniform(size=(count, trials))
+        for s, (chosen, closest) in enumerate(seeds):
+            best = None
+            for u in draws[s]:
+                j = draw(closest, u)
+                near = [min(c, dist(j, i)) for i, c in enumerate(closest)]
+                error = sum(w * d for w, d in zip(weights, near, strict=True))
+                if best is None or error < best[0]:
+                    best = (error, j, near)
+            chosen.append(best[1])
+            seeds[s] = (chosen, best[2])
+    errors = [sum(w * d for w, d in zip(weights, closest, strict=True)) for _, closest in seeds]
+    return points[seeds[int(np.argmin(errors))][0]]
+
+
+@pytest.mark.parametrize(("k", "count"), [(1, 1), (6, 1), (6, 3), (20, 3)])
+def test_seeding_is_weighted_greedy_kmeans_plus_plus(k, count):
+    # Whole coordinates below 16 and small whole weights: every distance and error is exact
+    # in the seeding's float32 products, so it must pick the plain loops' very points.
+    rng = np.random.default_rng(11)
+    points = np.unique(rng.integers(0, 16, (400, 3)), axis=0).astype(np.float64)
+    weights = rng.integers(1, 6, len(points)).astype(np.float64)
+    got = fit.best_seeding(points, weights, k, np.random.RandomState(2), count)
+    want = _plain_seeding(points, weights, k, np.random.RandomState(2), count)
+    assert np.array_equal(got, want)
+    assert len(np.unique(got, axis=0)) == k  # a chosen point is never drawn again
+
+
 def test_reduce_points_keeps_weight_and_mean():
     rng = np.random.default_rng(5)
     colors = rng.integers(0, 256, (20000, 3), dtype=np.uint8)

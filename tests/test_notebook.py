@@ -21,6 +21,7 @@ from colorquant import (
     Palette,
     QuantizeOptions,
     QuantizeResult,
+    SaveOptions,
     quantize_image,
 )
 from colorquant import palette as palette_module
@@ -72,6 +73,13 @@ def test_options_repr_names_what_differs_and_evaluates_back():
     names = {"QuantizeOptions": QuantizeOptions, "ColorSpace": ColorSpace, "Dither": Dither,
              "FitMethod": FitMethod}
     assert eval(text, names) == options
+
+
+def test_save_options_repr_names_what_differs_and_evaluates_back():
+    assert repr(SaveOptions()) == "SaveOptions()"
+    save = SaveOptions(compress_level=3, optimize=1, strip=True)
+    assert repr(save) == "SaveOptions(compress_level=3, optimize=1, strip=True)"
+    assert eval(repr(save), {"SaveOptions": SaveOptions}) == save
 
 
 def test_result_repr_is_short_and_does_not_measure_delta_e(result):
@@ -166,7 +174,7 @@ def test_public_functions_are_typed_and_numpydoc(name):
         assert re.search(r"^Returns\n-{7}$", doc, re.M), doc
 
 
-@pytest.mark.parametrize("name", ["Palette", "QuantizeOptions", "QuantizeResult"])
+@pytest.mark.parametrize("name", ["Palette", "QuantizeOptions", "QuantizeResult", "SaveOptions"])
 def test_public_classes_document_their_fields(name):
     cls = getattr(colorquant, name)
     doc = inspect.getdoc(cls) or ""

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import pytest
 from PIL import Image
 
 import colorquant
-from colorquant import QuantizeOptions, quantize_image
+from colorquant import QuantizeOptions, SaveOptions, quantize_image
 from tests.conftest import palette_image, random_image
 
 
@@ -92,7 +93,7 @@ def test_mse_matches_a_direct_computation():
 
 
 @pytest.mark.parametrize("bad", [
-    {"k": 1}, {"k": 257}, {"k": 2.5}, {"seed": -1}, {"seed": 2**32}, {"compress_level": 13},
+    {"k": 1}, {"k": 257}, {"k": 2.5}, {"seed": -1}, {"seed": 2**32},
 ])
 def test_bad_arguments_raise_value_error(bad):
     k = bad.pop("k", 16)
@@ -109,6 +110,33 @@ def test_bad_arrays_raise_value_error(shape):
 def test_float_arrays_are_refused():
     with pytest.raises(ValueError):
         quantize_image(np.zeros((4, 4, 3), dtype=np.float64), 4)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"compress_level": 13}, "compress_level must be None or an integer from 0 to 12, got 13"),
+    ({"compress_level": -1}, "compress_level must be None or an integer from 0 to 12, got -1"),
+    ({"compress_level": True},
+     "compress_level must be None or an integer from 0 to 12, got True"),
+    ({"compress_level": 9.0},
+     "compress_level must be None or an integer from 0 to 12, got 9.0"),
+    ({"optimize": 3}, "optimize must be an integer from 0 to 2, got 3"),
+    ({"optimize": 1.0}, "optimize must be an integer from 0 to 2, got 1.0"),
+    ({"strip": 1}, "strip must be True or False, got 1"),
+    ({"skip_if_larger": "yes"}, "skip_if_larger must be True or False, got 'yes'"),
+])
+def test_bad_save_options_raise_value_error_naming_the_value(bad, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        SaveOptions(**bad)
+
+
+def test_file_settings_are_not_quantization_options():
+    """The deflate level, ``optimize``, ``strip`` and ``skip_if_larger`` decide only how the
+    file is written: they are :class:`SaveOptions`, and the in-memory core never sees them."""
+    for name in ("compress_level", "optimize", "strip", "skip_if_larger"):
+        assert name in SaveOptions.__dataclass_fields__
+        assert name not in QuantizeOptions.__dataclass_fields__
+        with pytest.raises(TypeError):
+            QuantizeOptions(**{name: SaveOptions.__dataclass_fields__[name].default})
 
 
 def test_options_are_frozen():
