@@ -279,9 +279,9 @@ def cold_start(work: Path, photos: list[Path], base: dict[str, str], k: int,
     times: list[list[float]] = [[], [], []]
     how: list[list[str]] = [[], [], []]
     for r in range(rounds):
-        runtime = work / f"cold{r}"
+        runtime = work / f"cold{k}-{r}"
         runtime.mkdir(mode=0o700)
-        trace = work / f"cold{r}.trace"
+        trace = work / f"cold{k}-{r}.trace"
         env = {**base, "XDG_RUNTIME_DIR": str(runtime), "COLORQUANT_WORKER_TRACE": str(trace)}
         for i, photo in enumerate([photos[0]] * 3):
             times[i].append(timed([str(COMMAND), str(photo), "-k", str(k), "-o",
