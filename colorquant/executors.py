@@ -564,9 +564,13 @@ def dask_setup(worker: Any) -> None:
 def quiet_logs() -> None:
     """Keep Dask's logs off the command's stderr, so its messages are the local run's: none
     from the client (Dask logs a harmless error from its event loop when Ctrl-C interrupts
-    a call) and none from the workers of a local cluster."""
+    a call) and none from the workers of a local cluster. Run after importing
+    ``distributed``: its import gives ``tornado.application`` and others levels and
+    handlers of their own, which a parent logger's level does not override."""
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
-    for name in ("distributed", "tornado"):
+    names = [name for name in list(logging.root.manager.loggerDict)
+             if name.split(".")[0] in ("distributed", "tornado", "bokeh")]
+    for name in {"distributed", "tornado", *names}:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -584,13 +588,13 @@ def connect(address: str, *, workers: int | None = None, timeout: float = CONNEC
         The scheduler did not answer within ``timeout`` seconds, has no worker within
         :data:`WORKERS_TIMEOUT`, or a worker runs another colorquant version.
     """
-    if quiet:
-        quiet_logs()
     try:
         from distributed import Client, LocalCluster
     except ImportError:
         raise ClusterError("--dask needs the distributed package: "
                            "pip install 'colorquant[dask]'") from None
+    if quiet:
+        quiet_logs()
     cluster = None
     try:
         if address == "local":

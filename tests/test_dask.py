@@ -220,6 +220,23 @@ def wait_for_tasks(client, finished: int = 2) -> None:
         time.sleep(0.05)
 
 
+def test_connecting_keeps_dask_logs_off_stderr(client):
+    """Dask's own loggers (``tornado.application`` logs an error from its event loop when
+    Ctrl-C interrupts a call) print nothing while a process is connected: the command's
+    stderr carries its own messages only. A fresh process, as the command's."""
+    code = (
+        "import logging, sys\n"
+        "from colorquant import executors\n"
+        "with executors.connect(sys.argv[1]):\n"
+        "    logging.getLogger('tornado.application').error('Exception in callback')\n"
+        "    logging.getLogger('distributed.client').warning('a client warning')\n"
+        "    logging.getLogger('distributed').error('a distributed error')\n"
+        "print('connected')\n")
+    proc = subprocess.run([sys.executable, "-c", code, client.scheduler.address],
+                          capture_output=True, timeout=120, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"connected\n", b"")
+
+
 def test_ctrl_c_cancels_the_outstanding_tasks(tmp_path, client, china):
     files = 12
     copies(tmp_path / "src", china, files)
