@@ -594,10 +594,11 @@ def test_a_child_killed_by_a_signal_ends_the_client_by_it(warm, tmp_path, slow_i
 # --- 5. a worker out of descriptors keeps serving -----------------------------------------
 
 
-def test_a_worker_out_of_descriptors_survives(rt, tmp_path):
+def test_a_worker_out_of_descriptors_survives(rt, tmp_path, slow_image):
     """Concurrent calls under ``ulimit -n 16`` (the worker can take one call at a time):
     calls it cannot accept or take the descriptors of run in-process, all give the same
-    output, and the same worker serves the next call."""
+    output, and the same worker serves the next call. One call is held stopped in its
+    child while the others arrive, so the limit is reached however busy the machine is."""
     limit = _limited(RLIMIT_NOFILE=16)
     srcs = images(tmp_path / "src", 6)
     start = subprocess.run([str(COMMAND), "--worker-start"], env=rt.env, capture_output=True,
@@ -607,12 +608,21 @@ def test_a_worker_out_of_descriptors_survives(rt, tmp_path):
     expected = [rt.run(s, "-k", "8", "-o", "-", env=off(rt), preexec_fn=limit).stdout
                 for s in srcs]
     rt.calls()
-    procs = [subprocess.Popen([str(COMMAND), str(s), "-k", "8", "-o", "-"], env=rt.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              preexec_fn=limit) for s in srcs]
-    results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
+    held = rt.popen(*slow_args(slow_image, tmp_path / "held.png"), preexec_fn=limit)
+    wait_for(lambda: children(pid), "the held call's child")
+    (child,) = children(pid)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        procs = [subprocess.Popen([str(COMMAND), str(s), "-k", "8", "-o", "-"], env=rt.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=limit) for s in srcs]
+        results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
+    finally:
+        os.kill(child, signal.SIGCONT)
     assert results == [(e, b"", 0) for e in expected]
+    assert held.communicate(timeout=TIMEOUT) == (b"", b"") and held.returncode == 0
     calls = rt.calls()
+    assert len(calls) == 7 and "worker" in calls, calls  # the held call among them
     assert any(c.startswith("local ") for c in calls), calls  # the limit was reached
     assert worker_pids(rt.root) == [pid]
     proc = rt.run(srcs[0], "-k", "8", "-o", "-", preexec_fn=limit)
