@@ -192,6 +192,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cli_mode", ["off", "worker"], indirect=True)
 
 
+#: Tests that take minutes, run first: with the suite spread over processes (pytest-xdist),
+#: one started last would keep its process busy after the others have finished.
+LONG_TESTS = ("tests/test_hashmatrix.py::test_the_matrix_is_unchanged",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid not in LONG_TESTS)  # stable: the rest in order
+
+
 _warm: set[frozenset[tuple[str, str]]] = set()
 
 
