@@ -2,9 +2,10 @@
 
 Every test that runs the command (``run`` or ``COMMAND``) runs twice: with the warm worker off
 (``COLORQUANT_WORKER=0``, in-process) and through a warm worker (every call must be served by
-it), so outputs, stdout, stderr and exit codes are proven the same in both modes. The whole
-session uses a private ``XDG_RUNTIME_DIR``: no test touches the user's worker, and every
-worker started by any test is stopped when the session ends.
+it), so outputs, stdout, stderr and exit codes are proven the same in both modes. Each test
+process (pytest-xdist runs one per core) uses a private ``XDG_RUNTIME_DIR``: no test touches
+the user's worker or another process's, and every worker started by any test is stopped when
+its process's session ends.
 """
 
 from __future__ import annotations
