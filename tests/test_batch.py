@@ -492,18 +492,23 @@ def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how, cli_mod
 
 
 def pool_processes(pid: int) -> list[int]:
-    """The batch's worker processes: children of the command run in-process, or of the warm
-    worker's child that serves the call (grandchildren of the warm worker)."""
+    """The batch's worker processes: Python children of the command run in-process, or of
+    the warm worker's child that serves the call (grandchildren of the warm worker); not the
+    short-lived tools the command may run (``lscpu``, for the core count)."""
     import psutil
 
     found = []
     with contextlib.suppress(psutil.Error):
-        found += [p.pid for p in psutil.Process(pid).children()]
+        found += psutil.Process(pid).children()
     for worker in worker_pids(RUNTIME):
         with contextlib.suppress(psutil.Error):
-            found += [p.pid for child in psutil.Process(worker).children()
-                      for p in child.children()]
-    return found
+            found += [p for child in psutil.Process(worker).children() for p in child.children()]
+    pids = []
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            if "python" in os.path.basename(process.exe()):
+                pids.append(process.pid)
+    return pids
 
 
 def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
@@ -515,13 +520,16 @@ def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
     proc = subprocess.Popen([str(COMMAND), "-r", str(src), "-k", "64", "-j", "2",
                              "--out-dir", str(out)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    workers: list[int] = []
-    while time.monotonic() < deadline and not workers and proc.poll() is None:
-        workers = pool_processes(proc.pid)
+    killed = False
+    while time.monotonic() < deadline and not killed and proc.poll() is None:
+        for pid in pool_processes(proc.pid):
+            with contextlib.suppress(ProcessLookupError):  # it ended since it was seen
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
         time.sleep(0.05)
-    if not workers:
+    if not killed:
         pytest.skip("no worker process seen")
-    os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the batch finished before the kill")

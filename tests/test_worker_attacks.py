@@ -52,7 +52,11 @@ def slow_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _have(*command: str) -> bool:
-    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+    """Whether the command runs here (not on the PATH: no; ``capsh`` is often in /sbin)."""
+    try:
+        return subprocess.run(command, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def identity_name(env: dict[str, str]) -> str:
