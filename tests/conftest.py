@@ -193,17 +193,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cli_mode", ["off", "worker"], indirect=True)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Compile the numba loops into the environment's cache once, before the test processes
-    start (pytest-xdist's workers are started after this): on a fresh install, every warm
-    worker and batch that the processes start at the same time would compile them again."""
-    several = (config.getoption("numprocesses", None) or 0) > 0
-    if several and not hasattr(config, "workerinput") and COMMAND.exists():  # the controller
-        subprocess.run([sys.executable, "-c", "from colorquant import ditherkernel, fit; "
-                        "fit.load_kernel(); ditherkernel.warm()"],
-                       capture_output=True, timeout=600, check=False)
-
-
 #: Tests that take minutes, run first: with the suite spread over processes (pytest-xdist),
 #: one started last would keep its process busy after the others have finished.
 LONG_TESTS = ("tests/test_hashmatrix.py::test_the_matrix_is_unchanged",)
