@@ -166,6 +166,30 @@ finally:
     assert (tmp_path / "o.png").exists()
 
 
+def test_the_preload_does_once_what_a_first_call_would(tmp_path, china):
+    """After the worker's preload, a call of either fit route (k <= 64, k > 64) imports no
+    module and reads no package metadata: nothing a child would redo on every call."""
+    out = tmp_path / "o.png"
+    code = f"""
+import importlib.metadata, sys
+from colorquant import worker
+assert worker._preload() is None
+before = set(sys.modules)
+scans = []
+real = importlib.metadata.entry_points
+importlib.metadata.entry_points = lambda *a, **k: scans.append(a) or real(*a, **k)
+from colorquant import cli
+for k in ("16", "256"):
+    assert cli.run([{str(china)!r}, "-k", k, "-o", {str(out)!r}]) == 0
+print(sorted(set(sys.modules) - before), len(scans))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False, env={**os.environ, "PYTHONWARNINGS": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "[] 0"
+    assert out.exists()
+
+
 def test_switch_off_starts_no_worker(rt, tmp_path):
     (src,) = images(tmp_path / "src", 1)
     proc = rt.run(src, "-k", "8", "-o", tmp_path / "o.png", env=off(rt))
