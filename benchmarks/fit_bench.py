@@ -2,6 +2,7 @@
 this install against another one side by side.
 
     python benchmarks/fit_bench.py --against /tmp/venv-main/bin/python [--rounds 3]
+    python benchmarks/fit_bench.py --against /path/to/another/checkout [--rounds 3]
 
 Runs on the four Kodak photos of the shared corpus (768x512, ``$COLORQUANT_CORPUS``) at
 k = 16, 64 and 256:
@@ -16,8 +17,12 @@ k = 16, 64 and 256:
   worker (each in its own ``XDG_RUNTIME_DIR``), and ``pngquant --nofs`` on the same photo,
   the tools alternating call by call; medians.
 
-Both by default. On a shared machine only CPU times and ratios measured side by side mean
-much; the load average is printed with each table.
+Both by default. ``--against`` takes another install's interpreter, or a checkout (a folder
+with ``colorquant/`` in it): then both this checkout and that one run with this interpreter,
+each first on ``PYTHONPATH``, so that only the code differs (two installs also differ in how
+long their command takes to start: an editable install's import hook, for one). On a shared
+machine only CPU times and ratios measured side by side mean much; the load average is
+printed with each table.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("COLORQUANT_CORPUS", ROOT.parent / "shared" / "corpus"))
 COLORS = (16, 64, 256)
+#: How a checkout's command is started: a launcher in a folder of its own (``python -c``
+#: would put the working folder on ``sys.path``, whose time is part of a worker's identity).
+LAUNCHER = "from colorquant.launch import main\nmain()\n"
 
 #: Run by each install's interpreter: prints {k: {part: [[cpu, wall], ...]}} as JSON.
 PARTS = r"""
@@ -103,14 +111,19 @@ def photos() -> list[Path]:
     return sorted((CORPUS / "photos").glob("*.png"))
 
 
-def parts(installs: dict[str, str], rounds: int) -> None:
+def environ(checkout: Path | None) -> dict[str, str]:
+    """This environment, with ``checkout`` first on ``PYTHONPATH`` when given."""
+    return {**os.environ, "PYTHONPATH": str(checkout)} if checkout else dict(os.environ)
+
+
+def parts(installs: dict[str, tuple[str, Path | None]], rounds: int) -> None:
     """The parts table, one column pair (CPU, wall ms) per install."""
     got = {}
-    for name, python in installs.items():
+    for name, (python, checkout) in installs.items():
         # (from the root folder: a checkout in the current folder would shadow the install)
         proc = subprocess.run([python, "-c", PARTS, str(rounds), *map(str, photos())],
                               capture_output=True, text=True, check=True, cwd="/",
-                              env={**os.environ, "COLORQUANT_WORKER": "0"})
+                              env={**environ(checkout), "COLORQUANT_WORKER": "0"})
         result = json.loads(proc.stdout)
         got[name] = result["out"]
         print(f"{name}: {result['package']}")
@@ -136,19 +149,24 @@ def parts(installs: dict[str, str], rounds: int) -> None:
             print(f"| {k} | {label} | " + " | ".join(cells) + " |")
 
 
-def warm(installs: dict[str, str], rounds: int) -> None:
+def warm(installs: dict[str, tuple[str, Path | None]], rounds: int) -> None:
     """The -v fit stage through each install's warm worker, and pngquant's whole call."""
     work = Path(tempfile.mkdtemp(prefix="cqfit", dir="/tmp"))
-    commands = {name: str(Path(python).parent / "colorquant") for name, python in installs.items()}
+    (work / "bin").mkdir()
+    launcher = work / "bin" / "cq.py"
+    launcher.write_text(LAUNCHER)
+    commands = {name: [python, str(launcher)] if checkout else
+                [str(Path(python).parent / "colorquant")]
+                for name, (python, checkout) in installs.items()}
     envs = {}
     try:
         for name, command in commands.items():
             runtime = work / f"rt-{len(envs)}"
             runtime.mkdir(mode=0o700)
-            envs[name] = {**{k: v for k, v in os.environ.items()
+            envs[name] = {**{k: v for k, v in environ(installs[name][1]).items()
                              if not k.startswith("COLORQUANT_WORKER")},
                           "XDG_RUNTIME_DIR": str(runtime)}
-            subprocess.run([command, "--worker-start"], env=envs[name], check=True)
+            subprocess.run([*command, "--worker-start"], env=envs[name], check=True)
         fits: dict[tuple[str, int], list[float]] = {}
         calls: dict[tuple[str, int], list[float]] = {}
         for r in range(rounds):
@@ -163,7 +181,7 @@ def warm(installs: dict[str, str], rounds: int) -> None:
                                             str(work / "pq.png"), str(k), str(photo)],
                                            check=True)
                         else:
-                            proc = subprocess.run([commands[name], str(photo), "-k", str(k),
+                            proc = subprocess.run([*commands[name], str(photo), "-k", str(k),
                                                    "-v", "-o", str(work / "cq.png")],
                                                   env=envs[name], capture_output=True,
                                                   text=True, check=True)
@@ -191,22 +209,26 @@ def warm(installs: dict[str, str], rounds: int) -> None:
     finally:
         for name, command in commands.items():
             if name in envs:
-                subprocess.run([command, "--worker-stop"], env=envs[name],
+                subprocess.run([*command, "--worker-stop"], env=envs[name],
                                capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", metavar="PYTHON",
-                        help="another install's interpreter, measured side by side")
+    parser.add_argument("--against", metavar="PYTHON_OR_CHECKOUT",
+                        help="another install's interpreter, or another checkout, measured "
+                             "side by side")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", action="store_true", help="only the in-process parts")
     parser.add_argument("--warm", action="store_true", help="only the warm-worker stage")
     args = parser.parse_args()
-    installs = {"this": sys.executable}
-    if args.against:
-        installs["other"] = args.against
+    other = Path(args.against) if args.against else None  # (a venv's python: not resolved)
+    checkout = other is not None and (other / "colorquant").is_dir()
+    installs: dict[str, tuple[str, Path | None]] = {
+        "this": (sys.executable, ROOT if checkout else None)}
+    if other is not None:
+        installs["other"] = (sys.executable, other.resolve()) if checkout else (str(other), None)
     if not args.warm:
         parts(installs, args.rounds)
     if not args.parts:
