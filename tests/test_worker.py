@@ -186,7 +186,7 @@ print(sorted(set(sys.modules) - before), len(scans))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=TIMEOUT, check=False, env={**os.environ, "PYTHONWARNINGS": ""})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[-2] == "[] 0"
+    assert proc.stdout.splitlines()[-1] == "[] 0"
     assert out.exists()
 
 
