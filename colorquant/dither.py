@@ -231,14 +231,16 @@ def fs_box(space: ColorSpace, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def limit_threads(count: int | None) -> None:
-    """Cap the mapping threads of this process (``None``: the CPUs it may use, up to
-    :data:`MAX_THREADS`). The batch and Dask workers set 1: they run files side by side."""
+    """Cap the mapping threads of this process, which the fit's compiled passes also use
+    (``None``: the CPUs it may use, up to :data:`MAX_THREADS`). The batch and Dask workers set
+    1: they run files side by side."""
     global _thread_limit
     _thread_limit = count
 
 
 def map_threads() -> int:
-    """The threads a threshold mapping may use in this process."""
+    """The threads a threshold mapping (or the fit's compiled passes) may use in this
+    process."""
     if _thread_limit is not None:
         return max(1, _thread_limit)
     from .memory import available_cpus

@@ -65,10 +65,11 @@ def center_neighbors(quant, count):
     return neighbors[:, :count], gaps[:, :count], radius
 
 
-@cached
-def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lower, shift):
-    """Nearest center of every point, starting from its previous center; the weighted error
-    and each center's sums for the means.
+@cached(nogil=True)
+def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lower, shift,
+           start, stop):
+    """Nearest center of the points ``start`` to ``stop`` (exclusive), starting from each
+    one's previous center; their weighted error and each center's sums for the means.
 
     ``grid`` (m, 3) and ``quant`` (k, 3) are whole numbers in float64 (three channels, named
     in the loops so that the compiler vectorizes them: the RGB fit's); ``labels`` (m,) holds
@@ -92,9 +93,13 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     ``weighted`` is ``weights[:, None] * grid`` ((m, 3), any coordinates of the points): the sums
     of each center's points are added in point order, as ``numpy.bincount`` adds them.
     Returns (sum of weight * squared distance in point order, full searches, sums (k, 3),
-    total weight of each center (k,)).
+    total weight of each center (k,)), all of the range's points.
+
+    A point's answer and bound depend on nothing but the point, so ranges can run side by side
+    (the loop releases the GIL); with whole-number weights and coordinates every sum is a
+    whole number below 2**53, exact in float64 in any order, so the ranges' results add up to
+    the whole's bit for bit.
     """
-    m = grid.shape[0]
     k = quant.shape[0]
     x, y, z = quant[:, 0].copy(), quant[:, 1].copy(), quant[:, 2].copy()
     row = np.empty(k)
@@ -109,7 +114,7 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     totals = np.zeros(k)
     error = 0.0
     full = 0
-    for i in range(m):
+    for i in range(start, stop):
         a = labels[i]
         gx, gy, gz = grid[i, 0], grid[i, 1], grid[i, 2]
         d_a = (gx - x[a]) ** 2 + (gy - y[a]) ** 2 + (gz - z[a]) ** 2
@@ -161,4 +166,4 @@ def warm() -> None:
     quant = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
     neighbors, gaps, radius = center_neighbors(quant, 1)
     assign(np.zeros((1, 3)), np.ones(1), np.zeros((1, 3)), quant, np.zeros(1, dtype=np.int64),
-           neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2))
+           neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2), 0, 1)

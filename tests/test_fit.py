@@ -246,7 +246,7 @@ def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
             lower = np.full(len(points), -np.inf)  # no bound known
             error, full, sums, totals = fitkernel.assign(
                 points * scale, weights, weights[:, None] * points, quant, labels, *found,
-                lower, np.zeros(k))
+                lower, np.zeros(k), 0, len(points))
             assert np.array_equal(labels, truth) and error == truth_error
             assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
             assert np.array_equal(sums[:, 1], np.bincount(truth, weights=weights * points[:, 1],
@@ -276,7 +276,7 @@ def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
                  else np.sqrt(((quant - previous) ** 2).sum(axis=1)))
         found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
         error, _, sums, totals = fitkernel.assign(points * scale, weights, weighted, quant,
-                                                     labels, *found, lower, shift)
+                                                  labels, *found, lower, shift, 0, len(points))
         truth, truth_error = _brute_assignment(points, weights, centers, scale)
         assert np.array_equal(labels, truth) and error == truth_error, step
         assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
@@ -288,6 +288,125 @@ def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
         centers = np.clip(centers + moves, 0, 255)
         if k > 3 and step == 5:
             centers[1] = centers[0]  # two centers meet: exact ties
+
+
+@pytest.mark.parametrize("k", [5, 64, 256])
+def test_compiled_ranges_side_by_side_add_up_to_the_whole_pass(k):
+    """The compiled pass over ranges of the points, run on threads at once (the loop releases
+    the GIL), gives every point the same center and bound as one pass over all, and the
+    ranges' errors and sums add up to the whole's exactly, pass after pass."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import pairwise
+
+    from colorquant import fitkernel
+
+    rng = np.random.default_rng(300 + k)
+    points = rng.integers(0, 256, (6000, 3)).astype(np.float64)
+    weights = rng.integers(1, 500, len(points)).astype(np.float64)
+    weighted = weights[:, None] * points
+    centers = rng.uniform(0, 255, (k, 3))
+    scale = fit.FAST_SCALE
+    start = _brute_assignment(points, weights, centers, scale)[0]
+    whole = [start.copy(), np.full(len(points), -np.inf)]  # labels, bounds
+    split = [start.copy(), np.full(len(points), -np.inf)]
+    cuts = [0, 1, 1, 2500, 4999, 6000]  # an empty range, a single point
+    previous = np.rint(centers * scale)
+    with ThreadPoolExecutor(max_workers=len(cuts) - 1) as pool:
+        for _ in range(4):
+            centers = np.clip(centers + rng.normal(0, 2.0, centers.shape), 0, 255)
+            quant = np.rint(centers * scale)
+            shift = np.sqrt(((quant - previous) ** 2).sum(axis=1))
+            found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
+            args = (points * scale, weights, weighted, quant)
+            one = fitkernel.assign(*args, whole[0], *found, whole[1], shift, 0, len(points))
+            parts = list(pool.map(lambda r, a=args, f=found, s=shift: fitkernel.assign(
+                *a, split[0], *f, split[1], s, *r), pairwise(cuts)))
+            assert np.array_equal(split[0], whole[0])
+            assert np.array_equal(split[1], whole[1])
+            assert sum(p[0] for p in parts) == one[0] and sum(p[1] for p in parts) == one[1]
+            assert np.array_equal(sum(p[2] for p in parts), one[2])
+            assert np.array_equal(sum(p[3] for p in parts), one[3])
+            assert np.array_equal(whole[0], _brute_assignment(points, weights, centers, scale)[0])
+            previous = quant
+
+
+def _thread_names_of_passes(monkeypatch):
+    """Record the thread of every compiled pass call (the kernel itself still runs)."""
+    import threading
+
+    fit.load_kernel()
+    kernel, seen = fit._KERNEL, []
+
+    class Recording:
+        center_neighbors = staticmethod(kernel.center_neighbors)
+
+        @staticmethod
+        def assign(*args):
+            seen.append(threading.current_thread().name)
+            return kernel.assign(*args)
+
+    monkeypatch.setattr(fit, "_KERNEL", Recording)
+    return seen
+
+
+@pytest.mark.parametrize("k", [16, 200])
+def test_fit_is_the_same_on_any_thread_count(monkeypatch, k, flower):
+    """The exact passes split over 1–4 threads: the same palette bit for bit, the helper
+    threads really used, and none left running after the fit."""
+    import threading
+
+    from PIL import Image
+
+    from colorquant import dither
+
+    with Image.open(flower) as im:
+        array = np.asarray(im.convert("RGB").resize((240, 160)))
+    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    seen = _thread_names_of_passes(monkeypatch)
+    monkeypatch.setattr(fit, "FAST_THREAD_POINTS", 1000)  # this small photo: several threads
+    results = {}
+    for threads in (1, 2, 3, 4):
+        monkeypatch.setattr(dither, "_thread_limit", threads)
+        seen.clear()
+        results[threads] = fit.fit_centers(colors, counts, k, seed=3, space=RGB)
+        helpers = {name for name in seen if name.startswith("colorquant-fit")}
+        assert len(helpers) == threads - 1, (threads, helpers)
+        assert not [t for t in threading.enumerate() if t.name.startswith("colorquant-fit")]
+    for threads in (2, 3, 4):
+        assert np.array_equal(results[threads], results[1]), threads
+
+
+def test_fit_goes_on_alone_when_no_thread_can_start(monkeypatch, flower):
+    """A process limit of the caller's (``can't start new thread``): the passes run on this
+    thread and give the same palette."""
+    import threading
+
+    from PIL import Image
+
+    from colorquant import dither
+
+    with Image.open(flower) as im:
+        array = np.asarray(im.convert("RGB").resize((240, 160)))
+    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    seen = _thread_names_of_passes(monkeypatch)
+    monkeypatch.setattr(fit, "FAST_THREAD_POINTS", 1000)
+    monkeypatch.setattr(dither, "_thread_limit", 3)
+    threaded = fit.fit_centers(colors, counts, 100, seed=3, space=RGB)
+    started = threading.Thread.start
+    calls = []
+
+    def second_fails(self):  # the first helper starts, the second cannot
+        calls.append(self.name)
+        if len(calls) > 1:
+            raise RuntimeError("can't start new thread")
+        started(self)
+
+    monkeypatch.setattr(threading.Thread, "start", second_fails)
+    seen.clear()
+    alone = fit.fit_centers(colors, counts, 100, seed=3, space=RGB)
+    assert len(calls) == 2 and set(seen) == {threading.current_thread().name}
+    assert np.array_equal(alone, threaded)
+    assert not [t for t in threading.enumerate() if t.name.startswith("colorquant-fit")]
 
 
 @pytest.mark.parametrize("k", [2, 5, 17, 40])
