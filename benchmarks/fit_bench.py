@@ -234,6 +234,10 @@ def main() -> None:
     if not args.parts:
         if shutil.which("pngquant") is None:
             raise SystemExit("pngquant is not installed")
+        from perfile_bench import compile_package
+
+        for python, path in installs.values():
+            compile_package(python, environ(path))
         warm(installs, args.rounds)
 
 

@@ -150,6 +150,17 @@ def worker_rss_mb(runtime: Path) -> float | None:
     return None
 
 
+def compile_package(python: str, env: dict[str, str] | None = None) -> None:
+    """Compile the bytecode of the colorquant that ``python`` imports (in ``env``), as
+    ``pip install`` does: an editable install or a checkout under ``PYTHONDONTWRITEBYTECODE=1``
+    (this machine's shells set it) would otherwise compile the command's modules from source
+    at every call, 10 ms of each."""
+    found = subprocess.run([python, "-c", "import colorquant, os; "
+                            "print(os.path.dirname(colorquant.__file__))"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([python, "-m", "compileall", "-q", found], env=env, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40)
@@ -172,6 +183,7 @@ def main() -> None:
         return
     if shutil.which("pngquant") is None:
         raise SystemExit("pngquant is not installed")
+    compile_package(str(COMMAND.parent / "python"))
     work = Path(tempfile.mkdtemp(prefix="cqpf", dir="/tmp"))
     runtime = work / "rt"
     runtime.mkdir(mode=0o700)
