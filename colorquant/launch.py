@@ -70,8 +70,8 @@ VARYING_PREFIXES = ("Vm", "Rss", "Huge")
 #: Signals the client passes on to the child that runs its call.
 FORWARDED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 #: Set for the command's process when the caller has not set them, before numpy loads.
-#: colorquant runs its numeric work on one thread (the fit under a limit of one; it
-#: parallelizes over files, in processes): an OpenBLAS pool of one thread per core would only
+#: colorquant runs its BLAS work on one thread (the fit under a limit of one; its own threads,
+#: where it has any, are its compiled loops'): an OpenBLAS pool of one thread per core would only
 #: be created at import, and every warm worker's child (a fork) paid about 45 ms a call to
 #: restart it (0.365 s against 0.320 s a call at k=16 on a 0.4 MP photo, measured).
 THREAD_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
