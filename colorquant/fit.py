@@ -589,7 +589,6 @@ def _pass_threads(points: int) -> Iterator[_Threads | None]:
         pool.shutdown(wait=True)
 
 
-
 class _Assignment:
     """The exact assignment of :func:`fast_lloyd`, pass after pass: each point's nearest
     center (ties to the lowest index), the weighted error, for centers rounded to 1/``scale``

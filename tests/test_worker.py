@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from colorquant import fit, launch
 from tests.conftest import COMMAND, random_image, stop_workers, worker_pids
 
 TIMEOUT = 300
@@ -188,6 +189,31 @@ print(sorted(set(sys.modules) - before), len(scans))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[] 0"
     assert out.exists()
+
+
+def test_the_preload_leaves_one_thread_to_fork():
+    """The worker forks a child per call, so after its preload (whose warm-up calls run the
+    fit's passes on helper threads) it must be down to its one thread again."""
+    code = """
+import os, threading
+from colorquant import fit, worker
+seen = []
+real = fit._pass_threads
+def counted(points):
+    context = real(points)
+    seen.append(points)
+    return context
+fit._pass_threads = counted
+assert worker._preload() is None
+print(len(os.listdir("/proc/self/task")), threading.active_count(), max(seen))
+"""
+    env = {**os.environ, **launch.THREAD_DEFAULTS, "PYTHONWARNINGS": ""}  # as the worker's
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    tasks, threads, points = map(int, proc.stdout.splitlines()[-1].split())
+    assert points >= 2 * fit.FAST_THREAD_POINTS  # the warm-up really split its passes
+    assert (tasks, threads) == (1, 1)
 
 
 def test_switch_off_starts_no_worker(rt, tmp_path):
