@@ -255,6 +255,15 @@ def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
             assert full < 0.2 * len(points)  # centers spread like the points: few full searches
 
 
+def _weighted_points(seed, n, heaviest):
+    """The random stream, then ``n`` whole-number RGB points, their whole-number weights
+    (1 to ``heaviest - 1``) and weighted coordinates drawn from it."""
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, 256, (n, 3)).astype(np.float64)
+    weights = rng.integers(1, heaviest, n).astype(np.float64)
+    return rng, points, weights, weights[:, None] * points
+
+
 @pytest.mark.parametrize("k", [3, 16, 64, 256])
 def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
     """Pass after pass, the bounds the kernel keeps (and the points they let it skip) never
@@ -262,10 +271,7 @@ def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
     centers moving by small and large steps, some not at all, some onto each other."""
     from colorquant import fitkernel
 
-    rng = np.random.default_rng(100 + k)
-    points = rng.integers(0, 256, (4000, 3)).astype(np.float64)
-    weights = rng.integers(1, 40, len(points)).astype(np.float64)
-    weighted = weights[:, None] * points
+    rng, points, weights, weighted = _weighted_points(100 + k, 4000, 40)
     centers = rng.uniform(0, 255, (k, 3))
     scale = fit.FAST_SCALE
     labels = _brute_assignment(points, weights, centers, scale)[0]
@@ -300,10 +306,7 @@ def test_compiled_ranges_side_by_side_add_up_to_the_whole_pass(k):
 
     from colorquant import fitkernel
 
-    rng = np.random.default_rng(300 + k)
-    points = rng.integers(0, 256, (6000, 3)).astype(np.float64)
-    weights = rng.integers(1, 500, len(points)).astype(np.float64)
-    weighted = weights[:, None] * points
+    rng, points, weights, weighted = _weighted_points(300 + k, 6000, 500)
     centers = rng.uniform(0, 255, (k, 3))
     scale = fit.FAST_SCALE
     start = _brute_assignment(points, weights, centers, scale)[0]
