@@ -333,6 +333,15 @@ def test_compiled_ranges_side_by_side_add_up_to_the_whole_pass(k):
             previous = quant
 
 
+def _small_photo_histogram(path):
+    """The distinct colors of a photo shrunk to 240x160, and their pixel counts."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB").resize((240, 160)))
+    return np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+
+
 def _thread_names_of_passes(monkeypatch):
     """Record the thread of every compiled pass call (the kernel itself still runs)."""
     import threading
@@ -358,13 +367,9 @@ def test_fit_is_the_same_on_any_thread_count(monkeypatch, k, flower):
     threads really used, and none left running after the fit."""
     import threading
 
-    from PIL import Image
-
     from colorquant import dither
 
-    with Image.open(flower) as im:
-        array = np.asarray(im.convert("RGB").resize((240, 160)))
-    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    colors, counts = _small_photo_histogram(flower)
     seen = _thread_names_of_passes(monkeypatch)
     monkeypatch.setattr(fit, "FAST_THREAD_POINTS", 1000)  # this small photo: several threads
     results = {}
@@ -384,13 +389,9 @@ def test_fit_goes_on_alone_when_no_thread_can_start(monkeypatch, flower):
     thread and give the same palette."""
     import threading
 
-    from PIL import Image
-
     from colorquant import dither
 
-    with Image.open(flower) as im:
-        array = np.asarray(im.convert("RGB").resize((240, 160)))
-    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    colors, counts = _small_photo_histogram(flower)
     seen = _thread_names_of_passes(monkeypatch)
     monkeypatch.setattr(fit, "FAST_THREAD_POINTS", 1000)
     monkeypatch.setattr(dither, "_thread_limit", 3)
@@ -432,11 +433,7 @@ def test_center_neighbors_are_the_nearest_and_radius_the_next(k):
 
 @pytest.mark.parametrize("k", [8, 16, 64, 65, 200, 256])
 def test_fit_is_the_same_with_the_compiled_assignment(monkeypatch, k, flower):
-    from PIL import Image
-
-    with Image.open(flower) as im:
-        array = np.asarray(im.convert("RGB").resize((240, 160)))
-    colors, counts = np.unique(array.reshape(-1, 3), axis=0, return_counts=True)
+    colors, counts = _small_photo_histogram(flower)
     monkeypatch.setattr(fit, "_KERNEL", None)
     assert not fit._Assignment(RGB.metric(colors), counts.astype(np.float64)).compiled
     plain = fit.fit_centers(colors, counts, k, seed=5, space=RGB)
