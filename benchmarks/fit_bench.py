@@ -10,7 +10,7 @@ k = 16, 64 and 256:
 - **parts** (``--parts``): in a fresh interpreter of each install, with the compiled kernel
   loaded as in the warm worker (``fit.load_kernel()``), the CPU (``process_time``) and wall
   time of each part of the fit, by wrapping the fit module's functions (grid reduction, the
-  mini-batch runs and their starts, the Lloyd polish, ``fast_lloyd`` with its first BLAS
+  mini-batch runs and their starts, the Lloyd polish, ``fast_lloyd`` with its first
   pass and its compiled passes) and scikit-learn's ``MiniBatchKMeans.fit``; medians over
   the photos and rounds; parts nest as indented.
 - **warm** (``--warm``): the ``fit`` stage of ``colorquant -v`` through each install's warm
@@ -79,8 +79,8 @@ wrap(fit, "_fast_start", "mini-batch start, k > 64 (_fast_start)")
 wrap(fit, "fast_lloyd", "exact passes (fast_lloyd)")
 call = fit._Assignment.__call__
 def counted(self, centers, scale):
-    label = ("  first pass (BLAS)" if self.labels is None or not self.compiled
-             else "  compiled passes")
+    label = ("  first pass" if self.labels is None  # BLAS, or compiled from this round on
+             else "  compiled passes" if self.compiled else "  BLAS passes")
     cpu, wall = time.process_time(), time.perf_counter()
     out = call(self, centers, scale)
     seen[label][0] += time.process_time() - cpu

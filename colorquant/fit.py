@@ -594,10 +594,11 @@ class _Assignment:
     center (ties to the lowest index), the weighted error, for centers rounded to 1/``scale``
     units, and the weighted means of each center's points.
 
-    The first pass, and every pass without the compiled kernel, is :func:`_assign_exact`
-    (means by :func:`_cell_means`); later passes with :func:`load_kernel` done search from
-    each point's previous center, skipping the points whose bound shows it is still the
-    nearest (``fitkernel.assign``), over ranges of the points side by side when
+    Without the compiled kernel every pass is :func:`_assign_exact` (means by
+    :func:`_cell_means`); with :func:`load_kernel` done, passes search from each point's
+    previous center (in the first pass, from the nearest center of the color before it),
+    skipping the points whose bound shows it is still the nearest (``fitkernel.assign``),
+    over ranges of the points side by side when
     :attr:`threads` holds helpers (:func:`_pass_threads`). Both give the same labels, the
     same error and the same means bit for bit when the weights are whole numbers (pixel
     counts): the error and the sums are then sums of whole numbers below 2**53, exact in any
@@ -618,17 +619,20 @@ class _Assignment:
         self._bounds: tuple[int, np.ndarray, np.ndarray] | None = None  # scale, lower, quant
 
     def __call__(self, centers: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
-        if self.compiled and self.labels is not None:
+        if self.compiled:
             if scale not in self._grids:
                 self._grids[scale] = np.rint(self.points) * scale
             quant = np.rint(centers * scale)
+            first = self.labels is None  # no previous center: each point starts from the last's
+            if first:
+                self.labels = np.zeros(len(self.points), dtype=np.int64)
             if self._bounds is None or self._bounds[0] != scale:  # no bound known yet
                 lower, shift = np.full(len(self.points), -np.inf), np.zeros(len(quant))
             else:
                 lower, shift = self._bounds[1], np.sqrt(((quant - self._bounds[2]) ** 2).sum(1))
             found = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
             parts = self._ranges((self._grids[scale], self.weights, self.weighted, quant,
-                                  self.labels, *found, lower, shift))
+                                  self.labels, *found, lower, shift), first)
             self._bounds = (scale, lower, quant)
             # whole numbers below 2**53: the ranges' sums add up exactly, in any order
             self._sums = (sum(p[2] for p in parts), sum(p[3] for p in parts))
@@ -640,7 +644,7 @@ class _Assignment:
         self._sums = None
         return labels, error
 
-    def _ranges(self, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    def _ranges(self, args: tuple[Any, ...], chain: bool) -> list[tuple[Any, ...]]:
         """``fitkernel.assign`` over every point: the points split in one range per thread
         of :attr:`threads`, the last range on this thread."""
         from itertools import pairwise
@@ -648,9 +652,10 @@ class _Assignment:
         count = self.threads.count if self.threads else 1
         ranges = list(pairwise(len(self.points) * i // count for i in range(count + 1)))
         if len(ranges) == 1:
-            return [_KERNEL.assign(*args, *ranges[0])]
-        futures = [self.threads.pool.submit(_KERNEL.assign, *args, *r) for r in ranges[:-1]]
-        last = _KERNEL.assign(*args, *ranges[-1])
+            return [_KERNEL.assign(*args, *ranges[0], chain)]
+        futures = [self.threads.pool.submit(_KERNEL.assign, *args, *r, chain)
+                   for r in ranges[:-1]]
+        last = _KERNEL.assign(*args, *ranges[-1], chain)
         return [f.result() for f in futures] + [last]
 
     def means(self, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -67,9 +67,12 @@ def center_neighbors(quant, count):
 
 @cached(nogil=True)
 def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lower, shift,
-           start, stop):
+           start, stop, chain):
     """Nearest center of the points ``start`` to ``stop`` (exclusive), starting from each
-    one's previous center; their weighted error and each center's sums for the means.
+    one's previous center (with ``chain``, from the nearest center of the point before it in
+    the range: a first pass, where the points are distinct colors in sorted order and a point's
+    neighbor in the list is mostly near it in color); their weighted error and each center's
+    sums for the means.
 
     ``grid`` (m, 3) and ``quant`` (k, 3) are whole numbers in float64 (three channels, named
     in the loops so that the compiler vectorizes them: the RGB fit's); ``labels`` (m,) holds
@@ -95,10 +98,11 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     Returns (sum of weight * squared distance in point order, full searches, sums (k, 3),
     total weight of each center (k,)), all of the range's points.
 
-    A point's answer and bound depend on nothing but the point, so ranges can run side by side
-    (the loop releases the GIL); with whole-number weights and coordinates every sum is a
-    whole number below 2**53, exact in float64 in any order, so the ranges' results add up to
-    the whole's bit for bit.
+    A point's answer depends on nothing but the point (its bound, on where its search began:
+    with ``chain``, on where its range begins; the bound is a true one either way), so ranges
+    can run side by side (the loop releases the GIL); with whole-number weights and
+    coordinates every sum is a whole number below 2**53, exact in float64 in any order, so
+    the ranges' results add up to the whole's bit for bit.
     """
     k = quant.shape[0]
     x, y, z = quant[:, 0].copy(), quant[:, 1].copy(), quant[:, 2].copy()
@@ -115,7 +119,7 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     error = 0.0
     full = 0
     for i in range(start, stop):
-        a = labels[i]
+        a = labels[i - 1] if chain and i > start else labels[i]
         gx, gy, gz = grid[i, 0], grid[i, 1], grid[i, 2]
         d_a = (gx - x[a]) ** 2 + (gy - y[a]) ** 2 + (gz - z[a]) ** 2
         root_a = np.sqrt(d_a)
@@ -166,4 +170,4 @@ def warm() -> None:
     quant = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
     neighbors, gaps, radius = center_neighbors(quant, 1)
     assign(np.zeros((1, 3)), np.ones(1), np.zeros((1, 3)), quant, np.zeros(1, dtype=np.int64),
-           neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2), 0, 1)
+           neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2), 0, 1, False)

@@ -241,18 +241,20 @@ def test_compiled_assignment_equals_brute_force_and_the_blas_one(k, top):
         assert np.array_equal(blas[0], truth) and blas[1] == truth_error
         quant = np.rint(centers * scale)
         found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
-        for start in (rng.integers(0, k, len(points)), truth.copy()):  # any previous centers
+        # any previous centers; or none, each point starting from the one before it
+        for start, chain in ((rng.integers(0, k, len(points)), False),
+                             (np.zeros(len(points)), True), (truth.copy(), False)):
             labels = start.astype(np.int64)
             lower = np.full(len(points), -np.inf)  # no bound known
             error, full, sums, totals = fitkernel.assign(
                 points * scale, weights, weights[:, None] * points, quant, labels, *found,
-                lower, np.zeros(k), 0, len(points))
+                lower, np.zeros(k), 0, len(points), chain)
             assert np.array_equal(labels, truth) and error == truth_error
             assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
             assert np.array_equal(sums[:, 1], np.bincount(truth, weights=weights * points[:, 1],
                                                           minlength=k))
-        if k > 4 * fit.FAST_NEIGHBORS and top == 255:
-            assert full < 0.2 * len(points)  # centers spread like the points: few full searches
+        if k > 4 * fit.FAST_NEIGHBORS and top == 255:  # from the right centers, spread like
+            assert full < 0.2 * len(points)  # the points: few full searches
 
 
 def _weighted_points(seed, n, heaviest):
@@ -282,7 +284,8 @@ def test_compiled_passes_with_bounds_stay_exact_as_centers_move(k):
                  else np.sqrt(((quant - previous) ** 2).sum(axis=1)))
         found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
         error, _, sums, totals = fitkernel.assign(points * scale, weights, weighted, quant,
-                                                  labels, *found, lower, shift, 0, len(points))
+                                                  labels, *found, lower, shift, 0, len(points),
+                                                  False)
         truth, truth_error = _brute_assignment(points, weights, centers, scale)
         assert np.array_equal(labels, truth) and error == truth_error, step
         assert np.array_equal(totals, np.bincount(truth, weights=weights, minlength=k))
@@ -321,15 +324,64 @@ def test_compiled_ranges_side_by_side_add_up_to_the_whole_pass(k):
             shift = np.sqrt(((quant - previous) ** 2).sum(axis=1))
             found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
             args = (points * scale, weights, weighted, quant)
-            one = fitkernel.assign(*args, whole[0], *found, whole[1], shift, 0, len(points))
+            one = fitkernel.assign(*args, whole[0], *found, whole[1], shift, 0, len(points),
+                                   False)
             parts = list(pool.map(lambda r, a=args, f=found, s=shift: fitkernel.assign(
-                *a, split[0], *f, split[1], s, *r), pairwise(cuts)))
+                *a, split[0], *f, split[1], s, *r, False), pairwise(cuts)))
             assert np.array_equal(split[0], whole[0])
             assert np.array_equal(split[1], whole[1])
             assert sum(p[0] for p in parts) == one[0] and sum(p[1] for p in parts) == one[1]
             assert np.array_equal(sum(p[2] for p in parts), one[2])
             assert np.array_equal(sum(p[3] for p in parts), one[3])
             assert np.array_equal(whole[0], _brute_assignment(points, weights, centers, scale)[0])
+            previous = quant
+
+
+@pytest.mark.parametrize("k", [5, 64, 256])
+def test_compiled_first_pass_chains_from_the_color_before_and_stays_exact(k):
+    """With no previous centers (a fit's first pass), each point starts its search from the
+    nearest center of the point before it in its range: over ranges side by side or over all,
+    every label, the error and the sums equal a brute-force pass; the bounds it leaves are
+    true lower bounds, so the passes after it, from those bounds, stay exact too."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import pairwise
+
+    from colorquant import fitkernel
+
+    rng, points, weights, _ = _weighted_points(500 + k, 6000, 500)
+    order = np.lexsort(points.T[::-1])  # sorted, as a histogram's distinct colors come
+    points, weights = points[order], weights[order]
+    weighted = weights[:, None] * points
+    centers = rng.uniform(0, 255, (k, 3))
+    scale = fit.FAST_SCALE
+    grid = points * scale
+    cuts = [0, 1, 1, 2500, 4999, 6000]  # an empty range, a single point
+    runs = {"whole": [(0, len(points))], "split": list(pairwise(cuts))}
+    state = {name: [np.zeros(len(points), dtype=np.int64), np.full(len(points), -np.inf)]
+             for name in runs}
+    previous = np.rint(centers * scale)
+    with ThreadPoolExecutor(max_workers=len(cuts) - 1) as pool:
+        for step in range(4):
+            if step:
+                centers = np.clip(centers + rng.normal(0, 2.0, centers.shape), 0, 255)
+            quant = np.rint(centers * scale)
+            shift = np.sqrt(((quant - previous) ** 2).sum(axis=1))
+            found = fitkernel.center_neighbors(quant, fit.FAST_NEIGHBORS)
+            truth, truth_error = _brute_assignment(points, weights, centers, scale)
+            distances = ((grid[:, None, :] - quant[None]) ** 2).sum(axis=2)
+            distances[np.arange(len(points)), truth] = np.inf
+            for name, ranges in runs.items():
+                labels, lower = state[name]
+                args = (grid, weights, weighted, quant, labels, *found, lower, shift)
+                parts = list(pool.map(lambda r, a=args, c=step == 0: fitkernel.assign(*a, *r, c),
+                                      ranges))
+                assert np.array_equal(labels, truth), (name, step)
+                assert sum(p[0] for p in parts) == truth_error
+                assert np.array_equal(sum(p[3] for p in parts),
+                                      np.bincount(truth, weights=weights, minlength=k))
+                assert np.array_equal(sum(p[2] for p in parts)[:, 0],
+                                      np.bincount(truth, weights=weighted[:, 0], minlength=k))
+                assert np.all(lower <= np.sqrt(distances.min(axis=1))), (name, step)
             previous = quant
 
 
