@@ -46,6 +46,11 @@ SEEDINGS_SMALL = 5
 #: the exact steps follow).
 POLISH_STEPS = 30
 POLISH_TOL = 1e-3
+#: Epochs (passes over the fit's points) of each mini-batch run up to :data:`FAST_COLORS`
+#: colors. The run is a start: the Lloyd polish and the exact passes after it do the rest.
+#: At 10 epochs it was the largest part of a k=16 fit; at 3 the mean PSNR of 16 photos x 8
+#: seeds moved -0.001 to +0.005 dB at k = 8-64 (measured), and the fit took 20% less time.
+MINIBATCH_EPOCHS = 3
 #: Lloyd refinement on the exact objective: at most this many steps, on at most this many
 #: distinct colors (above it, on the means of the finest grid cells that fit).
 REFINE_STEPS = 10
@@ -385,7 +390,7 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
         mini = MiniBatchKMeans(
             n_clusters=k, n_init=1, init=best_seeding(
                 points, weights, k, random, SEEDINGS_SMALL if k <= RESTART_COLORS else SEEDINGS),
-            random_state=random, batch_size=min(4096, len(points)), max_iter=10,
+            random_state=random, batch_size=min(4096, len(points)), max_iter=MINIBATCH_EPOCHS,
             reassignment_ratio=0.0,
         ).fit(points, sample_weight=weights)
         if restarts == 1:  # nothing to rank: the exact passes that follow do the polishing
