@@ -81,6 +81,9 @@ FAST_CHUNK = 512
 FAST_THREAD_POINTS = 1 << 13
 #: Seconds the helper threads of the passes may take to start before the fit goes on alone.
 THREAD_START_TIMEOUT = 10.0
+#: Coordinates of whole-number points below this: the seeding's float32 products and sums
+#: are whole numbers below 2**24, exact (:func:`best_seeding`).
+WHOLE_SEEDING_TOP = 1024
 #: Centers the compiled assignment tries beside each point's previous one (the nearest of
 #: that center): at k=256, 1-3% of points a pass then needed a search over every center.
 FAST_NEIGHBORS = 16
@@ -409,7 +412,10 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
     best, by the weighted error it leaves, of ``2 + ln k`` points drawn with probability
     weight x squared distance. Here the ``count`` seedings advance together, one BLAS product
     a center for all of them (which :func:`one_thread` keeps on one thread: the same bits on
-    any core count): scikit-learn's own spends most of a small fit in per-call checks.
+    any core count): scikit-learn's own spends most of a small fit in per-call checks. On
+    whole-number points and weights (the pixel draws of :func:`_fast_start`) every distance
+    and sum is exact, and once :func:`load_kernel` ran a compiled loop
+    (``fitkernel.seedings``) makes the same draws and choices without a numpy call a center.
 
     Parameters
     ----------
@@ -423,6 +429,17 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
     points = np.asarray(points, dtype=np.float64)
     n = len(points)
     trials = 2 + int(np.log(k))
+    # whole numbers (the k > 64 route's pixel draws): every sum below is exact, and the
+    # compiled seedings give the same choices
+    whole = (points.shape[1] == 3 and np.abs(points).max(initial=0.0) < WHOLE_SEEDING_TOP
+             and bool(np.all(points == np.rint(points)) and np.all(weights == np.rint(weights))))
+    if whole and _KERNEL is not None:
+        cumulative = np.cumsum(weights)
+        first = np.minimum(np.searchsorted(cumulative, random.uniform(size=count)
+                                           * cumulative[-1], side="right"), n - 1)
+        chosen, errors = _KERNEL.seedings(points, np.asarray(weights, dtype=np.float64), first,
+                                          random.uniform(size=(k - 1, count, trials)))
+        return points[chosen[int(np.argmin(errors))]]
     squares = (points * points).sum(axis=1)
     # rows [x, |x|^2, 1] against [-2c, 1, |c|^2]: one product gives every squared distance
     rows = np.ascontiguousarray(np.vstack([points.T, squares, np.ones(n)]), dtype=np.float32)
@@ -444,7 +461,7 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
         draws = np.clip(draws - n * seeds[:, None], 0, n - 1)
         near = (candidates[draws.ravel()] @ rows).reshape(count, trials, n)
         np.minimum(near, closest[:, None, :], out=near)
-        best = np.argmin(near @ weights32, axis=1)
+        best = np.argmin(near @ (weights if whole else weights32), axis=1)
         chosen[:, c] = draws[seeds, best]
         closest = np.maximum(near[seeds, best], 0.0)  # the product can round just below zero
     return points[chosen[int(np.argmin(closest @ weights))]]

@@ -165,9 +165,69 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     return error, full, sums, totals
 
 
+@cached
+def seedings(points, weights, first, uniforms):
+    """Greedy k-means++ seedings side by side, as ``colorquant.fit.best_seeding`` runs them,
+    on whole-number points and weights: every squared distance and every weighted sum is then
+    a whole number below 2**53, so the draws, the choices and the result are its own, bit for
+    bit.
+
+    ``points`` (n, 3) and ``weights`` (n,) float64; ``first`` (count,) the first center of each
+    seeding; ``uniforms`` (k - 1, count, trials) the draws in [0, 1) of the later centers, in
+    the order the numpy version draws them. Returns the chosen points (count, k) and each
+    seeding's weighted error (count,).
+    """
+    n = points.shape[0]
+    steps, count, trials = uniforms.shape
+    x, y, z = points[:, 0].copy(), points[:, 1].copy(), points[:, 2].copy()
+    chosen = np.empty((count, steps + 1), dtype=np.int64)
+    closest = np.empty((count, n))
+    for s in range(count):
+        c = first[s]
+        chosen[s, 0] = c
+        for i in range(n):
+            closest[s, i] = (x[i] - x[c]) ** 2 + (y[i] - y[c]) ** 2 + (z[i] - z[c]) ** 2
+    cumulative = np.empty(count * n)
+    draws = np.empty(trials, dtype=np.int64)
+    near = np.empty(n)
+    for step in range(steps):
+        total = 0.0
+        for s in range(count):  # one running sum over all seedings, as numpy's cumsum
+            for i in range(n):
+                total += closest[s, i] * weights[i]
+                cumulative[s * n + i] = total
+        for s in range(count):
+            end = cumulative[(s + 1) * n - 1]
+            start = cumulative[s * n - 1] if s > 0 else 0.0
+            best, best_score = 0, np.inf
+            for t in range(trials):
+                target = start + uniforms[step, s, t] * (end - start)
+                draw = np.searchsorted(cumulative, target, side="right") - n * s
+                draw = min(max(draw, 0), n - 1)
+                draws[t] = draw
+                score = 0.0
+                for i in range(n):
+                    d = (x[i] - x[draw]) ** 2 + (y[i] - y[draw]) ** 2 + (z[i] - z[draw]) ** 2
+                    score += min(d, closest[s, i]) * weights[i]
+                if score < best_score:
+                    best, best_score = t, score
+            c = draws[best]
+            chosen[s, step + 1] = c
+            for i in range(n):
+                d = (x[i] - x[c]) ** 2 + (y[i] - y[c]) ** 2 + (z[i] - z[c]) ** 2
+                near[i] = min(d, closest[s, i])
+            closest[s] = near
+    errors = np.zeros(count)
+    for s in range(count):
+        for i in range(n):
+            errors[s] += closest[s, i] * weights[i]
+    return chosen, errors
+
+
 def warm() -> None:
     """Load the compiled loops now (from numba's cache: a few tenths of a second once)."""
     quant = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
     neighbors, gaps, radius = center_neighbors(quant, 1)
     assign(np.zeros((1, 3)), np.ones(1), np.zeros((1, 3)), quant, np.zeros(1, dtype=np.int64),
            neighbors, gaps, radius, np.full(1, -np.inf), np.zeros(2), 0, 1, False)
+    seedings(quant, np.ones(2), np.zeros(1, dtype=np.int64), np.zeros((1, 1, 1)))

@@ -74,17 +74,28 @@ def _plain_seeding(points, weights, k, random, count):
     return points[seeds[int(np.argmin(errors))][0]]
 
 
-@pytest.mark.parametrize(("k", "count"), [(1, 1), (6, 1), (6, 3), (20, 3)])
-def test_seeding_is_weighted_greedy_kmeans_plus_plus(k, count):
-    # Whole coordinates below 16 and small whole weights: every distance and error is exact
-    # in the seeding's float32 products, so it must pick the plain loops' very points.
-    rng = np.random.default_rng(11)
-    points = np.unique(rng.integers(0, 16, (400, 3)), axis=0).astype(np.float64)
-    weights = rng.integers(1, 6, len(points)).astype(np.float64)
-    got = fit.best_seeding(points, weights, k, np.random.RandomState(2), count)
-    want = _plain_seeding(points, weights, k, np.random.RandomState(2), count)
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize(("k", "count", "top", "heaviest"),
+                         [(1, 1, 16, 6), (6, 1, 16, 6), (6, 3, 16, 6), (20, 3, 16, 6),
+                          (40, 1, 256, 5000), (12, 2, 256, 5000)])
+def test_seeding_is_weighted_greedy_kmeans_plus_plus(monkeypatch, compiled, k, count, top,
+                                                     heaviest):
+    # Whole coordinates and whole weights: every distance and error is exact in the
+    # seeding's float32 products and float64 sums, so the numpy seeding and the compiled one
+    # must pick the plain loops' very points, and leave the random stream where they do.
+    if compiled:
+        fit.load_kernel()
+    monkeypatch.setattr(fit, "_KERNEL", fit._KERNEL if compiled else None)
+    rng = np.random.default_rng(11 + top)
+    points = np.unique(rng.integers(0, top, (400 if top == 16 else 900, 3)), axis=0
+                       ).astype(np.float64)
+    weights = rng.integers(1, heaviest, len(points)).astype(np.float64)
+    random, plain = np.random.RandomState(2), np.random.RandomState(2)
+    got = fit.best_seeding(points, weights, k, random, count)
+    want = _plain_seeding(points, weights, k, plain, count)
     assert np.array_equal(got, want)
     assert len(np.unique(got, axis=0)) == k  # a chosen point is never drawn again
+    assert random.uniform() == plain.uniform()
 
 
 def test_reduce_points_keeps_weight_and_mean():
@@ -403,6 +414,7 @@ def _thread_names_of_passes(monkeypatch):
 
     class Recording:
         center_neighbors = staticmethod(kernel.center_neighbors)
+        seedings = staticmethod(kernel.seedings)
 
         @staticmethod
         def assign(*args):
@@ -507,8 +519,9 @@ def test_compiled_loops_cache_outside_the_package(tmp_path, monkeypatch):
     from colorquant import ditherkernel, fitkernel, jit
 
     package = Path(colorquant.__file__).resolve().parent
-    for kernel in (fitkernel.assign, fitkernel.center_neighbors, ditherkernel.candidate_grid,
-                   ditherkernel.map_band, ditherkernel.threshold_band):
+    for kernel in (fitkernel.assign, fitkernel.center_neighbors, fitkernel.seedings,
+                   ditherkernel.candidate_grid, ditherkernel.map_band,
+                   ditherkernel.threshold_band):
         path = Path(kernel._cache.cache_path).resolve()
         assert path.is_relative_to(Path(jit.CACHE).resolve()), path
         assert not path.is_relative_to(package), path
