@@ -165,6 +165,18 @@ def assign(grid, weights, weighted, quant, labels, neighbors, gaps, radius, lowe
     return error, full, sums, totals
 
 
+@cached(reassociate=True)
+def _error_with(x, y, z, c, closest, weights):
+    """The weighted error of the points (``x``, ``y``, ``z``) to the nearer of their
+    ``closest`` squared distance and point ``c``: whole numbers, so added in any order (the
+    compiler vectorizes the sum)."""
+    score = 0.0
+    for i in range(x.shape[0]):
+        d = (x[i] - x[c]) ** 2 + (y[i] - y[c]) ** 2 + (z[i] - z[c]) ** 2
+        score += min(d, closest[i]) * weights[i]
+    return score
+
+
 @cached
 def seedings(points, weights, first, uniforms):
     """Greedy k-means++ seedings side by side, as ``colorquant.fit.best_seeding`` runs them,
@@ -205,10 +217,7 @@ def seedings(points, weights, first, uniforms):
                 draw = np.searchsorted(cumulative, target, side="right") - n * s
                 draw = min(max(draw, 0), n - 1)
                 draws[t] = draw
-                score = 0.0
-                for i in range(n):
-                    d = (x[i] - x[draw]) ** 2 + (y[i] - y[draw]) ** 2 + (z[i] - z[draw]) ** 2
-                    score += min(d, closest[s, i]) * weights[i]
+                score = _error_with(x, y, z, draw, closest[s], weights)
                 if score < best_score:
                     best, best_score = t, score
             c = draws[best]

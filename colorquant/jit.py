@@ -22,15 +22,19 @@ from numba.core import config
 CACHE = os.path.join(sys.prefix, "var", "cache", "colorquant", "numba")
 
 
-def cached(function: Callable[..., Any] | None = None, *, nogil: bool = False) -> Any:
+def cached(function: Callable[..., Any] | None = None, *, nogil: bool = False,
+           reassociate: bool = False) -> Any:
     """``numba.njit(cache=True)`` with the cache in :data:`CACHE` (numba picks the folder
     when the function is decorated; the setting is restored at once). ``nogil``: the loop
-    releases the GIL, so threads can run it side by side."""
+    releases the GIL, so threads can run it side by side. ``reassociate``: the compiler may
+    add in any order (LLVM's ``reassoc``, which lets it vectorize a running sum): only for
+    sums of whole numbers below 2**53, exact in any order."""
     if function is None:
-        return lambda inner: cached(inner, nogil=nogil)
+        return lambda inner: cached(inner, nogil=nogil, reassociate=reassociate)
     saved = config.CACHE_DIR
     config.CACHE_DIR = saved or CACHE
     try:
-        return njit(cache=True, nogil=nogil)(function)
+        return njit(cache=True, nogil=nogil,
+                    fastmath={"reassoc"} if reassociate else False)(function)
     finally:
         config.CACHE_DIR = saved
