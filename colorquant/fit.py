@@ -363,19 +363,23 @@ def _fit_exact(colors: np.ndarray, w: np.ndarray, k: int, seed: int, space: Spac
         # (no grid reduction: this route starts from pixel draws of the refinement points)
         start = _fast_start(metric, fine_w, min(k, len(metric)), seed)
     else:
-        points, point_w = reduce_points(colors, w, colors, fit_points_limit(k))
-        points = space.encode(points)
+        means, point_w = reduce_points(colors, w, colors, fit_points_limit(k))
+        points = space.encode(means)
         k = min(k, len(points))
-        start = space.metric(space.decode(_fit_points(points, point_w, k, seed,
-                                                      FitMethod.MINIBATCH)))
+        # the seedings measure in whole quarter units: exact, and compiled with the kernel
+        start = space.metric(space.decode(_fit_points(
+            points, point_w, k, seed, FitMethod.MINIBATCH,
+            by=np.rint(np.asarray(means, dtype=np.float64) * FAST_SCALE))))
     # fast_lloyd ends on the exact objective, in fewer passes than plain Lloyd steps reach a
     # higher error; exact Lloyd steps after it gained nothing on the images measured.
     return np.unique(fast_lloyd(metric, fine_w, np.asarray(start, dtype=np.float64)), axis=0)
 
 
 def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
-                method: FitMethod) -> np.ndarray:
-    """k centers fitted to weighted points with the chosen scikit-learn algorithm."""
+                method: FitMethod, by: np.ndarray | None = None) -> np.ndarray:
+    """k centers fitted to weighted points with the chosen scikit-learn algorithm; ``by``:
+    the coordinates the ``MINIBATCH`` seedings measure distances in (see
+    :func:`best_seeding`)."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     if method is FitMethod.LLOYD:
@@ -392,7 +396,8 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
         # photo) is light in a weighted histogram, and reassigning it cost up to 0.25 dB.
         mini = MiniBatchKMeans(
             n_clusters=k, n_init=1, init=best_seeding(
-                points, weights, k, random, SEEDINGS_SMALL if k <= RESTART_COLORS else SEEDINGS),
+                points, weights, k, random, SEEDINGS_SMALL if k <= RESTART_COLORS else SEEDINGS,
+                by=by),
             random_state=random, batch_size=min(4096, len(points)), max_iter=MINIBATCH_EPOCHS,
             reassignment_ratio=0.0,
         ).fit(points, sample_weight=weights)
@@ -404,7 +409,8 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
 
 
 def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
-                 random: np.random.RandomState, count: int = 1) -> np.ndarray:
+                 random: np.random.RandomState, count: int = 1, *,
+                 by: np.ndarray | None = None) -> np.ndarray:
     """Weighted greedy k-means++, ``count`` times side by side: the ``k`` centers (points) of
     the seeding with the least weighted error (the first of equals).
 
@@ -413,8 +419,9 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
     weight x squared distance. Here the ``count`` seedings advance together, one BLAS product
     a center for all of them (which :func:`one_thread` keeps on one thread: the same bits on
     any core count): scikit-learn's own spends most of a small fit in per-call checks. On
-    whole-number points and weights (the pixel draws of :func:`_fast_start`) every distance
-    and sum is exact, and once :func:`load_kernel` ran a compiled loop
+    whole-number coordinates and weights (the pixel draws of :func:`_fast_start`, the grid
+    means in quarter units that :func:`_fit_exact` gives as ``by``) every distance and sum is
+    exact, and once :func:`load_kernel` ran a compiled loop
     (``fitkernel.seedings``) makes the same draws and choices without a numpy call a center.
 
     Parameters
@@ -425,12 +432,15 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
     random : RandomState
         Every draw comes from it.
     count : int
+    by : ndarray, shape (n, C'), optional
+        Coordinates of the same points to measure distances in (the points' own by default);
+        the chosen ``points`` are returned.
     """
-    points = np.asarray(points, dtype=np.float64)
+    chosen_of = np.asarray(points, dtype=np.float64)
+    points = np.asarray(points if by is None else by, dtype=np.float64)
     n = len(points)
     trials = 2 + int(np.log(k))
-    # whole numbers (the k > 64 route's pixel draws): every sum below is exact, and the
-    # compiled seedings give the same choices
+    # whole numbers: every sum below is exact, and the compiled seedings make the same choices
     whole = (points.shape[1] == 3 and np.abs(points).max(initial=0.0) < WHOLE_SEEDING_TOP
              and bool(np.all(points == np.rint(points)) and np.all(weights == np.rint(weights))))
     if whole and _KERNEL is not None:
@@ -439,7 +449,7 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
                                            * cumulative[-1], side="right"), n - 1)
         chosen, errors = _KERNEL.seedings(points, np.asarray(weights, dtype=np.float64), first,
                                           random.uniform(size=(k - 1, count, trials)))
-        return points[chosen[int(np.argmin(errors))]]
+        return chosen_of[chosen[int(np.argmin(errors))]]
     squares = (points * points).sum(axis=1)
     # rows [x, |x|^2, 1] against [-2c, 1, |c|^2]: one product gives every squared distance
     rows = np.ascontiguousarray(np.vstack([points.T, squares, np.ones(n)]), dtype=np.float32)
@@ -464,7 +474,7 @@ def best_seeding(points: np.ndarray, weights: np.ndarray, k: int,
         best = np.argmin(near @ (weights if whole else weights32), axis=1)
         chosen[:, c] = draws[seeds, best]
         closest = np.maximum(near[seeds, best], 0.0)  # the product can round just below zero
-    return points[chosen[int(np.argmin(closest @ weights))]]
+    return chosen_of[chosen[int(np.argmin(closest @ weights))]]
 
 
 def _lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> KMeans:

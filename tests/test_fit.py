@@ -129,6 +129,28 @@ def test_fit_points_limit_grows_with_k_within_bounds():
     assert limits[0] == fit.FIT_POINTS_MIN and limits[-1] == fit.FIT_POINTS_MAX
 
 
+@pytest.mark.parametrize("distinct", [3000, 60000])
+def test_small_palette_seedings_measure_in_quarter_units_of_the_colors(monkeypatch, distinct):
+    """Up to 64 colors the seedings measure distances in whole quarter units of the fit's
+    points (exact, and the same in the compiled loop): four times the colors, whether the
+    points are the distinct colors themselves (uint8) or grid-cell means."""
+    rng = np.random.default_rng(distinct)
+    colors = np.unique(rng.integers(0, 256, (distinct, 3), dtype=np.uint8), axis=0)
+    weights = rng.integers(1, 50, len(colors)).astype(np.float64)
+    seen, seeding = [], fit.best_seeding
+
+    def recording(points, weights, k, random, count=1, *, by=None):
+        seen.append((points, by))
+        return seeding(points, weights, k, random, count, by=by)
+
+    monkeypatch.setattr(fit, "best_seeding", recording)
+    fit.fit_centers(colors, weights, 16, seed=1, space=RGB)
+    assert seen
+    for points, by in seen:
+        assert by.min() >= 0 and by.max() <= 1020 and np.array_equal(by, np.rint(by))
+        assert np.abs(by - np.asarray(points) * 255 * 4).max() <= 0.5 + 1e-9
+
+
 def test_weights_pull_centers():
     colors = np.array([[0, 0, 0], [10, 0, 0], [200, 200, 200], [255, 255, 255]], dtype=np.uint8)
     heavy = fit.fit_centers(colors, np.array([1000, 1, 1, 1]), 2, seed=0, space=RGB)
