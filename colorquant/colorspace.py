@@ -72,10 +72,14 @@ class RGBSpace:
 
     def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Index of the nearest center of each point (metric coordinates); ties to the
-        lowest index. Exact: see :func:`colorquant.nearest.nearest`."""
+        lowest index. Exact: see :func:`colorquant.nearest.nearest`, or, in a process that
+        loaded the fit's compiled kernel, :func:`colorquant.fit.nearest_compiled` (the same
+        answers)."""
+        from . import fit
         from .nearest import nearest
 
-        return nearest(points, centers)
+        found = fit.nearest_compiled(points, centers)
+        return nearest(points, centers) if found is None else found
 
 
 #: sRGB-linear to LMS, and cube-rooted LMS to OKLab (Björn Ottosson, 2020).

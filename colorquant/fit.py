@@ -111,6 +111,21 @@ def load_kernel() -> None:
         _pools()  # here, before the worker or a batch forks: not again in every child
 
 
+def nearest_compiled(points: np.ndarray, centers: np.ndarray) -> np.ndarray | None:
+    """Index (uint8) of the nearest of at most 256 centers of each whole-number RGB point, ties
+    to the lowest index, by the compiled assignment on the fit's threads (each point's search
+    starting from the previous point's answer: sorted distinct colors are mostly near their
+    neighbors); None when :func:`load_kernel` did not run or the points are not RGB. The
+    answers of :func:`colorquant.nearest.nearest`, exact both.
+    """
+    if _KERNEL is None or points.ndim != 2 or points.shape[1] != 3 or not 0 < len(centers) <= 256:
+        return None
+    assign = _Assignment(points, np.ones(len(points)))
+    with _pass_threads(len(points)) as assign.threads:
+        labels, _ = assign(np.asarray(centers, dtype=np.float64), 1)
+    return labels.astype(np.uint8)
+
+
 def fit_points_limit(k: int) -> int:
     """How many weighted points the k-means fit of ``k`` colors works on."""
     return min(FIT_POINTS_MAX, max(FIT_POINTS_MIN, FIT_POINTS_PER_COLOR * k))

@@ -60,3 +60,25 @@ def test_nearest_is_exact_in_float64_on_premultiplied_coordinates(seed, k):
         return np.hstack([c[:, :3] * c[:, 3:], 255 * c[:, 3:]])
 
     assert np.array_equal(got, brute_force(premultiplied(points), premultiplied(centers)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 256), st.integers(1, 255))
+def test_compiled_nearest_is_exact_with_ties(seed, k, top):
+    """In a process that loaded the fit's kernel, the RGB space's nearest search is the
+    compiled one (on the fit's threads): the brute-force answers, ties to the lowest index
+    (centers in a small box and repeated: many exact ties), over sorted distinct colors as a
+    histogram gives them and over points in any order."""
+    from colorquant import fit
+    from colorquant.colorspace import RGBSpace
+
+    fit.load_kernel()
+    rng = np.random.default_rng(seed)
+    points = np.unique(rng.integers(0, 256, (20000, 3), dtype=np.uint8), axis=0)
+    centers = rng.integers(0, top + 1, (k, 3), dtype=np.uint8)
+    centers[-1] = centers[0]
+    for order in (np.arange(len(points)), rng.permutation(len(points))):
+        got = RGBSpace().nearest(RGBSpace().metric(points[order]), RGBSpace().metric(centers))
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, brute_force(points[order], centers))
+    assert fit.nearest_compiled(points.astype(np.float32), centers.astype(np.float32)) is not None
