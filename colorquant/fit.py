@@ -79,6 +79,9 @@ FAST_CHUNK = 512
 #: this many points (a 0.4 MP photo's 100,000 colors take 3 ms a pass at k=256 on one thread;
 #: with 1 << 15, photos of 13,000–72,000 colors gained about half as much, measured).
 FAST_THREAD_POINTS = 1 << 13
+#: From this many centers on, the compiled passes' neighbor lists (k x k distances, 0.5 ms
+#: a pass at k=256) are split over the same threads.
+FAST_SPLIT_CENTERS = 128
 #: Seconds the helper threads of the passes may take to start before the fit goes on alone.
 THREAD_START_TIMEOUT = 10.0
 #: Coordinates of whole-number points below this: the seeding's float32 products and sums
@@ -677,7 +680,7 @@ class _Assignment:
                 lower, shift = np.full(len(self.points), -np.inf), np.zeros(len(quant))
             else:
                 lower, shift = self._bounds[1], np.sqrt(((quant - self._bounds[2]) ** 2).sum(1))
-            found = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
+            found = self._neighbors(quant)
             parts = self._ranges((self._grids[scale], self.weights, self.weighted, quant,
                                   self.labels, *found, lower, shift), first)
             self._bounds = (scale, lower, quant)
@@ -690,6 +693,21 @@ class _Assignment:
         self.labels = labels.astype(np.int64)  # also the kernel's start for the next pass
         self._sums = None
         return labels, error
+
+    def _neighbors(self, quant: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``fitkernel.center_neighbors`` of every center: from :data:`FAST_SPLIT_CENTERS`
+        centers on, in one range of centers per thread of :attr:`threads`."""
+        from itertools import pairwise
+
+        count = self.threads.count if self.threads else 1
+        if count == 1 or len(quant) < FAST_SPLIT_CENTERS:
+            return _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
+        ranges = list(pairwise(len(quant) * i // count for i in range(count + 1)))
+        futures = [self.threads.pool.submit(_KERNEL.center_neighbors, quant, FAST_NEIGHBORS, *r)
+                   for r in ranges[:-1]]
+        last = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS, *ranges[-1])
+        parts = [f.result() for f in futures] + [last]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
     def _ranges(self, args: tuple[Any, ...], chain: bool) -> list[tuple[Any, ...]]:
         """``fitkernel.assign`` over every point: the points split in one range per thread

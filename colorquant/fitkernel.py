@@ -17,24 +17,26 @@ from .jit import cached
 MARGIN = 1e-6
 
 
-@cached
-def center_neighbors(quant, count):
+@cached(nogil=True)
+def center_neighbors(quant, count, start=0, stop=-1):
     """The ``count`` nearest other centers of each center, nearest first (any order among
     equals), their distances, and the distance from each center to the nearest center not
-    among them (inf if none is left).
+    among them (inf if none is left); of the centers ``start`` to ``stop`` (exclusive; -1:
+    the last), so that ranges can run side by side (the loop releases the GIL).
 
     ``quant`` (k, 3) float64 holds whole numbers, so the squared distances are exact.
     """
     k = quant.shape[0]
+    stop = k if stop < 0 else stop
     x, y, z = quant[:, 0].copy(), quant[:, 1].copy(), quant[:, 2].copy()
     count = min(count, k - 1)
-    neighbors = np.empty((k, max(count, 1)), dtype=np.int64)
-    gaps = np.empty((k, max(count, 1)))
-    radius = np.full(k, np.inf)
+    neighbors = np.empty((stop - start, max(count, 1)), dtype=np.int64)
+    gaps = np.empty((stop - start, max(count, 1)))
+    radius = np.full(stop - start, np.inf)
     near = np.empty(count + 1)
     which = np.empty(count + 1, dtype=np.int64)
     row = np.empty(k)
-    for a in range(k):
+    for a in range(start, stop):
         xa, ya, za = x[a], y[a], z[a]
         for j in range(k):  # three named channels: the compiler vectorizes this loop
             dx, dy, dz = x[j] - xa, y[j] - ya, z[j] - za
@@ -58,10 +60,10 @@ def center_neighbors(quant, count):
             near[pos] = d
             which[pos] = j
         for t in range(count):
-            neighbors[a, t] = which[t]
-            gaps[a, t] = np.sqrt(near[t])
+            neighbors[a - start, t] = which[t]
+            gaps[a - start, t] = np.sqrt(near[t])
         if filled > count:
-            radius[a] = np.sqrt(near[count])
+            radius[a - start] = np.sqrt(near[count])
     return neighbors[:, :count], gaps[:, :count], radius
 
 

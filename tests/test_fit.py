@@ -499,13 +499,21 @@ def test_fit_goes_on_alone_when_no_thread_can_start(monkeypatch, flower):
     assert not [t for t in threading.enumerate() if t.name.startswith("colorquant-fit")]
 
 
-@pytest.mark.parametrize("k", [2, 5, 17, 40])
+@pytest.mark.parametrize("k", [2, 5, 17, 40, 200])
 def test_center_neighbors_are_the_nearest_and_radius_the_next(k):
+    """... and ranges of the centers (as the fit's threads take them) give the very rows of
+    the whole."""
+    from itertools import pairwise
+
     from colorquant import fitkernel
 
     rng = np.random.default_rng(40 + k)
     quant = rng.integers(0, 12, (k, 3)).astype(np.float64)  # small box: tied distances
     neighbors, gaps, radius = fitkernel.center_neighbors(quant, 16)
+    cuts = [0, 1, 1, k // 2, k]
+    parts = [fitkernel.center_neighbors(quant, 16, a, b) for a, b in pairwise(cuts)]
+    for whole, part in zip((neighbors, gaps, radius), zip(*parts, strict=True), strict=True):
+        assert np.array_equal(np.concatenate(part), whole)
     count = min(16, k - 1)
     assert neighbors.shape == gaps.shape == (k, count)
     for a in range(k):
