@@ -72,14 +72,10 @@ class RGBSpace:
 
     def nearest(self, points: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Index of the nearest center of each point (metric coordinates); ties to the
-        lowest index. Exact: see :func:`colorquant.nearest.nearest`, or, in a process that
-        loaded the fit's compiled kernel, :func:`colorquant.fit.nearest_compiled` (the same
-        answers)."""
-        from . import fit
+        lowest index. Exact: see :func:`colorquant.nearest.nearest`."""
         from .nearest import nearest
 
-        found = fit.nearest_compiled(points, centers)
-        return nearest(points, centers) if found is None else found
+        return nearest(points, centers)
 
 
 #: sRGB-linear to LMS, and cube-rooted LMS to OKLab (Björn Ottosson, 2020).

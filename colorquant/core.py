@@ -163,7 +163,11 @@ def _nearest(colors: np.ndarray, centers: np.ndarray, options: QuantizeOptions) 
     first by (R, G, B[, A]), so the answer never depends on the palette's order."""
     space = get_space(options.space, colors.shape[1])
     by_value = np.lexsort(centers.T[::-1])
-    found = space.nearest(space.metric(colors), space.metric(centers[by_value]))
+    points, ordered = space.metric(colors), space.metric(centers[by_value])
+    # in a process that loaded the fit's kernel, its compiled search: the same answers
+    found = fit.nearest_compiled(points, ordered) if space.integer_metric else None
+    if found is None:
+        found = space.nearest(points, ordered)
     return by_value[found].astype(np.uint8)
 
 

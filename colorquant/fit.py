@@ -91,6 +91,10 @@ WHOLE_SEEDING_TOP = 1024
 #: that center): at k=256, 1-3% of points a pass then needed a search over every center.
 FAST_NEIGHBORS = 16
 
+#: At most this many points take :func:`nearest_compiled` (about 25 MB of working copies);
+#: more (a large photo's millions of colors) keep the BLAS blocks' bounded memory.
+COMPILED_NEAREST_POINTS = 1 << 18
+
 #: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
 _KERNEL: Any = None
 #: The BLAS and OpenMP pools of the process (a ``threadpoolctl.ThreadpoolController``), found
@@ -115,13 +119,19 @@ def load_kernel() -> None:
 
 
 def nearest_compiled(points: np.ndarray, centers: np.ndarray) -> np.ndarray | None:
-    """Index (uint8) of the nearest of at most 256 centers of each whole-number RGB point, ties
-    to the lowest index, by the compiled assignment on the fit's threads (each point's search
-    starting from the previous point's answer: sorted distinct colors are mostly near their
-    neighbors); None when :func:`load_kernel` did not run or the points are not RGB. The
+    """Index (uint8) of the nearest of at most 256 centers of each point, ties to the lowest
+    index, by the compiled assignment on the fit's threads (each point's search starting from
+    the previous point's answer: sorted distinct colors are mostly near their neighbors): the
     answers of :func:`colorquant.nearest.nearest`, exact both.
+
+    None (search otherwise) unless :func:`load_kernel` ran and the points and centers are
+    whole-number RGB metric coordinates (0–255), at most :data:`COMPILED_NEAREST_POINTS` of
+    them (the search holds a few float64 copies of the points).
     """
-    if _KERNEL is None or points.ndim != 2 or points.shape[1] != 3 or not 0 < len(centers) <= 256:
+    if (_KERNEL is None or points.ndim != 2 or points.shape[1] != 3
+            or not 0 < len(centers) <= 256 or len(points) > COMPILED_NEAREST_POINTS):
+        return None
+    if not (np.all(points == np.rint(points)) and np.all(centers == np.rint(centers))):
         return None
     assign = _Assignment(points, np.ones(len(points)))
     with _pass_threads(len(points)) as assign.threads:

@@ -65,12 +65,11 @@ def test_nearest_is_exact_in_float64_on_premultiplied_coordinates(seed, k):
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 256), st.integers(1, 255))
 def test_compiled_nearest_is_exact_with_ties(seed, k, top):
-    """In a process that loaded the fit's kernel, the RGB space's nearest search is the
+    """In a process that loaded the fit's kernel, the RGB mapping's nearest search is the
     compiled one (on the fit's threads): the brute-force answers, ties to the lowest index
     (centers in a small box and repeated: many exact ties), over sorted distinct colors as a
     histogram gives them and over points in any order."""
     from colorquant import fit
-    from colorquant.colorspace import RGBSpace
 
     fit.load_kernel()
     rng = np.random.default_rng(seed)
@@ -78,7 +77,21 @@ def test_compiled_nearest_is_exact_with_ties(seed, k, top):
     centers = rng.integers(0, top + 1, (k, 3), dtype=np.uint8)
     centers[-1] = centers[0]
     for order in (np.arange(len(points)), rng.permutation(len(points))):
-        got = RGBSpace().nearest(RGBSpace().metric(points[order]), RGBSpace().metric(centers))
-        assert got.dtype == np.uint8
+        got = fit.nearest_compiled(points[order].astype(np.float32), centers.astype(np.float32))
+        assert got is not None and got.dtype == np.uint8
         assert np.array_equal(got, brute_force(points[order], centers))
-    assert fit.nearest_compiled(points.astype(np.float32), centers.astype(np.float32)) is not None
+
+
+def test_compiled_nearest_takes_only_whole_rgb_coordinates(monkeypatch):
+    """Anything but whole-number RGB metric coordinates (OKLab's, a premultiplied RGBA's), or
+    more points than its working copies are meant for, keeps the BLAS search."""
+    from colorquant import fit
+
+    fit.load_kernel()
+    points = np.arange(30, dtype=np.float32).reshape(10, 3)
+    assert fit.nearest_compiled(points, points[:2]) is not None
+    assert fit.nearest_compiled(points + 0.5, points[:2]) is None
+    assert fit.nearest_compiled(points, points[:2] + 0.25) is None
+    assert fit.nearest_compiled(np.zeros((10, 4), np.float32), np.zeros((2, 4), np.float32)) is None
+    monkeypatch.setattr(fit, "COMPILED_NEAREST_POINTS", 9)
+    assert fit.nearest_compiled(points, points[:2]) is None
