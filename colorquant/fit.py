@@ -91,8 +91,8 @@ WHOLE_SEEDING_TOP = 1024
 #: that center): at k=256, 1-3% of points a pass then needed a search over every center.
 FAST_NEIGHBORS = 16
 
-#: At most this many points take :func:`nearest_compiled` (about 25 MB of working copies);
-#: more (a large photo's millions of colors) keep the BLAS blocks' bounded memory.
+#: Points per block of :func:`nearest_compiled` (about 25 MB of working copies a block: a
+#: large photo's millions of colors are searched block by block, in bounded memory).
 COMPILED_NEAREST_POINTS = 1 << 18
 
 #: The compiled assignment (:mod:`colorquant.fitkernel`) once :func:`load_kernel` loaded it.
@@ -122,21 +122,26 @@ def nearest_compiled(points: np.ndarray, centers: np.ndarray) -> np.ndarray | No
     """Index (uint8) of the nearest of at most 256 centers of each point, ties to the lowest
     index, by the compiled assignment on the fit's threads (each point's search starting from
     the previous point's answer: sorted distinct colors are mostly near their neighbors): the
-    answers of :func:`colorquant.nearest.nearest`, exact both.
+    answers of :func:`colorquant.nearest.nearest`, exact both. The points go in blocks of
+    :data:`COMPILED_NEAREST_POINTS` (the search holds a few float64 copies of a block).
 
     None (search otherwise) unless :func:`load_kernel` ran and the points and centers are
-    whole-number RGB metric coordinates (0–255), at most :data:`COMPILED_NEAREST_POINTS` of
-    them (the search holds a few float64 copies of the points).
+    whole-number RGB metric coordinates (0–255).
     """
     if (_KERNEL is None or points.ndim != 2 or points.shape[1] != 3
-            or not 0 < len(centers) <= 256 or len(points) > COMPILED_NEAREST_POINTS):
+            or not 0 < len(centers) <= 256 or not np.all(centers == np.rint(centers))):
         return None
-    if not (np.all(points == np.rint(points)) and np.all(centers == np.rint(centers))):
-        return None
-    assign = _Assignment(points, np.ones(len(points)))
-    with _pass_threads(len(points)) as assign.threads:
-        labels, _ = assign(np.asarray(centers, dtype=np.float64), 1)
-    return labels.astype(np.uint8)
+    centers = np.asarray(centers, dtype=np.float64)
+    labels = np.empty(len(points), dtype=np.uint8)
+    with _pass_threads(min(len(points), COMPILED_NEAREST_POINTS)) as threads:
+        for start in range(0, len(points), COMPILED_NEAREST_POINTS):
+            block = points[start : start + COMPILED_NEAREST_POINTS]
+            if not np.all(block == np.rint(block)):
+                return None
+            assign = _Assignment(block, np.ones(len(block)))
+            assign.threads = threads
+            labels[start : start + len(block)] = assign(centers, 1)[0]
+    return labels
 
 
 def fit_points_limit(k: int) -> int:

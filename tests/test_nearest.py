@@ -83,8 +83,8 @@ def test_compiled_nearest_is_exact_with_ties(seed, k, top):
 
 
 def test_compiled_nearest_takes_only_whole_rgb_coordinates(monkeypatch):
-    """Anything but whole-number RGB metric coordinates (OKLab's, a premultiplied RGBA's), or
-    more points than its working copies are meant for, keeps the BLAS search."""
+    """Anything but whole-number RGB metric coordinates (OKLab's, a premultiplied RGBA's)
+    keeps the BLAS search; many points go block by block, with the same answers."""
     from colorquant import fit
 
     fit.load_kernel()
@@ -93,5 +93,12 @@ def test_compiled_nearest_takes_only_whole_rgb_coordinates(monkeypatch):
     assert fit.nearest_compiled(points + 0.5, points[:2]) is None
     assert fit.nearest_compiled(points, points[:2] + 0.25) is None
     assert fit.nearest_compiled(np.zeros((10, 4), np.float32), np.zeros((2, 4), np.float32)) is None
-    monkeypatch.setattr(fit, "COMPILED_NEAREST_POINTS", 9)
-    assert fit.nearest_compiled(points, points[:2]) is None
+    rng = np.random.default_rng(3)
+    many = np.unique(rng.integers(0, 256, (5000, 3), dtype=np.uint8), axis=0)
+    centers = rng.integers(0, 256, (40, 3), dtype=np.uint8)
+    monkeypatch.setattr(fit, "COMPILED_NEAREST_POINTS", 999)  # six blocks, the last short
+    got = fit.nearest_compiled(many.astype(np.float32), centers.astype(np.float32))
+    assert np.array_equal(got, brute_force(many, centers))
+    late = many.astype(np.float32)
+    late[-1] += 0.5  # a point that is not whole, in the last block
+    assert fit.nearest_compiled(late, centers.astype(np.float32)) is None
