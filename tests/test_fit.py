@@ -428,7 +428,7 @@ def _small_photo_histogram(path):
 
 
 def _thread_names_of_passes(monkeypatch):
-    """Record the thread of every compiled pass call (the kernel itself still runs)."""
+    """Record the thread and the range of every compiled pass call (the kernel still runs)."""
     import threading
 
     fit.load_kernel()
@@ -440,7 +440,7 @@ def _thread_names_of_passes(monkeypatch):
 
         @staticmethod
         def assign(*args):
-            seen.append(threading.current_thread().name)
+            seen.append((threading.current_thread().name, *args[-3:-1]))  # thread, range
             return kernel.assign(*args)
 
     monkeypatch.setattr(fit, "_KERNEL", Recording)
@@ -463,8 +463,11 @@ def test_fit_is_the_same_on_any_thread_count(monkeypatch, k, flower):
         monkeypatch.setattr(dither, "_thread_limit", threads)
         seen.clear()
         results[threads] = fit.fit_centers(colors, counts, k, seed=3, space=RGB)
-        helpers = {name for name in seen if name.startswith("colorquant-fit")}
-        assert len(helpers) == threads - 1, (threads, helpers)
+        # one range a thread every pass; which helper takes which range is the pool's choice
+        # (on a busy machine one helper may take two)
+        assert len({(start, stop) for _, start, stop in seen}) == threads
+        helpers = {name for name, *_ in seen if name.startswith("colorquant-fit")}
+        assert (len(helpers) > 0) == (threads > 1) and len(helpers) < threads, (threads, helpers)
         assert not [t for t in threading.enumerate() if t.name.startswith("colorquant-fit")]
     for threads in (2, 3, 4):
         assert np.array_equal(results[threads], results[1]), threads
@@ -494,7 +497,7 @@ def test_fit_goes_on_alone_when_no_thread_can_start(monkeypatch, flower):
     monkeypatch.setattr(threading.Thread, "start", second_fails)
     seen.clear()
     alone = fit.fit_centers(colors, counts, 100, seed=3, space=RGB)
-    assert len(calls) == 2 and set(seen) == {threading.current_thread().name}
+    assert len(calls) == 2 and {name for name, *_ in seen} == {threading.current_thread().name}
     assert np.array_equal(alone, threaded)
     assert not [t for t in threading.enumerate() if t.name.startswith("colorquant-fit")]
 

@@ -373,7 +373,7 @@ def test_unsafe_socket_folder_is_refused(rt, tmp_path, problem):
 def test_signal_on_the_client_reaches_the_child(warm, tmp_path, slow_image, signum):
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
-    (pid,) = worker_pids(warm.root)
+    pid = warm.start()  # the shared worker, started again if it went idle under load
     before = set(children(pid))
     warm.calls()
     # SIGINT as from a terminal's Ctrl-C (a shell's background job would ignore it)
@@ -396,7 +396,7 @@ def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
     """The client is SIGKILLed: its child stops and cleans up, and writes nothing to the dead
     client's standard error (a pipe others may still read)."""
     out = tmp_path / "out.png"
-    (pid,) = worker_pids(warm.root)
+    pid = warm.start()  # the shared worker, started again if it went idle under load
     before = set(children(pid))
     proc = warm.popen(*slow_args(slow_image, out))
     wait_for(lambda: set(children(pid)) - before, "the call's child")

@@ -582,7 +582,7 @@ def test_random_and_truncated_streams_never_hang_crash_or_run_twice(rt, tmp_path
 def test_a_child_killed_by_a_signal_ends_the_client_by_it(warm, tmp_path, slow_image, signum):
     """The OOM killer's SIGKILL (137 in a shell) or a crash's SIGSEGV (139): as in-process,
     and nothing printed."""
-    (pid,) = worker_pids(warm.root)
+    pid = warm.start()  # the shared worker, started again if it went idle under load
     before = set(children(pid))
     warm.calls()
     proc = warm.popen(*slow_args(slow_image, tmp_path / "out.png"))
