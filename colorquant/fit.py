@@ -712,30 +712,26 @@ class _Assignment:
     def _neighbors(self, quant: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``fitkernel.center_neighbors`` of every center: from :data:`FAST_SPLIT_CENTERS`
         centers on, in one range of centers per thread of :attr:`threads`."""
-        from itertools import pairwise
-
-        count = self.threads.count if self.threads else 1
-        if count == 1 or len(quant) < FAST_SPLIT_CENTERS:
+        if self.threads is None or len(quant) < FAST_SPLIT_CENTERS:
             return _KERNEL.center_neighbors(quant, FAST_NEIGHBORS)
-        ranges = list(pairwise(len(quant) * i // count for i in range(count + 1)))
-        futures = [self.threads.pool.submit(_KERNEL.center_neighbors, quant, FAST_NEIGHBORS, *r)
-                   for r in ranges[:-1]]
-        last = _KERNEL.center_neighbors(quant, FAST_NEIGHBORS, *ranges[-1])
-        parts = [f.result() for f in futures] + [last]
+        parts = self._side_by_side(_KERNEL.center_neighbors, len(quant), (quant, FAST_NEIGHBORS))
         return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
     def _ranges(self, args: tuple[Any, ...], chain: bool) -> list[tuple[Any, ...]]:
-        """``fitkernel.assign`` over every point: the points split in one range per thread
-        of :attr:`threads`, the last range on this thread."""
+        """``fitkernel.assign`` over every point, in one range per thread."""
+        return self._side_by_side(_KERNEL.assign, len(self.points), args, (chain,))
+
+    def _side_by_side(self, function: Any, size: int, args: tuple[Any, ...],
+                      tail: tuple[Any, ...] = ()) -> list[Any]:
+        """``function(*args, start, stop, *tail)`` over ``size`` items split in one range per
+        thread of :attr:`threads` (the last range on this thread); the results in range
+        order."""
         from itertools import pairwise
 
         count = self.threads.count if self.threads else 1
-        ranges = list(pairwise(len(self.points) * i // count for i in range(count + 1)))
-        if len(ranges) == 1:
-            return [_KERNEL.assign(*args, *ranges[0], chain)]
-        futures = [self.threads.pool.submit(_KERNEL.assign, *args, *r, chain)
-                   for r in ranges[:-1]]
-        last = _KERNEL.assign(*args, *ranges[-1], chain)
+        ranges = list(pairwise(size * i // count for i in range(count + 1)))
+        futures = [self.threads.pool.submit(function, *args, *r, *tail) for r in ranges[:-1]]
+        last = function(*args, *ranges[-1], *tail)
         return [f.result() for f in futures] + [last]
 
     def means(self, k: int) -> tuple[np.ndarray, np.ndarray]:
