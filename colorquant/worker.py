@@ -12,6 +12,7 @@ worker is single-threaded (a selector loop), so forking is safe; it exits after
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -550,12 +551,8 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     # a signal that came during the set-up acts now, as on a fresh process at this point
     signal.pthread_sigmask(signal.SIG_SETMASK, set(request.get("mask", [])) - {signal.SIGIO})
 
-    def report(code: int) -> None:
-        with contextlib.suppress(OSError):
-            conn.sendall(b"X%d\n" % code)
-
     try:
-        cli.main(request["argv"], before_exit=report)
+        cli.main(request["argv"], before_exit=functools.partial(_report, conn))
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt as exc:
@@ -570,8 +567,18 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
         sys.excepthook(type(exc), exc, exc.__traceback__)
         code = 1
     _flush_and_atexit()
-    report(code)
+    _report(conn, code)
     return code
+
+
+def _report(conn: socket.socket, code: int) -> None:
+    """Send the call's status (``X<code>``) to its client. The call is over: the client ends
+    on it and closes the connection, which must not stop this child's own exit as the call of
+    a vanished client (a SIGTERM and a traceback's work, on the CPU of the caller's next
+    call), so :func:`_watch_client` stands down first."""
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        conn.sendall(b"X%d\n" % code)
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -410,6 +410,34 @@ def test_client_killed_stops_its_child(warm, tmp_path, slow_image):
     assert warm.run("--worker-status").returncode == 0  # the worker itself goes on
 
 
+def test_a_child_exits_by_its_code_when_the_client_goes_after_the_status():
+    """Once a worker's child has sent the call's status, its client ending (closing the
+    connection, as every client does on the status) no longer stops the child: it exits with
+    the call's code, not by the SIGTERM that stops the call of a client that went before."""
+    from colorquant import worker
+
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child's part, as worker._child does it around a call
+        code = 3
+        try:
+            ours.close()
+            worker._watch_client(theirs)
+            worker._report(theirs, 0)
+            deadline = time.monotonic() + 1.0  # time for SIGIO to come once the client went
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    assert ours.recv(3) == b"X0\n"
+    ours.close()  # the client ends on the status
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"killed by signal {os.WTERMSIG(status)}"
+    assert os.WEXITSTATUS(status) == 0
+
+
 def test_docs_document_the_switches_commands_and_identity():
     from colorquant import launch
 
