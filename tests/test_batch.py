@@ -447,6 +447,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert "colorquant" in text and "3/3" in text and "3 written" in text
 
 
+def test_a_second_sigterm_does_not_cut_a_pool_process_clean_up_short(tmp_path):
+    """Stopping a pool sends its busy processes a SIGTERM, then the executor sends the others
+    another one as soon as it sees the first end: the second must not interrupt the clean-up
+    (the removal of a temporary file) that the first started. A real process and signals."""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from colorquant import executors\n"
+        "executors._init_pool_process()\n"
+        "executors._busy = True  # in a task\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # the pool's stop\n"
+        "    time.sleep(30)\n"
+        "except SystemExit:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # the executor's, during the clean-up\n"
+        "    time.sleep(0.2)  # a handler that raised would raise here\n"
+        "    print('cleaned up', flush=True)\n"
+        "    raise\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60,
+                          check=False)
+    assert proc.stdout == b"cleaned up\n", proc.stderr
+    assert proc.returncode == 130  # the task still ends as stopped
+
+
 @pytest.mark.parametrize("how", ["sigterm-to-parent", "ctrl-c-to-group"])
 def test_interrupted_batch_leaves_no_partial_files(tmp_path, china, how, cli_mode):
     """SIGTERM, or Ctrl-C (SIGINT to the whole process group), to a parallel batch: exit 130,
