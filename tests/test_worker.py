@@ -438,6 +438,35 @@ def test_a_child_exits_by_its_code_when_the_client_goes_after_the_status():
     assert os.WEXITSTATUS(status) == 0
 
 
+def test_the_clients_json_is_the_json_modules():
+    """The client writes its messages without importing :mod:`json`: for any value of the
+    kinds it sends (strings with quotes, controls, non-ASCII, astral and lone surrogates as
+    from undecodable file names; numbers; nesting), the text equals
+    ``json.dumps(value, sort_keys=True)`` and reads back as the value."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF,
+                                 blacklist_categories=()))
+    scalars = (text | st.none() | st.booleans() | st.integers()
+               | st.floats(allow_nan=False))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(text, inner, max_size=4), max_leaves=20)
+
+    @settings(max_examples=300, deadline=None)
+    @given(value=values)
+    def check(value: object) -> None:
+        written = launch.to_json(value)
+        assert written == json.dumps(value, sort_keys=True)
+        assert json.loads(written) == value
+
+    check()
+    assert launch.to_json(["\udcff", "\U0001f600", (1, 2.5)]) == json.dumps(
+        ["\udcff", "\U0001f600", [1, 2.5]])
+    with pytest.raises(TypeError):
+        launch.to_json({1: "a key that is not a string"})
+
+
 def test_docs_document_the_switches_commands_and_identity():
     from colorquant import launch
 
