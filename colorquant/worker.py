@@ -572,11 +572,21 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
 
 
 def _report(conn: socket.socket, code: int) -> None:
-    """Send the call's status (``X<code>``) to its client. The call is over: the client ends
-    on it and closes the connection, which must not stop this child's own exit as the call of
-    a vanished client (a SIGTERM and a traceback's work, on the CPU of the caller's next
-    call), so :func:`_watch_client` stands down first."""
+    """Send the call's status (``X<code>``) to its client, once the call's output is flushed.
+
+    The call is over, so first: the caller's standard descriptors are let go (``/dev/null``
+    over them), so that a caller reading the command's output sees its end now, not once
+    this process has exited (the kernel closes a process's descriptors only after it has
+    torn down its memory: a tenth of a second after a 24 MP call); and :func:`_watch_client`
+    stands down, since the client closing the connection on the status is the normal end,
+    not the call of a vanished client (a SIGTERM and a traceback's work, on the CPU of the
+    caller's next call)."""
     signal.signal(signal.SIGIO, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
     with contextlib.suppress(OSError):
         conn.sendall(b"X%d\n" % code)
 

@@ -438,6 +438,41 @@ def test_a_child_exits_by_its_code_when_the_client_goes_after_the_status():
     assert os.WEXITSTATUS(status) == 0
 
 
+def test_a_child_lets_the_callers_output_go_before_it_reports():
+    """A child sends the call's status only after letting go of the caller's standard
+    descriptors: a caller reading the command's output (a pipe, ``$(...)``) sees its end
+    with the status, not once the child has exited (after a large image the kernel takes a
+    tenth of a second to tear its memory down before it closes the descriptors)."""
+    from colorquant import worker
+
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's part, its standard output and error the caller's pipe
+        code = 3
+        try:
+            ours.close()
+            os.close(read_end)
+            for fd in (1, 2):
+                os.dup2(write_end, fd)
+            os.close(write_end)
+            os.write(1, b"output\n")
+            worker._report(theirs, 0)
+            time.sleep(2.0)  # alive, as a large call's child is while its memory goes
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    os.close(write_end)
+    assert ours.recv(3) == b"X0\n"
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"output\n"  # its end, while the child still lives
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    ours.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def test_the_clients_json_is_the_json_modules():
     """The client writes its messages without importing :mod:`json`: for any value of the
     kinds it sends (strings with quotes, controls, non-ASCII, astral and lone surrogates as
