@@ -583,12 +583,17 @@ def _report(conn: socket.socket, code: int) -> None:
     caller's next call)."""
     signal.signal(signal.SIGIO, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
+        _to_null(0, 1, 2)
     with contextlib.suppress(OSError):
         conn.sendall(b"X%d\n" % code)
+
+
+def _to_null(*fds: int) -> None:
+    """Point these descriptors at ``/dev/null``: the caller's streams let go of."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -627,10 +632,7 @@ def _watch_client(conn: socket.socket) -> None:
         if data:
             return
         signal.signal(signal.SIGIO, signal.SIG_IGN)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.close(null)
+        _to_null(1, 2)
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGIO, gone)
