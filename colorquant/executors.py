@@ -234,23 +234,19 @@ class ProcessPool(_Local):
 
 _limits: Any = None
 _busy = False
-_unwinding = False
 
 
 def _stop(signum: int, frame: object) -> None:
     """SIGTERM in a pool process: end now when idle; when busy, unwind first (SystemExit runs
     atomic_write's clean-up of its temporary file), then end in :func:`_guarded`.
 
-    A SIGTERM that comes while the task unwinds is ignored: raised in the middle of the
-    clean-up it would skip the removal of the temporary file. Stopping a pool can send two
-    (the pool's own, then the executor's when it sees another process of the pool end); the
+    Later SIGTERMs are ignored while the task unwinds: raised in the middle of the clean-up
+    one would skip the removal of the temporary file. Stopping a pool can send two (the
+    pool's own, then the executor's when it sees another process of the pool end); the
     parent's SIGKILL after :data:`STOP_GRACE` still ends a clean-up that hangs."""
-    global _unwinding
     if not _busy:
         os._exit(130)
-    if _unwinding:
-        return
-    _unwinding = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(130)
 
 
