@@ -213,7 +213,13 @@ def test_batch_killed_at_random_moments_leaves_only_complete_outputs(tmp_path):
         victim = subprocess.Popen([str(COMMAND), str(src), "-r", "--out-dir", str(out), "-j",
                                    "2", "-q"], start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(0.3, 0.9)) * took)
+        # from its first output on (a busy machine delays the start more than the batch),
+        # for a seeded share of the rest of the reference run's time
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and victim.poll() is None and not (
+                out.is_dir() and any(p.suffix == ".png" for p in out.iterdir())):
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.1, 0.6)) * took)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
         if not out.exists():
