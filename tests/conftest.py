@@ -113,8 +113,14 @@ for _var in ("COLORQUANT_WORKER", "COLORQUANT_WORKER_TRACE", "COLORQUANT_WORKER_
     os.environ.pop(_var, None)
 
 
-def worker_pids(runtime: Path) -> list[int]:
-    """Processes of workers whose socket folder is under ``runtime`` (also still starting)."""
+#: ``worker.SPARE_NAME``, the name of a worker's spare child (not imported: no colorquant here).
+SPARE_NAME = b"cq-worker-spare"
+
+
+def worker_pids(runtime: Path, spares: bool = False) -> list[int]:
+    """Processes of workers whose socket folder is under ``runtime`` (also still starting),
+    and their call's children, which share their command line; with ``spares``, also the
+    spare child each keeps for its next call (``worker.SPARE_NAME``)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -122,10 +128,12 @@ def worker_pids(runtime: Path) -> list[int]:
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            name = Path(f"/proc/{entry}/comm").read_bytes().rstrip(b"\n")
         except OSError:
             continue
         if b"colorquant.worker" in args and state != b"Z" and any(
-                a.startswith(os.fsencode(runtime)) for a in args):
+                a.startswith(os.fsencode(runtime)) for a in args) and (
+                spares or name != SPARE_NAME):
             found.append(int(entry))
     return found
 
@@ -143,7 +151,9 @@ def stop_workers(runtime: Path) -> list[int]:
         time.sleep(0.05)  # a worker still importing has no socket yet: it ends on SIGTERM
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
-    for pid in worker_pids(runtime):
+    while worker_pids(runtime, spares=True) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a spare ends by itself once its worker has
+    for pid in worker_pids(runtime, spares=True):
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
     return killed

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from colorquant import fit, launch
+from colorquant import fit, launch, worker
 from tests.conftest import COMMAND, random_image, stop_workers, worker_pids
 
 TIMEOUT = 300
@@ -104,9 +104,27 @@ def slow_args(src: Path, dst: Path) -> list[object]:
     return [src, "-k", "256", "--fit", "lloyd", "-o", dst]
 
 
-def children(pid: int) -> list[int]:
+def children(pid: int, spares: bool = False) -> list[int]:
+    """The children of process ``pid`` (of a worker: its calls' children), and with
+    ``spares`` its spare child too."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
+    return [int(p) for p in out.stdout.split() if spares or not is_spare(int(p))]
+
+
+def is_spare(pid: int) -> bool:
+    """Whether ``pid`` is a worker's spare child, waiting for a call (its name says so)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == worker.SPARE_NAME
+    except OSError:
+        return False
+
+
+def spare_of(pid: int) -> int:
+    """The spare child of worker ``pid``, once it has one."""
+    found: list[int] = []
+    wait_for(lambda: found.extend(p for p in children(pid, spares=True) if is_spare(p))
+             or found, "the worker's spare child")
+    return found[0]
 
 
 def wait_for(condition, what: str) -> None:
@@ -296,6 +314,100 @@ def test_many_first_calls_start_one_worker(rt, tmp_path):
     assert len(worker_pids(rt.root)) == 1
     wait_for(lambda: rt.run("--worker-status").returncode == 0, "the worker started")
     assert len(worker_pids(rt.root)) == 1
+
+
+# --- the spare child ----------------------------------------------------------------------
+
+
+def test_the_next_call_runs_in_the_spare_child(rt, tmp_path, slow_image):
+    """Between calls a worker keeps one child forked ahead (its spare); the next call runs
+    in it, with the same output as in-process, and once no call runs it forks the next."""
+    expected = rt.run(*slow_args(slow_image, tmp_path / "ref.png"), env=off(rt))
+    pid = rt.start()
+    spare = spare_of(pid)
+    assert children(pid) == []  # no call runs: the spare is not a call's child
+    rt.calls()
+    proc = rt.popen(*slow_args(slow_image, tmp_path / "out.png"))
+    wait_for(lambda: children(pid), "the call's child")
+    assert children(pid) == [spare]  # the spare took the call (and no longer says spare)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, err) == (0, expected.stderr)
+    assert (tmp_path / "out.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
+    assert rt.calls() == ["worker"]
+    wait_for(lambda: gone(spare), "the call's child to end")
+    assert spare_of(pid) != spare
+
+
+def test_a_killed_spare_is_replaced_after_the_next_call(rt, tmp_path):
+    """A spare that ends before its call (killed) costs nothing: the next call forks its own
+    child, as with no spare, and after it the worker forks a new spare."""
+    (src,) = images(tmp_path / "src", 1)
+    expected = rt.run(src, "-k", "8", "-o", "-", env=off(rt)).stdout
+    pid = rt.start()
+    spare = spare_of(pid)
+    os.kill(spare, signal.SIGKILL)
+    wait_for(lambda: gone(spare), "the spare to end")
+    rt.calls()
+    proc = rt.run(src, "-k", "8", "-o", "-")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+    assert rt.calls() == ["worker"]
+    assert spare_of(pid) != spare
+
+
+@pytest.mark.parametrize("how", ["stop", "SIGKILL"])
+def test_the_spare_ends_with_its_worker(rt, how):
+    """The spare never outlives its worker: it ends when the worker stops, and when the
+    worker is killed (its socket to the worker closes)."""
+    pid = rt.start()
+    spare = spare_of(pid)
+    if how == "stop":
+        assert rt.run("--worker-stop").returncode == 0
+    else:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid) and gone(spare), "the worker and its spare to end")
+
+
+@pytest.mark.skipif(not worker._glibc(), reason="the heap is made ready through glibc's mallopt")
+def test_a_spare_takes_its_calls_heap_faults_ahead():
+    """After :func:`worker._prefault`, the heap blocks a call allocates and writes (here
+    16 MB, in 1 MB blocks) cost no page faults; in a child forked without it, they do (one
+    per 4 KB page written, at least half of them)."""
+    import ctypes
+    import resource
+
+    def faults(prefault: bool) -> int:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                if prefault:
+                    worker._prefault()
+                libc = ctypes.CDLL(None)
+                libc.malloc.restype = ctypes.c_void_p
+                libc.malloc.argtypes = [ctypes.c_size_t]
+                libc.free.argtypes = [ctypes.c_void_p]
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                blocks = [libc.malloc(1 << 20) for _ in range(16)]
+                for block in blocks:
+                    ctypes.memset(block, 1, 1 << 20)
+                taken = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+                for block in blocks:
+                    libc.free(block)
+                os.write(write_end, b"%d" % taken)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            taken = int(pipe.read())
+        assert os.waitpid(pid, 0)[1] == 0
+        return taken
+
+    pages = 16 * (1 << 20) // 4096
+    assert faults(prefault=False) >= pages // 2
+    assert faults(prefault=True) < pages // 20
 
 
 # --- dead, stale and refused workers ------------------------------------------------------
