@@ -379,9 +379,12 @@ class Worker:
         self.spare = _Spare(pid, ours)
 
     def _end_spare(self) -> None:
-        """Let the spare child go (it ends when its socket closes) and wait for it."""
+        """End the spare child and wait for it: it has no call, and a stopped one
+        (SIGSTOP) must not keep the worker from exiting."""
         if self.spare is not None:
             self.spare.sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.spare.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.spare.pid, 0)
             self.spare = None
@@ -552,12 +555,11 @@ _PREFAULT_BLOCK = 4 << 20
 def _prefault() -> None:
     """Take now the page faults a call would take: a forked child's first write to a page
     it shares with the worker copies the page, and each new page of heap is a fault too
-    (about 8,600 of them, 20-25 ms, in a 0.4 MP call on a VM, measured).
+    (about 8,600 of them, 20-25 ms, in a 0.4 MP call on a VM, measured; 2,100 after this).
 
-    Going over every object the collector tracks writes each one's reference count, which
-    copies the pages of the objects a call will touch; with glibc, heap blocks written and
-    freed stay this process's (malloc keeps them: no trimming, no mmap below 32 MB) for
-    the call to reuse. The pages are private from then on, as the call's would have been."""
+    With glibc, heap blocks written and freed stay this process's (malloc then keeps its
+    freed memory: no trimming, no mmap below 32 MB, for the rest of the call) for the call
+    to reuse: private pages already, as the call's would have become."""
     if not _glibc():
         return
     import ctypes
@@ -601,7 +603,8 @@ def _spare(sock: socket.socket) -> int:
         for fd in fds:
             os.close(fd)
         return 0
-    _name(name)  # the call's process is named as a forked child is
+    if name:
+        _name(name)  # the call's process is named as a forked child is
     conn = socket.socket(fileno=fds[0])
     return _child(conn, json.loads(data), list(fds[1:]))
 

@@ -360,13 +360,16 @@ def test_a_killed_spare_is_replaced_after_the_next_call(rt, tmp_path):
     assert spare_of(pid) != spare
 
 
-@pytest.mark.parametrize("how", ["stop", "SIGKILL"])
+@pytest.mark.parametrize("how", ["stop", "stop, the spare stopped", "SIGKILL"])
 def test_the_spare_ends_with_its_worker(rt, how):
-    """The spare never outlives its worker: it ends when the worker stops, and when the
-    worker is killed (its socket to the worker closes)."""
+    """The spare never outlives its worker: it ends when the worker stops (even a spare
+    stopped by SIGSTOP, which cannot read its socket), and when the worker is killed (its
+    socket to the worker closes)."""
     pid = rt.start()
     spare = spare_of(pid)
-    if how == "stop":
+    if how.startswith("stop"):
+        if how.endswith("stopped"):
+            os.kill(spare, signal.SIGSTOP)
         assert rt.run("--worker-stop").returncode == 0
     else:
         os.kill(pid, signal.SIGKILL)
