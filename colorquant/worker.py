@@ -350,7 +350,7 @@ class Worker:
             self.pending.discard(pending)
             self.selector.unregister(conn)
             fds, pending.fds = pending.fds, []
-            self._run(conn, request, fds)
+            self._run(conn, request, pending.data[4:], fds)
             return True
         return False
 
@@ -371,7 +371,7 @@ class Worker:
             code = 1
             try:
                 ours.close()
-                self._close_in_child(None)
+                self._close_in_child()
                 code = _spare(theirs)
             finally:
                 os._exit(code)
@@ -389,24 +389,27 @@ class Worker:
                 os.waitpid(self.spare.pid, 0)
             self.spare = None
 
-    def _hand_over(self, conn: socket.socket, request: dict[str, Any],
-                   fds: list[int]) -> int | None:
-        """Give the call (its request, connection and the caller's descriptors) to the
-        spare child; its pid, or None: no spare, or it cannot take the call (it is gone, or
-        the request is too long for one message), and the call forks its own child."""
+    def _hand_over(self, conn: socket.socket, raw: bytes, fds: list[int]) -> int | None:
+        """Give the call (its request as the client sent it, the connection and the
+        caller's descriptors) to the spare child; its pid, or None: no spare, or it cannot
+        take the call (it is gone, or the request is too long for one message), and the
+        call forks its own child."""
         spare, self.spare = self.spare, None
         if spare is None:
             return None
         try:
-            socket.send_fds(spare.sock, [json.dumps(request).encode()], [conn.fileno(), *fds])
+            socket.send_fds(spare.sock, [raw], [conn.fileno(), *fds])
             return spare.pid
         except OSError:
             return None  # the spare ends on the closed socket (or has ended)
         finally:
             spare.sock.close()
 
-    def _run(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        pid = self._hand_over(conn, request, fds)
+    def _run(self, conn: socket.socket, request: dict[str, Any], raw: bytes,
+             fds: list[int]) -> None:
+        """Start the call (``request``, read from the JSON ``raw``) in the spare child, or
+        in a child forked for it."""
+        pid = self._hand_over(conn, raw, fds)
         try:
             try:
                 if pid is None:
@@ -419,7 +422,7 @@ class Worker:
             if pid == 0:
                 code = 1
                 try:
-                    self._close_in_child(conn)
+                    self._close_in_child()
                     code = _child(conn, request, fds)
                 finally:
                     os._exit(code)
@@ -441,7 +444,10 @@ class Worker:
         # not read here: what the client sends is the child's ("S"), and the child sees
         # the client go itself (:func:`_watch_client`)
 
-    def _close_in_child(self, conn: socket.socket | None) -> None:
+    def _close_in_child(self) -> None:
+        """In a child just forked (for a call or as the spare): let go of the worker's
+        descriptors and of every other connection. (No spare exists then: one is forked
+        only when none is, and a call takes it, or drops it, before any fork.)"""
         signal.set_wakeup_fd(-1)
         for fd in (self.wake_r, self.wake_w, self.lock):
             os.close(fd)
@@ -455,8 +461,6 @@ class Worker:
             other.close()
         for pending in self.pending:
             pending.close()
-        if self.spare is not None:
-            self.spare.sock.close()
 
     def _reap(self) -> None:
         while self.children or self.spare is not None:
