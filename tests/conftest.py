@@ -128,14 +128,21 @@ def worker_pids(runtime: Path, spares: bool = False) -> list[int]:
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-            name = Path(f"/proc/{entry}/comm").read_bytes().rstrip(b"\n")
         except OSError:
             continue
         if b"colorquant.worker" in args and state != b"Z" and any(
                 a.startswith(os.fsencode(runtime)) for a in args) and (
-                spares or name != SPARE_NAME):
+                spares or not is_spare(int(entry))):
             found.append(int(entry))
     return found
+
+
+def is_spare(pid: int) -> bool:
+    """Whether ``pid`` is a worker's spare child, waiting for a call (its name says so)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n") == SPARE_NAME
+    except OSError:
+        return False
 
 
 def stop_workers(runtime: Path) -> list[int]:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from colorquant import fit, launch, worker
-from tests.conftest import COMMAND, random_image, stop_workers, worker_pids
+from tests.conftest import COMMAND, is_spare, random_image, stop_workers, worker_pids
 
 TIMEOUT = 300
 #: These tests choose how each call runs (conftest runs the others in both modes).
@@ -109,14 +109,6 @@ def children(pid: int, spares: bool = False) -> list[int]:
     ``spares`` its spare child too."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split() if spares or not is_spare(int(p))]
-
-
-def is_spare(pid: int) -> bool:
-    """Whether ``pid`` is a worker's spare child, waiting for a call (its name says so)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n") == worker.SPARE_NAME
-    except OSError:
-        return False
 
 
 def spare_of(pid: int) -> int:
