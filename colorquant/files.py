@@ -72,8 +72,13 @@ def _read_frames(src: str | os.PathLike[str] | BinaryIO, fmt: str, options: Quan
     try:
         decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label, log=log)
-    finally:
+    except BaseException:
         source.close()
+        raise
+    if all(image is not source for image in decoded.images):
+        source.close()
+    # else the source is the frame itself (one frame, upright, already RGB or RGBA): Pillow
+    # closed its file when it decoded it, and closing the image would free its pixels
     if check_size:
         formats.check_output_size(fmt, decoded.images[0].size, shown_dst)
     return decoded, frames_to_write(decoded, fmt, label=label, shown_dst=shown_dst, log=log)

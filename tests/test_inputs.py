@@ -277,6 +277,50 @@ def test_exif_orientation_is_applied_and_dropped(tmp_path):
     assert (np.abs(top - (255, 0, 0)) < 40).all()  # the left band is now on top
 
 
+
+def open_files() -> set[str]:
+    """The files this process has open (targets of /proc/self/fd)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, gone already
+            pass
+    return found
+
+
+@pytest.mark.parametrize(("ext", "turned"), [
+    (ext, turned) for ext in ("png", "jpg", "webp", "tif") for turned in (False, True)
+] + [("gif", False)])  # (Pillow writes no orientation tag to a GIF)
+def test_a_still_frame_is_kept_without_a_copy_only_when_its_file_is_done(tmp_path, ext, turned):
+    """A still PNG, JPEG or WebP that needs no turn is the frame itself (Pillow closed its file
+    when it decoded it); a turned one, or one of a format that keeps its file, is a copy, and
+    after the read no file of the input is left open either way."""
+    rgb = random_image(12, 20, seed=5)
+    exif = Image.Exif()
+    if turned:
+        exif[0x0112] = 6
+    src = tmp_path / f"in.{ext}"
+    Image.fromarray(rgb).save(src, exif=exif.tobytes(), **({"lossless": True} if ext == "webp"
+                                                            else {}))
+    before = open_files()
+    source = imagefile.open_image(src, max_pixels=10**6)
+    decoded = frames.read(source, label=src.name)
+    kept = decoded.images[0] is source
+    if not kept:
+        source.close()
+    assert kept == (not turned and ext in ("png", "jpg", "webp"))
+    assert str(src) not in open_files() - before
+    got = np.asarray(decoded.images[0].convert("RGB"))
+    assert got.shape == ((20, 12, 3) if turned else (12, 20, 3))
+    if ext in ("png", "tif", "webp"):  # lossless: the pixels, turned as the tag says
+        assert np.array_equal(got, np.rot90(rgb, -1) if turned else rgb)
+    dst = tmp_path / "out.png"
+    files.quantize_file(src, dst, 4)
+    assert str(src) not in open_files() - before
+    with Image.open(dst) as out:
+        assert out.size == ((12, 20) if turned else (20, 12))
+
 def _srgb_bytes() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
