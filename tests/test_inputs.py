@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io as stdio
 import os
 from pathlib import Path
@@ -282,10 +283,8 @@ def open_files() -> set[str]:
     """The files this process has open (targets of /proc/self/fd)."""
     found = set()
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
             found.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the listing's own descriptor, gone already
-            pass
     return found
 
 
