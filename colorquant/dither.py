@@ -132,7 +132,7 @@ def _nearest_mapper(prepared: Prepared, palette: Palette, options: QuantizeOptio
                     labels: np.ndarray) -> Mapping:
     """Every pixel through its distinct color's label (today's exact nearest mapping)."""
     hist = prepared.histogram
-    indices = pixels.lookup(prepared.key_strips(), hist, labels, n_pixels=prepared.n_pixels)
+    indices = pixels.image_lookup(prepared.image, hist, labels, threads=map_threads())
     labels = np.asarray(labels, dtype=np.uint8)
     entry_counts = np.bincount(labels, weights=hist.counts, minlength=len(palette))
     return Mapping(indices, entry_counts.astype(np.int64),
@@ -350,8 +350,8 @@ def fs_quiet(prepared: Prepared, palette: Palette, labels: np.ndarray) -> np.nda
     hist = prepared.histogram
     width, height = prepared.image.size
     quiet = undithered_error(hist.colors, palette.colors[labels]) <= FS_QUIET * 255**2
-    return pixels.lookup(prepared.key_strips(), hist, quiet.astype(np.uint8),
-                         n_pixels=prepared.n_pixels).reshape(height, width)
+    return pixels.image_lookup(prepared.image, hist, quiet.astype(np.uint8),
+                               threads=map_threads()).reshape(height, width)
 
 
 def undithered_mse(prepared: Prepared, palette: Palette, labels: np.ndarray,

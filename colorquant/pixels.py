@@ -7,11 +7,14 @@ histogram of distinct keys, and a lookup maps the result back to every pixel. No
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+
+T = TypeVar("T")
 
 RGB_MASK = np.uint32(0x00FFFFFF)
 #: Pixels processed per step by the large-image passes; bounds their temporary memory.
@@ -22,6 +25,9 @@ DENSE_FROM = 1 << 20
 #: wins at 2**14 pixels, the table is 3x faster at 2**16); below it, zeroing the table for
 #: each frame made a GIF of 3,000 one-pixel frames spend 10 s.
 TABLE_FROM = 1 << 15
+#: From this many pixels on, an RGB image's lookup runs in row ranges side by side, a thread
+#: each (the histogram does not: ``np.add.at`` holds the GIL, measured).
+PARALLEL_FROM = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,18 +87,52 @@ def pack(colors: np.ndarray) -> np.ndarray:
     return padded.view("<u4").reshape(-1).astype(np.uint32)
 
 
-def key_strips(image: Image.Image, rows: int | None = None) -> Iterator[np.ndarray]:
-    """Raw uint32 keys of a Pillow RGB/RGBA image, a band of rows at a time.
+def key_strips(image: Image.Image, rows: int | None = None, *, top: int = 0,
+               stop: int | None = None) -> Iterator[np.ndarray]:
+    """Raw uint32 keys of a Pillow RGB/RGBA image (rows ``top`` to ``stop``, default all), a
+    band of rows at a time.
 
     Each band is copied out of Pillow's buffer on its own, so the whole image is never held
     twice; a band holds about :data:`STRIP` pixels unless ``rows`` says otherwise.
     """
     width, height = image.size
+    stop = height if stop is None else stop
     raw = "RGBX" if image.mode == "RGB" else "RGBA"
     step = rows or max(1, STRIP // max(width, 1))
-    for top in range(0, height, step):
-        band = image.crop((0, top, width, min(height, top + step)))
+    for first in range(top, stop, step):
+        band = image.crop((0, first, width, min(stop, first + step)))
         yield pixel_keys(band.tobytes("raw", raw))
+
+
+def _row_ranges(image: Image.Image, threads: int) -> list[tuple[int, int]]:
+    """The image's rows in ``threads`` ranges (one when it is smaller than
+    :data:`PARALLEL_FROM` pixels or not RGB), as (first row, end row)."""
+    width, height = image.size
+    if image.mode != "RGB" or width * height < PARALLEL_FROM:
+        threads = 1
+    threads = max(1, min(threads, height))
+    return [(height * i // threads, height * (i + 1) // threads) for i in range(threads)]
+
+
+def _side_by_side(function: Callable[..., T], calls: list[tuple[Any, ...]]) -> list[T]:
+    """``function(*args)`` for each ``args`` of ``calls``: the first on this thread, each
+    other on a thread started for it; the results in order. A call whose thread cannot start
+    (a process limit of the caller's) runs on this thread after the first."""
+    if len(calls) == 1:
+        return [function(*calls[0])]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(calls) - 1,
+                            thread_name_prefix="colorquant-pixels") as pool:
+        futures: list[Any] = []
+        for args in calls[1:]:
+            try:
+                futures.append(pool.submit(function, *args))
+            except RuntimeError:  # "can't start new thread"
+                futures.append(args)
+        first = function(*calls[0])
+        return [first] + [f.result() if not isinstance(f, tuple) else function(*f)
+                          for f in futures]
 
 
 def _chunks(keys: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -171,6 +211,32 @@ def lookup(keys: np.ndarray | Iterable[np.ndarray], hist: Histogram, labels: np.
         start = stop
     if start != n:
         raise ValueError(f"expected {n} pixel keys, got {start}")
+    return out
+
+
+def image_lookup(image: Image.Image, hist: Histogram, labels: np.ndarray, *,
+                 threads: int = 1) -> np.ndarray:
+    """:func:`lookup` of a Pillow RGB/RGBA image's pixels (``hist`` made from them); an RGB
+    image of at least :data:`PARALLEL_FROM` pixels is looked up in up to ``threads`` row
+    ranges side by side, each writing its own rows of the result."""
+    width, height = image.size
+    ranges = _row_ranges(image, threads)
+    if len(ranges) == 1:
+        return lookup(key_strips(image), hist, labels, n_pixels=width * height)
+    out = np.empty(width * height, dtype=np.uint8)
+    table = np.zeros(1 << 24, dtype=np.uint8)
+    table[hist.keys] = np.asarray(labels, dtype=np.uint8)
+
+    def fill(top: int, stop: int) -> int:
+        start = top * width
+        for chunk in key_strips(image, top=top, stop=stop):
+            np.take(table, chunk & RGB_MASK, out=out[start : start + len(chunk)])
+            start += len(chunk)
+        return start
+
+    ends = _side_by_side(fill, ranges)
+    if ends != [stop * width for _, stop in ranges]:
+        raise ValueError("pixel keys do not match the image's size")
     return out
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -68,3 +69,48 @@ def test_transparent_pixels_share_one_key():
     hist = pixels.histogram(keys, 4)
     assert len(hist) == 2
     assert hist.colors.tolist() == [[0, 0, 0, 0], [1, 2, 3, 128]]
+
+
+def _reference_lookup(array: np.ndarray, labels_of: dict[tuple[int, ...], int]) -> np.ndarray:
+    """Each pixel's label, by a plain loop over the pixels (a fully transparent pixel is the
+    color 0, 0, 0, 0)."""
+    flat = array.reshape(-1, array.shape[2])
+    return np.array([labels_of[(0, 0, 0, 0) if len(pixel) == 4 and pixel[3] == 0
+                               else tuple(int(v) for v in pixel)] for pixel in flat], np.uint8)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_image_lookup_in_row_ranges_is_the_plain_lookup(monkeypatch, threads, mode):
+    """Side by side in row ranges (uneven ones: 53 rows), every pixel gets its color's label,
+    checked against a plain loop; RGBA keeps the one-range route."""
+    monkeypatch.setattr(pixels, "PARALLEL_FROM", 1000)
+    rng = np.random.default_rng(threads)
+    colors = rng.integers(0, 256, (40, len(mode)), dtype=np.uint8)
+    array = colors[rng.integers(0, len(colors), (53, 37))]
+    image = Image.fromarray(array, mode)
+    hist = pixels.histogram(pixels.key_strips(image, rows=7), len(mode), n_pixels=53 * 37)
+    labels = rng.integers(0, 256, len(hist), dtype=np.uint8)
+    labels_of = {tuple(int(v) for v in color): int(label)
+                 for color, label in zip(hist.colors, labels, strict=True)}
+    got = pixels.image_lookup(image, hist, labels, threads=threads)
+    assert np.array_equal(got, _reference_lookup(array, labels_of))
+    assert len(pixels._row_ranges(image, threads)) == (min(threads, 53) if mode == "RGB" else 1)
+
+
+def test_image_lookup_of_a_large_photo_in_two_threads_is_the_one_thread_lookup():
+    """At the real threshold (a 4 MP image), both routes give the same indices."""
+    width = 2048
+    height = -(-pixels.PARALLEL_FROM // width)
+    rng = np.random.default_rng(7)
+    array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    array[:, :, 2] &= 0xF0  # fewer distinct colors, so labels repeat
+    image = Image.fromarray(array, "RGB")
+    hist = pixels.histogram(pixels.key_strips(image), 3, n_pixels=width * height)
+    labels = (np.arange(len(hist)) % 256).astype(np.uint8)
+    assert len(pixels._row_ranges(image, 2)) == 2
+    one = pixels.lookup(pixels.key_strips(image), hist, labels, n_pixels=width * height)
+    assert np.array_equal(pixels.image_lookup(image, hist, labels, threads=2), one)
+    sample = rng.integers(0, width * height, 2000)
+    keys = pixels.canonical(pixels.pack(array.reshape(-1, 3)[sample]), 3)
+    assert np.array_equal(one[sample], labels[np.searchsorted(hist.keys, keys)])
