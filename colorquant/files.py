@@ -64,11 +64,15 @@ def _to_srgb(options: QuantizeOptions, fmt: str) -> bool:
 
 def _read_frames(src: str | os.PathLike[str] | BinaryIO, fmt: str, options: QuantizeOptions,
                  *, shown_dst: str, check_size: bool = True, log: Log | None = None,
-                 ) -> tuple[frames.Frames, list[Image.Image]]:
+                 fit_ahead: bool = False) -> tuple[frames.Frames, list[Image.Image]]:
     """Decode ``src`` and pick the frames an output of format ``fmt`` will hold, refusing
-    (when ``check_size``) an image too large for that format before any work on it."""
+    (when ``check_size``) an image too large for that format before any work on it;
+    ``fit_ahead``: a fit follows, so a large image's decode overlaps the import of the fit's
+    library (:func:`memory.import_fit_backend_ahead`)."""
     label = imagefile.display_name(src)
-    source = imagefile.open_image(src, max_pixels=options.max_pixels, frame=options.frame)
+    source = imagefile.open_image(
+        src, max_pixels=options.max_pixels, frame=options.frame,
+        before_decode=memory.import_fit_backend_ahead if fit_ahead else None)
     try:
         decoded = frames.read(source, frame=options.frame, to_srgb=_to_srgb(options, fmt),
                               max_pixels=options.max_pixels, label=label, log=log)
@@ -153,7 +157,8 @@ def quantize_file(
     input_size = None
     if save.skip_if_larger:
         src, input_size = input_bytes(src)
-    decoded, images = _read_frames(src, target.fmt, options, shown_dst=target.shown, log=log)
+    decoded, images = _read_frames(src, target.fmt, options, shown_dst=target.shown, log=log,
+                                   fit_ahead=palette is None)
     clock.lap("read")
     keep_order = palette is not None  # a given palette's order is the user's
     results, palette, stage_times = _quantize(images, options, palette, target)

@@ -90,13 +90,16 @@ def _unidentified(source: str | os.PathLike[str] | BinaryIO) -> str:
 
 
 def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
-               frame: int | None = None) -> Image.Image:
+               frame: int | None = None,
+               before_decode: Callable[[int, int], None] | None = None) -> Image.Image:
     """Open and decode an image, refusing images over ``max_pixels`` before decoding.
 
     ``source`` may be a path, ``"-"`` for standard input, or a binary file object. For a
     multi-frame image the limit applies to width × height × frames (only one frame when
     ``frame`` is given), checked from the headers before any frame is decoded; the first frame
-    (or ``frame``) is loaded.
+    (or ``frame``) is loaded. ``before_decode`` is called with the first frame's pixel count
+    and the encoded file's size in bytes once the headers passed every check, just before
+    that frame is decoded.
 
     Raises
     ------
@@ -139,6 +142,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
             check_png_chunks(image.fp, label)
         with pixel_limit(max_pixels, label):
             _check_size(image, label, max_pixels, frame)
+            if before_decode is not None:
+                before_decode(image.width * image.height, _encoded_size(image))
             image.load()
     except InputError:
         image.close()
@@ -149,6 +154,16 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
             raise as_memory_error(exc) from None
         raise InputError(f"{label}: corrupt or truncated image ({first_line(exc)})") from None
     return image
+
+
+def _encoded_size(image: Image.Image) -> int:
+    """Bytes of the opened image's file (its handle is seekable: see :func:`open_image`)."""
+    handle = image.fp
+    here = handle.tell()
+    try:
+        return handle.seek(0, os.SEEK_END)
+    finally:
+        handle.seek(here)
 
 
 def check_png_chunks(handle: BinaryIO, label: str) -> None:

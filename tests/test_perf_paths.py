@@ -151,6 +151,71 @@ def test_no_scikit_learn_when_a_palette_is_given():
     assert not {m for m in loaded if m.split(".")[0] in ("sklearn", "scipy")}
 
 
+
+DECODE_WATCH = """
+import sys, threading
+from PIL import ImageFile
+seen = []
+load = ImageFile.ImageFile.load
+def watched(self):
+    seen.append(sorted(t.name for t in threading.enumerate()))
+    return load(self)
+ImageFile.ImageFile.load = watched
+if sys.argv[3] == "first":
+    import sklearn.cluster
+import colorquant
+colorquant.quantize_file(sys.argv[1], sys.argv[2], k=16)
+print("import-thread" if any("colorquant-import" in names for names in seen) else "none")
+print(" ".join(m for m in sys.modules if m.split(".")[0] == "sklearn")[:40])
+"""
+
+
+def _decode_watch(src, dst, order: str) -> tuple[str, bool]:
+    out = subprocess.run([sys.executable, "-c", DECODE_WATCH, str(src), str(dst), order],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLORQUANT_WORKER": "0"})
+    lines = out.stdout.splitlines()
+    return lines[0], bool(lines[1:] and lines[1].strip())
+
+
+def test_a_large_photo_is_decoded_while_scikit_learn_imports(tmp_path):
+    """From 4 MP on, a photo's decode runs beside the import of scikit-learn (a thread
+    started just before it), and the file is the same as when the import came first."""
+    src = tmp_path / "photo.png"
+    Image.fromarray(photo_like(2048, 2048, seed=4)).save(src, compress_level=1)
+    assert os.path.getsize(src) >= 2048 * 2048 / 16
+    ahead, loaded = _decode_watch(src, tmp_path / "ahead.png", "ahead")
+    first, _ = _decode_watch(src, tmp_path / "first.png", "first")
+    assert (ahead, loaded, first) == ("import-thread", True, "none")
+    assert (tmp_path / "ahead.png").read_bytes() == (tmp_path / "first.png").read_bytes()
+
+
+def test_no_import_ahead_for_a_small_or_flat_image(tmp_path):
+    """A small photo, or a large image whose file is tiny for its pixels (a flat drawing,
+    here of 4 colors: no fit at k=16), starts no import; the flat one loads no scikit-learn
+    at all."""
+    small = tmp_path / "small.png"
+    Image.fromarray(photo_like(1024, 2048, seed=5)).save(small, compress_level=1)
+    flat = tmp_path / "flat.png"
+    colors = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [9, 9, 9]], dtype=np.uint8)
+    Image.fromarray(colors[(np.arange(2048)[:, None] // 64 + np.arange(2048) // 64) % 4]
+                    ).save(flat)
+    assert os.path.getsize(flat) < 2048 * 2048 / 16
+    assert _decode_watch(small, tmp_path / "o1.png", "ahead") == ("none", True)
+    assert _decode_watch(flat, tmp_path / "o2.png", "ahead") == ("none", False)
+
+
+def test_no_import_ahead_under_an_address_space_limit():
+    """Under ``ulimit -v`` scikit-learn is loaded before any pixels, never on a thread."""
+    code = ("import resource, sys, threading\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 44, resource.RLIM_INFINITY))\n"
+            "from colorquant import memory\n"
+            "memory.import_fit_backend_ahead(1 << 26, 1 << 26)\n"
+            "print(threading.active_count(), 'sklearn.cluster' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["1", "False"]
+
 def test_help_and_version_import_no_heavy_module():
     for flag in ("--help", "--version"):
         loaded = _modules_after(
