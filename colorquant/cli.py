@@ -165,7 +165,7 @@ def _keep_option(ctx: click.Context, param: click.Parameter, values: tuple[str, 
               help="Also write the original and quantized images side by side.")
 @click.option("--compress-level", type=click.IntRange(0, 12), default=None, metavar="0-12",
               help="PNG deflate level (libdeflate): 0 fastest, 12 smallest.  [default: 10, "
-                   "11 for flat graphics, 8 above 4 megapixels]")
+                   "11 for flat graphics, 7 or 8 above 4 megapixels]")
 @click.option("-O", "--optimize", type=click.IntRange(0, MAX_OPTIMIZE), default=0,
               show_default=True, metavar="LEVEL",
               help="Spend more time for a smaller PNG with the same pixels: 1 strongest "

@@ -143,6 +143,15 @@ def test_the_default_level_follows_the_documented_rule():
         big, palette[:4], level=8)
     assert encode.png_bytes(big, palette[:4], level=8) != encode.png_bytes(
         big, palette[:4], level=11)
+    # above it, LAZY_COLORS colors or more on data that are not flat: level 7
+    wide = np.repeat(rng.integers(0, 256, (1001, 2000), dtype=np.uint8), 2, axis=0)[:2001]
+    # (each row twice: repeats, so that levels 7 and 8 differ)
+    for data, colors, level in [(wide, 256, 7), (wide % 128, 128, 8),
+                                (_stripes(2001, 2000, 256), 256, 8)]:
+        assert encode.auto_level(encode.scanlines(data), data.size, colors) == level
+        assert encode.png_bytes(data, palette[:colors], level=None) == encode.png_bytes(
+            data, palette[:colors], level=level)
+    assert encode.png_bytes(wide, palette, level=7) != encode.png_bytes(wide, palette, level=8)
 
 
 def test_optimize_steps_down_above_the_effort_size():
