@@ -157,13 +157,19 @@ def open_image(source: str | os.PathLike[str] | BinaryIO, *, max_pixels: int,
 
 
 def _encoded_size(image: Image.Image) -> int:
-    """Bytes of the opened image's file (its handle is seekable: see :func:`open_image`)."""
-    handle = image.fp
-    here = handle.tell()
+    """Bytes of the opened image's file (:func:`open_image` makes every handle seekable), or
+    0 when its reader holds none (some read their first frame while opening)."""
+    handle = getattr(image, "fp", None)
+    if handle is None:
+        return 0
     try:
-        return handle.seek(0, os.SEEK_END)
-    finally:
-        handle.seek(here)
+        here = handle.tell()
+        try:
+            return int(handle.seek(0, os.SEEK_END))
+        finally:
+            handle.seek(here)
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def check_png_chunks(handle: BinaryIO, label: str) -> None:
