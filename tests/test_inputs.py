@@ -278,7 +278,6 @@ def test_exif_orientation_is_applied_and_dropped(tmp_path):
     assert (np.abs(top - (255, 0, 0)) < 40).all()  # the left band is now on top
 
 
-
 def open_files() -> set[str]:
     """The files this process has open (targets of /proc/self/fd)."""
     found = set()
@@ -319,6 +318,7 @@ def test_a_still_frame_is_kept_without_a_copy_only_when_its_file_is_done(tmp_pat
     assert str(src) not in open_files() - before
     with Image.open(dst) as out:
         assert out.size == ((12, 20) if turned else (20, 12))
+
 
 def _srgb_bytes() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

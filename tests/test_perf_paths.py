@@ -151,7 +151,6 @@ def test_no_scikit_learn_when_a_palette_is_given():
     assert not {m for m in loaded if m.split(".")[0] in ("sklearn", "scipy")}
 
 
-
 DECODE_WATCH = """
 import sys, threading
 from PIL import ImageFile
@@ -215,6 +214,7 @@ def test_no_import_ahead_under_an_address_space_limit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["1", "False"]
+
 
 def test_help_and_version_import_no_heavy_module():
     for flag in ("--help", "--version"):
