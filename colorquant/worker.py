@@ -24,7 +24,8 @@ import struct
 import sys
 import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from . import launch
 
@@ -368,13 +369,11 @@ class Worker:
             theirs.close()
             return
         if pid == 0:
-            code = 1
-            try:
+            def run() -> int:
                 ours.close()
-                self._close_in_child()
-                code = _spare(theirs)
-            finally:
-                os._exit(code)
+                return _spare(theirs)
+
+            self._become_child(run)
         theirs.close()
         self.spare = _Spare(pid, ours)
 
@@ -420,12 +419,7 @@ class Worker:
                 conn.close()
                 return
             if pid == 0:
-                code = 1
-                try:
-                    self._close_in_child()
-                    code = _child(conn, request, fds)
-                finally:
-                    os._exit(code)
+                self._become_child(lambda: _child(conn, request, fds))
         finally:
             if pid != 0:
                 for fd in fds:
@@ -443,6 +437,17 @@ class Worker:
             pass  # the client is gone: the child reads no "S" and ends
         # not read here: what the client sends is the child's ("S"), and the child sees
         # the client go itself (:func:`_watch_client`)
+
+    def _become_child(self, body: Callable[[], int]) -> NoReturn:
+        """In a child just forked: let go of the worker's descriptors (:meth:`_close_in_child`)
+        and run ``body``; the process ends with its code (1 if anything raised), never
+        returning to the worker's loop."""
+        code = 1
+        try:
+            self._close_in_child()
+            code = body()
+        finally:
+            os._exit(code)
 
     def _close_in_child(self) -> None:
         """In a child just forked (for a call or as the spare): let go of the worker's
