@@ -129,11 +129,15 @@ def import_fit_backend_ahead(pixels: int, size: int) -> None:
 
 
 def _import_fit_backend() -> None:
-    """Import scikit-learn's clustering and threadpoolctl, any failure left to the next
-    import of them."""
+    """:func:`_import_backend`, any failure left to the next import of those modules."""
     with contextlib.suppress(Exception):
-        import sklearn.cluster  # noqa: F401
-        import threadpoolctl  # noqa: F401
+        _import_backend()
+
+
+def _import_backend() -> None:
+    """Import what the fit runs on: scikit-learn's clustering and threadpoolctl."""
+    import sklearn.cluster  # noqa: F401
+    import threadpoolctl  # noqa: F401
 
 
 def load_fit_backend() -> None:
@@ -157,8 +161,7 @@ def load_fit_backend() -> None:
                           "address space") from None
     try:
         with _quiet_fd2():
-            import sklearn.cluster  # noqa: F401
-            import threadpoolctl  # noqa: F401
+            _import_backend()
     except (ImportError, OSError, MemoryError) as exc:
         raise MemoryError(f"cannot load scikit-learn ({str(exc).strip() or type(exc).__name__})"
                           ) from None
