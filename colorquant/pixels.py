@@ -196,10 +196,7 @@ def lookup(keys: np.ndarray | Iterable[np.ndarray], hist: Histogram, labels: np.
         n = hist.n_pixels
     out = np.empty(n, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.uint8)
-    table = None
-    if hist.channels == 3 and n >= TABLE_FROM:
-        table = np.zeros(1 << 24, dtype=np.uint8)
-        table[hist.keys] = labels
+    table = _label_table(hist, labels) if hist.channels == 3 and n >= TABLE_FROM else None
     start = 0
     for chunk in _chunks(keys):
         stop = start + len(chunk)
@@ -224,8 +221,7 @@ def image_lookup(image: Image.Image, hist: Histogram, labels: np.ndarray, *,
     if len(ranges) == 1:
         return lookup(key_strips(image), hist, labels, n_pixels=width * height)
     out = np.empty(width * height, dtype=np.uint8)
-    table = np.zeros(1 << 24, dtype=np.uint8)
-    table[hist.keys] = np.asarray(labels, dtype=np.uint8)
+    table = _label_table(hist, labels)
 
     def fill(top: int, stop: int) -> int:
         start = top * width
@@ -238,6 +234,13 @@ def image_lookup(image: Image.Image, hist: Histogram, labels: np.ndarray, *,
     if ends != [stop * width for _, stop in ranges]:
         raise ValueError("pixel keys do not match the image's size")
     return out
+
+
+def _label_table(hist: Histogram, labels: np.ndarray) -> np.ndarray:
+    """The label of every RGB key (16 MB; 0 for colors not in ``hist``)."""
+    table = np.zeros(1 << 24, dtype=np.uint8)
+    table[hist.keys] = np.asarray(labels, dtype=np.uint8)
+    return table
 
 
 def merge(histograms: list[Histogram]) -> Histogram:
