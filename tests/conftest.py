@@ -137,6 +137,21 @@ def worker_pids(runtime: Path, spares: bool = False) -> list[int]:
     return found
 
 
+def workers(runtime: Path) -> list[int]:
+    """The workers under ``runtime`` themselves: :func:`worker_pids` without the processes a
+    worker forked (a call's child finishing, or a spare not yet renamed), which come and go
+    on their own; a second worker started beside the first is still counted."""
+    found = worker_pids(runtime, spares=True)
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def is_spare(pid: int) -> bool:
     """Whether ``pid`` is a worker's spare child, waiting for a call (its name says so)."""
     try:

@@ -21,7 +21,14 @@ import pytest
 from PIL import Image
 
 from colorquant import fit, launch, worker
-from tests.conftest import COMMAND, is_spare, random_image, stop_workers, worker_pids
+from tests.conftest import (
+    COMMAND,
+    is_spare,
+    random_image,
+    stop_workers,
+    worker_pids,
+    workers,
+)
 
 TIMEOUT = 300
 #: These tests choose how each call runs (conftest runs the others in both modes).
@@ -309,9 +316,9 @@ def test_many_first_calls_start_one_worker(rt, tmp_path):
         p.communicate(timeout=TIMEOUT)
         assert p.returncode == 0
     assert all(c.startswith("local ") for c in rt.calls())
-    assert len(worker_pids(rt.root)) == 1
+    assert len(workers(rt.root)) == 1
     wait_for(lambda: rt.run("--worker-status").returncode == 0, "the worker started")
-    assert len(worker_pids(rt.root)) == 1
+    assert len(workers(rt.root)) == 1
 
 
 # --- the spare child ----------------------------------------------------------------------

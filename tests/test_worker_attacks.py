@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_worker
-from tests.conftest import COMMAND, random_image, worker_pids
+from tests.conftest import COMMAND, random_image, worker_pids, workers
 from tests.test_worker import (
     TIMEOUT,
     Runtime,
@@ -228,14 +228,14 @@ def test_a_seccomp_filter_runs_in_process_and_starts_no_worker(rt, tmp_path):
     helper.write_text(SECCOMP)
     rt.start()
     rt.calls()
-    before = worker_pids(rt.root)
+    before = workers(rt.root)
     proc = subprocess.run([PYTHON, str(helper), str(COMMAND), str(src), "-k", "8", "-o",
                            str(tmp_path / "o.png")], env=rt.env, capture_output=True,
                           timeout=TIMEOUT, check=False)
     assert (proc.returncode, proc.stderr) == (0, b"")
     (call,) = rt.calls()
     assert call.startswith("local ") and "seccomp" in call, call
-    assert worker_pids(rt.root) == before
+    assert workers(rt.root) == before
 
 
 def test_a_cpu_time_limit_runs_in_process(rt, tmp_path):
@@ -608,7 +608,7 @@ def test_a_worker_out_of_descriptors_survives(rt, tmp_path, slow_image):
     start = subprocess.run([str(COMMAND), "--worker-start"], env=rt.env, capture_output=True,
                            timeout=TIMEOUT, preexec_fn=limit, check=False)
     assert start.returncode == 0, start.stderr
-    (pid,) = worker_pids(rt.root)
+    (pid,) = workers(rt.root)
     expected = [rt.run(s, "-k", "8", "-o", "-", env=off(rt), preexec_fn=limit).stdout
                 for s in srcs]
     rt.calls()
@@ -628,7 +628,7 @@ def test_a_worker_out_of_descriptors_survives(rt, tmp_path, slow_image):
     calls = rt.calls()
     assert len(calls) == 7 and "worker" in calls, calls  # the held call among them
     assert any(c.startswith("local ") for c in calls), calls  # the limit was reached
-    assert worker_pids(rt.root) == [pid]
+    assert workers(rt.root) == [pid]
     proc = rt.run(srcs[0], "-k", "8", "-o", "-", preexec_fn=limit)
     assert (proc.returncode, proc.stdout) == (0, expected[0])
     assert rt.calls() == ["worker"]
