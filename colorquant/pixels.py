@@ -29,6 +29,21 @@ TABLE_FROM = 1 << 15
 #: each (the histogram does not: ``np.add.at`` holds the GIL, measured).
 PARALLEL_FROM = 1 << 22
 
+#: The compiled counting loops (:mod:`colorquant.pixelkernel`) once :func:`load_kernel` ran.
+_KERNEL: Any = None
+
+
+def load_kernel() -> None:
+    """Count dense RGB histograms with compiled loops in this process and its forks: about
+    2.5 times as fast as ``numpy.add.at`` at 24 MP, same result. For processes that load
+    numba anyway (the warm worker); importing numba for one histogram would cost more."""
+    global _KERNEL
+    if _KERNEL is None:
+        from . import pixelkernel
+
+        pixelkernel.warm()
+        _KERNEL = pixelkernel
+
 
 @dataclass(frozen=True, eq=False)
 class Histogram:
@@ -161,8 +176,14 @@ def histogram(keys: np.ndarray | Iterable[np.ndarray], channels: int, *,
         # One counter per possible RGB color; np.add.at into 4-byte counters is several times
         # faster than summing per-band bincounts, and never needs a second 2**24 table.
         table = np.zeros(1 << 24, dtype=np.uint32 if (n or 0) < 1 << 32 else np.uint64)
+        compiled = _KERNEL is not None and table.dtype == np.uint32
         for chunk in _chunks(keys):
-            np.add.at(table, chunk & RGB_MASK, table.dtype.type(1))  # same dtype: fast path
+            if compiled and chunk.dtype == np.uint32:
+                _KERNEL.count_rgb(chunk, table)
+            else:
+                np.add.at(table, chunk & RGB_MASK, table.dtype.type(1))  # same dtype: fast
+        if compiled:
+            return Histogram(*_KERNEL.distinct_counts(table), channels)
         distinct = np.flatnonzero(table)
         return Histogram(distinct.astype(np.uint32), table[distinct].astype(np.int64), channels)
     parts = [np.unique(canonical(chunk, channels), return_counts=True) for chunk in _chunks(keys)]

@@ -52,10 +52,11 @@ def _preload() -> str | None:
             importlib.import_module(name)
         from PIL import Image
 
-        from . import ditherkernel, executors, fit
+        from . import ditherkernel, executors, fit, pixels
 
         Image.init()  # the plugins, as the first Image.open of a call would load them
         fit.load_kernel()  # numba and the compiled loops, loaded once for every child
+        pixels.load_kernel()
         ditherkernel.warm()
         executors.count_cores_once()  # no child runs lscpu for scikit-learn
         _warm_calls()

@@ -53,6 +53,33 @@ def test_dense_and_sorting_paths_agree(monkeypatch):
     assert np.array_equal(pixels.lookup(keys, dense_hist, labels), sorted_map)
 
 
+def test_compiled_dense_histogram_counts_like_a_plain_loop(monkeypatch):
+    """With the worker's compiled loops loaded, the dense histogram of a skewed photo-like
+    image (a few colors with most pixels, a long tail, padding bytes that differ) gives the
+    counts of a plain dictionary loop over the pixels, in strips of uneven length."""
+    monkeypatch.setattr(pixels, "_KERNEL", pixels._KERNEL)  # unloaded again after the test
+    pixels.load_kernel()
+    assert pixels._KERNEL is not None
+    monkeypatch.setattr(pixels, "DENSE_FROM", 1)
+    monkeypatch.setattr(pixels, "STRIP", 10_007)
+    rng = np.random.default_rng(5)
+    common = rng.integers(0, 256, (12, 3), dtype=np.uint8)
+    array = rng.integers(0, 256, (211, 157, 3), dtype=np.uint8)
+    pick = rng.random((211, 157)) < 0.8
+    array[pick] = common[rng.integers(0, 12, int(pick.sum()))]
+    keys = _keys(array) | (rng.integers(0, 256, 211 * 157, dtype=np.uint32) << np.uint32(24))
+    hist = pixels.histogram(keys, 3)
+    found: dict[tuple[int, ...], int] = {}
+    for color in array.reshape(-1, 3).tolist():
+        found[tuple(color)] = found.get(tuple(color), 0) + 1
+    assert hist.keys.dtype == np.uint32 and hist.counts.dtype == np.int64
+    assert dict(zip(map(tuple, hist.colors.tolist()), hist.counts.tolist(), strict=True)) == found
+    assert np.all(np.diff(hist.keys.astype(np.int64)) > 0)
+    monkeypatch.setattr(pixels, "_KERNEL", None)  # and numpy's path agrees
+    plain = pixels.histogram(keys, 3)
+    assert np.array_equal(plain.keys, hist.keys) and np.array_equal(plain.counts, hist.counts)
+
+
 def test_lookup_maps_each_pixel_to_its_color_label():
     rng = np.random.default_rng(2)
     array = rng.integers(0, 4, (20, 30, 3), dtype=np.uint8)
