@@ -361,10 +361,11 @@ def local_executor(jobs: int | None, plan: Sequence[Job], *, fitting: bool = Tru
         count = 1
     preload = ["colorquant.batch", "sklearn.cluster"] if fitting else ["colorquant.batch"]
     if fitting and len(plan) >= KERNEL_FILES_PER_PROCESS * count:
-        from . import fit
+        from . import fit, pixels
 
         if colors > fit.FAST_COLORS:
             fit.load_kernel()  # here, before the pool forks: each inherits it
+            pixels.load_kernel()  # numba is loaded now: the compiled histogram costs nothing
     return ProcessPool(count, preload=preload)
 
 

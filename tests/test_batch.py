@@ -570,13 +570,15 @@ def test_a_killed_worker_fails_the_batch_cleanly(tmp_path, china):
     (16, 2, 100, True), (15, 2, 100, False), (16, 2, 64, False), (8, 1, 256, True)])
 def test_only_large_batches_above_64_colors_load_the_compiled_fit(monkeypatch, files, jobs,
                                                                   colors, loaded):
-    from colorquant import executors, fit
+    from colorquant import executors, fit, pixels
     from colorquant.plan import Job
 
     monkeypatch.setattr(fit, "_KERNEL", None)
+    monkeypatch.setattr(pixels, "_KERNEL", None)  # the compiled histogram comes with it
     plan = [Job(f"in{i}.png", f"out{i}.png", "png") for i in range(files)]
     executors.local_executor(jobs, plan, colors=colors)
     assert (fit._KERNEL is not None) is loaded
+    assert (pixels._KERNEL is not None) is loaded
 
 
 def test_a_large_batch_above_64_colors_equals_single_calls(tmp_path):
