@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,7 +59,7 @@ class Runtime:
         """A warm worker for this environment; its pid."""
         proc = self.run("--worker-start")
         assert proc.returncode == 0, proc.stderr
-        (pid,) = worker_pids(self.root)
+        (pid,) = workers(self.root)
         return pid
 
     def calls(self) -> list[str]:
@@ -143,6 +144,30 @@ def gone(pid: int) -> bool:
 
 def off(rt: Runtime) -> dict[str, str]:
     return {**rt.env, "COLORQUANT_WORKER": "0"}
+
+
+def test_a_megapixel_photo_through_the_worker_is_the_in_process_output(rt, tmp_path):
+    """Above :data:`pixels.DENSE_FROM` pixels the worker counts the histogram with its
+    compiled loops and the in-process call with ``numpy.add.at``: the same bytes at both fit
+    routes (k <= 64 and k > 64)."""
+    from colorquant import pixels
+
+    height, width = 1000, 1100
+    assert height * width >= pixels.DENSE_FROM
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(7).integers(-12, 13, (height, width, 3))
+    array = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)],
+                     axis=-1) + noise
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB").save(src)
+    rt.start()
+    rt.calls()
+    for k in ("16", "100"):
+        local = rt.run(src, "-k", k, "-o", "-", env=off(rt))
+        served = rt.run(src, "-k", k, "-o", "-")
+        assert local.returncode == 0 and served.returncode == 0, served.stderr
+        assert served.stdout == local.stdout
+    assert rt.calls() == ["local off", "worker"] * 2
 
 
 # --- the client path ----------------------------------------------------------------------
