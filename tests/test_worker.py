@@ -368,6 +368,38 @@ def test_the_next_call_runs_in_the_spare_child(rt, tmp_path, slow_image):
     assert spare_of(pid) != spare
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace holds the child at its exit")
+def test_the_next_spare_is_forked_when_the_call_reports_not_when_its_child_exits(rt, tmp_path):
+    """A call's child that was the spare tells the worker when its call is over (its status
+    sent to the client), then exits; tearing down a large call's memory takes a while, and
+    in a ``for`` loop the next call comes meanwhile. So the worker forks the next spare at
+    the report: here strace holds the child 20 s at its ``exit_group``, and the new spare
+    is there (and the call has returned) while the old child still has not exited."""
+    (src,) = images(tmp_path / "src", 1)
+    expected = rt.run(src, "-k", "8", "-o", "-", env=off(rt)).stdout
+    pid = rt.start()
+    spare = spare_of(pid)
+    tracer = subprocess.Popen(["strace", "-qq", "-o", os.devnull, "-e", "trace=exit_group",
+                               "-e", "inject=exit_group:delay_enter=20000000", "-p", str(spare)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        status = Path(f"/proc/{spare}/status")
+        wait_for(lambda: b"TracerPid:\t0\n" not in status.read_bytes(), "strace to attach")
+        rt.calls()
+        proc = rt.run(src, "-k", "8", "-o", "-")
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+        assert rt.calls() == ["worker"]
+        found: list[int] = []
+        wait_for(lambda: gone(spare) or found.extend(
+            p for p in children(pid, spares=True) if p != spare and is_spare(p)) or found,
+            "a new spare, or the old child's exit")
+        assert found and not gone(spare), "the next spare waited for the child's exit"
+    finally:
+        tracer.kill()
+        tracer.wait(timeout=TIMEOUT)
+    wait_for(lambda: gone(spare), "the held child to exit once released")
+
+
 def test_a_killed_spare_is_replaced_after_the_next_call(rt, tmp_path):
     """A spare that ends before its call (killed) costs nothing: the next call forks its own
     child, as with no spare, and after it the worker forks a new spare."""
@@ -404,9 +436,10 @@ def test_the_spare_ends_with_its_worker(rt, how):
 def test_a_spare_takes_its_calls_heap_faults_ahead():
     """After :func:`worker._prefault`, the heap blocks a call allocates and writes (here
     16 MB, in 1 MB blocks) cost no page faults; in a child forked without it, they do (one
-    per 4 KB page written, at least half of them). Measured in children of a fresh
-    single-threaded interpreter, as the worker is (the test process's own heap, after a
-    thousand tests on helper threads, is not a worker's)."""
+    per 4 KB page written, at least half of them), and so they do after a prefault that a
+    waiting call stopped at once. Measured in children of a fresh single-threaded
+    interpreter, as the worker is (the test process's own heap, after a thousand tests on
+    helper threads, is not a worker's)."""
     code = """
 import ctypes, os, resource, sys
 from colorquant import worker
@@ -418,8 +451,10 @@ def faults(prefault):
         code = 1
         try:
             os.close(read_end)
-            if prefault:
+            if prefault == "whole":
                 worker._prefault()
+            elif prefault == "stopped":
+                worker._prefault(lambda: True)  # a call is waiting already
             libc = ctypes.CDLL(None)
             libc.malloc.restype = ctypes.c_void_p
             libc.malloc.argtypes = [ctypes.c_size_t]
@@ -441,15 +476,16 @@ def faults(prefault):
     assert os.waitpid(pid, 0)[1] == 0
     return taken
 
-print(faults(False), faults(True))
+print(faults(None), faults("whole"), faults("stopped"))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, proc.stderr
-    without, after = map(int, proc.stdout.split())
+    without, after, stopped = map(int, proc.stdout.split())
     pages = 16 * (1 << 20) // 4096
     assert without >= pages // 2
     assert after < pages // 20
+    assert stopped >= pages // 2
 
 
 # --- dead, stale and refused workers ------------------------------------------------------
