@@ -432,7 +432,7 @@ def _fit_points(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
                 points, weights, k, random, SEEDINGS_SMALL if k <= RESTART_COLORS else SEEDINGS,
                 by=by),
             random_state=random, batch_size=min(4096, len(points)), max_iter=MINIBATCH_EPOCHS,
-            reassignment_ratio=0.0,
+            reassignment_ratio=0.0, compute_labels=False,  # only the centers are used
         ).fit(points, sample_weight=weights)
         if restarts == 1:  # nothing to rank: the exact passes that follow do the polishing
             return mini.cluster_centers_
@@ -544,8 +544,8 @@ def _fast_start(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> n
             sample, sample_w = points[chosen], weights[chosen]
     mini = MiniBatchKMeans(n_clusters=k, init=best_seeding(sample, sample_w, k, random),
                            random_state=random, n_init=1, batch_size=min(4096, len(sample)),
-                           max_iter=3,
-                           reassignment_ratio=0.0).fit(sample, sample_weight=sample_w)
+                           max_iter=3, reassignment_ratio=0.0,
+                           compute_labels=False).fit(sample, sample_weight=sample_w)
     return mini.cluster_centers_
 
 
