@@ -644,7 +644,9 @@ def _spare(sock: socket.socket) -> int:
     for num in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(num, signal.SIG_DFL)
     name = _name(SPARE_NAME)
-    _prefault(lambda: bool(select.select([sock], [], [], 0)[0]))  # until a call is waiting
+    poller = select.poll()  # (select() would fail on a descriptor above 1023)
+    poller.register(sock, select.POLLIN)
+    _prefault(lambda: bool(poller.poll(0)))  # until a call is waiting
     try:
         data, fds, flags, _ = socket.recv_fds(sock, 1 << 20, 5)
     except OSError:
