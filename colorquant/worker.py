@@ -114,10 +114,11 @@ class Worker:
         self.started = time.time()
         self.calls = 0
         self.children: dict[int, socket.socket] = {}
-        # a call's child that ran in the spare says when its call is over (:func:`_report`),
-        # before it exits: the next spare is forked then, while it tears its memory down
+        # the children whose call still runs; one that ran in the spare says when its call
+        # is over (:func:`_report`, on its socket in ``reporting``), before it exits: the
+        # next spare is forked then, while it tears its memory down; others when reaped
+        self.working: set[int] = set()
         self.reporting: dict[int, socket.socket] = {}
-        self.finished: set[int] = set()
         self.spare: _Spare | None = None
         self.spare_failed = False  # one ended before its call: fork the next after a call
         self.pending: set[_Pending] = set()
@@ -181,7 +182,7 @@ class Worker:
         while True:
             self._reap()
             if (self.spare is None and not self.spare_failed and not self.stopping
-                    and self.finished >= self.children.keys()):
+                    and not self.working):
                 self._fork_spare()  # between calls: a call's own time is not taken
             now = time.monotonic()
             if self.children:
@@ -209,9 +210,7 @@ class Worker:
                     elif isinstance(key.data, _Pending):
                         self._advance(key.data)
                     elif isinstance(key.data, int):  # a call's child has reported
-                        self._forget_report(key.data)
-                        if key.data in self.children:
-                            self.finished.add(key.data)
+                        self._call_over(key.data)
                 except Exception:  # one connection's failure never ends the loop
                     if isinstance(key.data, _Pending):
                         self._drop(key.data)
@@ -417,8 +416,10 @@ class Worker:
             spare.sock.close()  # the next spare is then forked once the child has exited
         return spare.pid
 
-    def _forget_report(self, pid: int) -> None:
-        """Stop listening for the report of child ``pid``."""
+    def _call_over(self, pid: int) -> None:
+        """The call of child ``pid`` is over (it reported, or it was reaped): no longer
+        working, and its report no longer listened for."""
+        self.working.discard(pid)
         sock = self.reporting.pop(pid, None)
         if sock is not None:
             with contextlib.suppress(KeyError, ValueError):
@@ -448,6 +449,7 @@ class Worker:
         self.calls += 1
         self.last_call = time.monotonic()
         self.children[pid] = conn
+        self.working.add(pid)
         try:
             # from here, not from the child: the client learns the pid as soon as it exists,
             # however long the child waits for a CPU on a busy machine
@@ -501,8 +503,7 @@ class Worker:
                 self.spare, self.spare_failed = None, True
                 continue
             conn = self.children.pop(pid, None)
-            self._forget_report(pid)
-            self.finished.discard(pid)
+            self._call_over(pid)
             if conn is None:
                 continue
             self.spare_failed = False
