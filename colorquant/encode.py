@@ -57,9 +57,13 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
         palette = _palette(images[0], has_alpha, n_colors)
         metadata = Metadata() if save.strip else Metadata(frames.icc_profile, frames.dpi)
-        handle.write(optimized(np.asarray(images[0]), palette, level=save.compress_level,
-                               optimize=save.optimize, metadata=metadata,
-                               keep_order=keep_order))
+        if save.optimize == 0:  # the indices read out of the image a band at a time
+            handle.write(image_png(images[0], palette, level=save.compress_level,
+                                   metadata=metadata))
+        else:
+            handle.write(optimized(np.asarray(images[0]), palette, level=save.compress_level,
+                                   optimize=save.optimize, metadata=metadata,
+                                   keep_order=keep_order))
         return
     params: dict[str, object] = dict(save_params(fmt, compress_level=save.compress_level,
                                                  optimize=save.optimize))
@@ -230,6 +234,8 @@ NONE, SUB, UP, AVERAGE, PAETH = range(5)
 FILTERS = (NONE, SUB, UP, AVERAGE, PAETH)
 #: Largest IDAT chunk written: the deflated stream is cut in pieces of this size.
 IDAT_SIZE = 1 << 20
+#: Pixels of the bands in which :func:`image_scanlines` reads a quantized image's indices.
+BAND_PIXELS = 1 << 20
 
 
 def bit_depth(n_colors: int) -> int:
@@ -294,12 +300,6 @@ def filter_rows(rows: np.ndarray, kind: int) -> np.ndarray:
     return (out & 0xFF).astype(np.uint8)
 
 
-def chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: length, type, data, CRC of type and data."""
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
-
-
 def trns(palette: np.ndarray) -> bytes:
     """The tRNS alpha values: up to the last entry that is not opaque (readers take missing
     entries as opaque), empty when every entry is opaque or the palette has no alpha."""
@@ -327,7 +327,7 @@ LAZY_COLORS = 192
 FLAT_SAMPLE = 1 << 20
 
 
-def auto_level(data: bytes, pixels: int, colors: int = 256) -> int:
+def auto_level(data: bytes | memoryview, pixels: int, colors: int = 256) -> int:
     """The libdeflate level used when ``--compress-level`` is not given, from the image's
     size, its palette's ``colors`` and a quick level-1 pass over its data: up to
     :data:`EFFORT_PIXELS`, 10 (the first near-optimal parsing level, several percent smaller
@@ -346,7 +346,7 @@ def _flat(data: bytes | memoryview) -> bool:
     return len(data) >= FLAT_RATIO * len(compress(data, 1))
 
 
-def _sample(data: bytes, size: int, slices: int = 16) -> bytes | memoryview:
+def _sample(data: bytes | memoryview, size: int, slices: int = 16) -> bytes | memoryview:
     """About ``size`` bytes of ``data`` in ``slices`` evenly spaced slices (all of it when
     it is not longer)."""
     if len(data) <= size:
@@ -368,17 +368,42 @@ def compress(data: bytes | bytearray | memoryview, level: int) -> bytes:
     libdeflate's output depends only on the data, the level and its version (pinned by the
     wheel), never on threads or the machine, so outputs stay byte-identical.
     """
+    return bytes(_zlib(data, level))
+
+
+def _zlib(data: bytes | bytearray | memoryview, level: int) -> bytearray:
+    """:func:`compress`, as the bytearray libdeflate's binding returns (not copied)."""
     import deflate
 
-    return bytes(deflate.zlib_compress(data, deflate_level(level)))
+    return deflate.zlib_compress(data, deflate_level(level))
 
 
 def scanlines(rows: np.ndarray, kind: int = NONE) -> bytes:
     """The filtered image data: each packed row prefixed by its filter type byte."""
+    return _scanline_array(rows, kind).tobytes()
+
+
+def _scanline_array(rows: np.ndarray, kind: int = NONE) -> np.ndarray:
+    """:func:`scanlines` as a (H, row bytes + 1) array, not copied into a bytes object."""
     out = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = kind
     out[:, 1:] = filter_rows(rows, kind) if kind != NONE else rows
-    return out.tobytes()
+    return out
+
+
+def image_scanlines(image: Image.Image, bits: int) -> np.ndarray:
+    """The unfiltered scanlines of a ``"P"`` image at ``bits`` per index, as
+    :func:`_scanline_array` of :func:`pack_rows` gives them, its indices read out of Pillow
+    in bands of about :data:`BAND_PIXELS` pixels: no whole copy of the indices is made
+    beside the scanlines (24 MB at 24 MP)."""
+    width, height = image.size
+    out = np.zeros((height, -(-width * bits // 8) + 1), dtype=np.uint8)  # filter type 0
+    step = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        band = image.crop((0, top, width, min(height, top + step)))
+        indices = np.frombuffer(band.tobytes(), dtype=np.uint8).reshape(band.height, width)
+        out[top : top + band.height, 1:] = pack_rows(indices, bits)
+    return out
 
 
 @dataclass(frozen=True)
@@ -401,31 +426,69 @@ def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int | None,
     that is not opaque.
     """
     indices = np.asarray(indices, dtype=np.uint8)
-    palette = np.asarray(palette, dtype=np.uint8)
+    palette, bits = _png_palette(palette, bits)
     height, width = indices.shape
+    data = _deflated(_scanline_array(pack_rows(indices, bits), row_filter), indices.size,
+                     len(palette), level)
+    return bytes(_png_file(data, width, height, bits, palette, metadata))
+
+
+def image_png(image: Image.Image, palette: np.ndarray, *, level: int | None,
+              metadata: Metadata = Metadata()) -> bytearray:
+    """:func:`png_bytes` of a ``"P"`` image's indices (filter type 0, the fewest bits), the
+    same bytes, in less memory: the scanlines come from :func:`image_scanlines`, and the
+    file is not copied into a bytes object."""
+    palette, bits = _png_palette(palette, None)
+    width, height = image.size
+    data = _deflated(image_scanlines(image, bits), width * height, len(palette), level)
+    return _png_file(data, width, height, bits, palette, metadata)
+
+
+def _png_palette(palette: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
+    """The palette as uint8, checked, and the bits per index (the fewest by default)."""
+    palette = np.asarray(palette, dtype=np.uint8)
     if not 1 <= len(palette) <= 256 or palette.ndim != 2 or palette.shape[1] not in (3, 4):
         raise ValueError(f"palette must be (1–256, 3|4) uint8, got shape {palette.shape}")
     bits = bits or bit_depth(len(palette))
     if len(palette) > 1 << bits:
         raise ValueError(f"{len(palette)} palette entries do not fit in {bits} bits")
-    parts = [PNG_SIGNATURE,
-             chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, 3, 0, 0, 0))]
+    return palette, bits
+
+
+def _deflated(scan: np.ndarray, pixels: int, colors: int, level: int | None) -> bytearray:
+    """The zlib stream of scanlines ``scan`` (:func:`_scanline_array`) at ``level`` (None:
+    :func:`auto_level`), read in place."""
+    data = memoryview(scan.reshape(-1))
+    return _zlib(data, auto_level(data, pixels, colors) if level is None else level)
+
+
+def _png_file(data: bytearray, width: int, height: int, bits: int, palette: np.ndarray,
+              metadata: Metadata) -> bytearray:
+    """The chunks of the PNG around the zlib stream ``data``, in one buffer (the IDAT pieces
+    are not copied out of ``data`` first)."""
+    out = bytearray(PNG_SIGNATURE)
+
+    def add(kind: bytes, body: bytes | memoryview) -> None:  # length, type, body, CRC
+        out.extend(struct.pack(">I", len(body)))
+        out.extend(kind)
+        out.extend(body)
+        out.extend(struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
+
+    add(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, 3, 0, 0, 0))
     if metadata.icc_profile:
-        parts.append(chunk(b"iCCP", b"ICC Profile\x00\x00"
-                           + zlib.compress(metadata.icc_profile, 9)))
-    parts.append(chunk(b"PLTE", palette[:, :3].tobytes()))
+        add(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(metadata.icc_profile, 9))
+    add(b"PLTE", palette[:, :3].tobytes())
     alpha = trns(palette)
     if alpha:
-        parts.append(chunk(b"tRNS", alpha))
+        add(b"tRNS", alpha)
     if metadata.dpi:
         per_metre = (int(metadata.dpi[0] / 0.0254 + 0.5), int(metadata.dpi[1] / 0.0254 + 0.5))
-        parts.append(chunk(b"pHYs", struct.pack(">IIB", *per_metre, 1)))
-    rows = scanlines(pack_rows(indices, bits), row_filter)
-    data = compress(rows, auto_level(rows, indices.size, len(palette)) if level is None
-                    else level)
-    parts += [chunk(b"IDAT", data[i:i + IDAT_SIZE]) for i in range(0, len(data), IDAT_SIZE)]
-    parts.append(chunk(b"IEND", b""))
-    return b"".join(parts)
+        add(b"pHYs", struct.pack(">IIB", *per_metre, 1))
+    view = memoryview(data)
+    for i in range(0, len(data), IDAT_SIZE):
+        add(b"IDAT", view[i : i + IDAT_SIZE])
+    add(b"IEND", b"")
+    return out
 
 
 def optimize_deflate(pixels: int) -> int:

@@ -478,3 +478,42 @@ def test_optimized_webp_has_the_same_pixels_and_bytes_each_run(tmp_path, small_p
         assert done.returncode == 0 and done.stderr == b""
     assert outs[1].read_bytes() == outs[2].read_bytes()
     assert np.array_equal(_decoded(outs[0].read_bytes()), _decoded(outs[1].read_bytes()))
+
+
+@pytest.mark.parametrize("n_colors", [2, 3, 16, 17, 256])
+@pytest.mark.parametrize("band", [1, 37, 1 << 20])
+def test_a_png_read_from_the_image_in_bands_is_the_png_of_its_indices(monkeypatch, n_colors,
+                                                                       band):
+    """``image_png`` (the default writer: the indices read out of Pillow in bands) gives the
+    bytes of ``png_bytes`` on the whole index array, for bands of a row or less, several
+    rows, and the whole image, with a width that leaves packed rows part-filled."""
+    monkeypatch.setattr(encode, "BAND_PIXELS", band)
+    indices, palette = _case(23, 29, n_colors, seed=n_colors, alpha=n_colors % 2 == 1)
+    image = Image.fromarray(indices, "P")
+    metadata = encode.Metadata(icc_profile=b"profile" * 9, dpi=(72.0, 96.0))
+    for level in (None, 1, 10):
+        expected = encode.png_bytes(indices, palette, level=level, metadata=metadata)
+        found = encode.image_png(image, palette, level=level, metadata=metadata)
+        assert bytes(found) == expected
+    assert reference_decode(bytes(found))[0] == indices.tolist()
+
+
+def test_a_png_of_several_idat_chunks_decodes(monkeypatch):
+    """The deflated stream cut in pieces of ``IDAT_SIZE`` (here 1,000 bytes): in order, each
+    in a chunk of its own with its CRC, all full but the last."""
+    monkeypatch.setattr(encode, "IDAT_SIZE", 1000)
+    indices, palette = _case(60, 70, 256, seed=5, alpha=False)
+    stream = encode.compress(encode.scanlines(encode.pack_rows(indices, 8)), 1)
+    for data in (encode.png_bytes(indices, palette, level=1),
+                 bytes(encode.image_png(Image.fromarray(indices, "P"), palette, level=1))):
+        found, _, names = reference_decode(data)
+        assert found == indices.tolist()
+        pieces, pos = [], 8
+        while pos < len(data):
+            (length,) = struct.unpack(">I", data[pos:pos + 4])
+            if data[pos + 4:pos + 8] == b"IDAT":
+                pieces.append(data[pos + 8:pos + 8 + length])
+            pos += 12 + length
+        assert len(stream) > 3000 and b"".join(pieces) == stream
+        assert [len(p) for p in pieces[:-1]] == [1000] * (len(pieces) - 1)
+        assert 0 < len(pieces[-1]) <= 1000 and names.count("IDAT") == len(pieces)
