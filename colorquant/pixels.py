@@ -28,6 +28,9 @@ TABLE_FROM = 1 << 15
 #: From this many pixels on, an RGB image's lookup runs in row ranges side by side, a thread
 #: each (the histogram does not: ``np.add.at`` holds the GIL, measured).
 PARALLEL_FROM = 1 << 22
+#: Pixels a step of each thread of that lookup: its band, the band's bytes and their masked
+#: keys are 12 bytes a pixel, a thread, beside the whole result.
+LOOKUP_STRIP = 1 << 18
 
 #: The compiled counting loops (:mod:`colorquant.pixelkernel`) once :func:`load_kernel` ran.
 _KERNEL: Any = None
@@ -246,7 +249,8 @@ def image_lookup(image: Image.Image, hist: Histogram, labels: np.ndarray, *,
 
     def fill(top: int, stop: int) -> int:
         start = top * width
-        for chunk in key_strips(image, top=top, stop=stop):
+        for chunk in key_strips(image, max(1, LOOKUP_STRIP // max(width, 1)), top=top,
+                                stop=stop):
             np.take(table, chunk & RGB_MASK, out=out[start : start + len(chunk)])
             start += len(chunk)
         return start

@@ -109,9 +109,11 @@ def _reference_lookup(array: np.ndarray, labels_of: dict[tuple[int, ...], int]) 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 def test_image_lookup_in_row_ranges_is_the_plain_lookup(monkeypatch, threads, mode):
-    """Side by side in row ranges (uneven ones: 53 rows), every pixel gets its color's label,
-    checked against a plain loop; RGBA keeps the one-range route."""
+    """Side by side in row ranges (uneven ones: 53 rows), each read in strips of 2 rows (an
+    odd one at a range's end), every pixel gets its color's label, checked against a plain
+    loop; RGBA keeps the one-range route."""
     monkeypatch.setattr(pixels, "PARALLEL_FROM", 1000)
+    monkeypatch.setattr(pixels, "LOOKUP_STRIP", 100)
     rng = np.random.default_rng(threads)
     colors = rng.integers(0, 256, (40, len(mode)), dtype=np.uint8)
     array = colors[rng.integers(0, len(colors), (53, 37))]
