@@ -251,7 +251,7 @@ def map_threads() -> int:
 def _rows(prepared: Prepared, band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:
     """(first row, rows) of each band of at most about ``band_pixels`` pixels."""
     width, height = prepared.image.size
-    step = max(1, band_pixels // max(width, 1))
+    step = pixels.band_rows(width, band_pixels)
     return [(top, min(height, top + step) - top) for top in range(0, height, step)]
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import formats
 from .options import MAX_OPTIMIZE, SaveOptions
+from .pixels import band_rows, bands
 
 if TYPE_CHECKING:
     from .frames import Frames
@@ -398,11 +399,11 @@ def image_scanlines(image: Image.Image, bits: int) -> np.ndarray:
     beside the scanlines (24 MB at 24 MP)."""
     width, height = image.size
     out = np.zeros((height, -(-width * bits // 8) + 1), dtype=np.uint8)  # filter type 0
-    step = max(1, BAND_PIXELS // max(width, 1))
-    for top in range(0, height, step):
-        band = image.crop((0, top, width, min(height, top + step)))
+    top = 0
+    for band in bands(image, band_rows(width, BAND_PIXELS)):
         indices = np.frombuffer(band.tobytes(), dtype=np.uint8).reshape(band.height, width)
         out[top : top + band.height, 1:] = pack_rows(indices, bits)
+        top += band.height
     return out
 
 

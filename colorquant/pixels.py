@@ -105,20 +105,29 @@ def pack(colors: np.ndarray) -> np.ndarray:
     return padded.view("<u4").reshape(-1).astype(np.uint32)
 
 
+def band_rows(width: int, pixels: int) -> int:
+    """Rows of a band of about ``pixels`` pixels of an image ``width`` wide (at least one)."""
+    return max(1, pixels // max(width, 1))
+
+
+def bands(image: Image.Image, rows: int, *, top: int = 0,
+          stop: int | None = None) -> Iterator[Image.Image]:
+    """The image's rows ``top`` to ``stop`` (default all), ``rows`` at a time, each band
+    copied out of Pillow's buffer on its own, so the whole image is never held twice."""
+    width, height = image.size
+    stop = height if stop is None else stop
+    for first in range(top, stop, rows):
+        yield image.crop((0, first, width, min(stop, first + rows)))
+
+
 def key_strips(image: Image.Image, rows: int | None = None, *, top: int = 0,
                stop: int | None = None) -> Iterator[np.ndarray]:
     """Raw uint32 keys of a Pillow RGB/RGBA image (rows ``top`` to ``stop``, default all), a
-    band of rows at a time.
-
-    Each band is copied out of Pillow's buffer on its own, so the whole image is never held
-    twice; a band holds about :data:`STRIP` pixels unless ``rows`` says otherwise.
+    band of rows at a time (:func:`bands`): about :data:`STRIP` pixels unless ``rows`` says
+    otherwise.
     """
-    width, height = image.size
-    stop = height if stop is None else stop
     raw = "RGBX" if image.mode == "RGB" else "RGBA"
-    step = rows or max(1, STRIP // max(width, 1))
-    for first in range(top, stop, step):
-        band = image.crop((0, first, width, min(stop, first + step)))
+    for band in bands(image, rows or band_rows(image.width, STRIP), top=top, stop=stop):
         yield pixel_keys(band.tobytes("raw", raw))
 
 
@@ -249,8 +258,7 @@ def image_lookup(image: Image.Image, hist: Histogram, labels: np.ndarray, *,
 
     def fill(top: int, stop: int) -> int:
         start = top * width
-        for chunk in key_strips(image, max(1, LOOKUP_STRIP // max(width, 1)), top=top,
-                                stop=stop):
+        for chunk in key_strips(image, band_rows(width, LOOKUP_STRIP), top=top, stop=stop):
             np.take(table, chunk & RGB_MASK, out=out[start : start + len(chunk)])
             start += len(chunk)
         return start
