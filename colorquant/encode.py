@@ -58,13 +58,9 @@ def write(handle: BinaryIO, images: list[Image.Image], fmt: str, frames: Frames,
     if fmt == "PNG" and len(images) == 1 and images[0].mode == "P":
         palette = _palette(images[0], has_alpha, n_colors)
         metadata = Metadata() if save.strip else Metadata(frames.icc_profile, frames.dpi)
-        if save.optimize == 0:  # the indices read out of the image a band at a time
-            handle.write(image_png(images[0], palette, level=save.compress_level,
-                                   metadata=metadata))
-        else:
-            handle.write(optimized(np.asarray(images[0]), palette, level=save.compress_level,
-                                   optimize=save.optimize, metadata=metadata,
-                                   keep_order=keep_order))
+        handle.write(optimized(images[0], palette, level=save.compress_level,
+                               optimize=save.optimize, metadata=metadata,
+                               keep_order=keep_order))
         return
     params: dict[str, object] = dict(save_params(fmt, compress_level=save.compress_level,
                                                  optimize=save.optimize))
@@ -435,11 +431,11 @@ def png_bytes(indices: np.ndarray, palette: np.ndarray, *, level: int | None,
 
 
 def image_png(image: Image.Image, palette: np.ndarray, *, level: int | None,
-              metadata: Metadata = Metadata()) -> bytearray:
-    """:func:`png_bytes` of a ``"P"`` image's indices (filter type 0, the fewest bits), the
-    same bytes, in less memory: the scanlines come from :func:`image_scanlines`, and the
-    file is not copied into a bytes object."""
-    palette, bits = _png_palette(palette, None)
+              bits: int | None = None, metadata: Metadata = Metadata()) -> bytearray:
+    """:func:`png_bytes` of a ``"P"`` image's indices (filter type 0), the same bytes, in
+    less memory: the scanlines come from :func:`image_scanlines`, and the file is not copied
+    into a bytes object."""
+    palette, bits = _png_palette(palette, bits)
     width, height = image.size
     data = _deflated(image_scanlines(image, bits), width * height, len(palette), level)
     return _png_file(data, width, height, bits, palette, metadata)
@@ -517,10 +513,11 @@ def oxipng_missing() -> bool:
     return importlib.util.find_spec("oxipng") is None
 
 
-def optimized(indices: np.ndarray, palette: np.ndarray, *, level: int | None, optimize: int,
-              metadata: Metadata = Metadata(), keep_order: bool = False) -> bytes:
-    """The smallest PNG of these indices found at an ``--optimize`` level; every candidate
-    decodes to the same pixels.
+def optimized(image: Image.Image, palette: np.ndarray, *, level: int | None, optimize: int,
+              metadata: Metadata = Metadata(), keep_order: bool = False) -> bytes | bytearray:
+    """The smallest PNG of a ``"P"`` image's indices found at an ``--optimize`` level; every
+    candidate decodes to the same pixels, and each reads the indices out of the image in
+    bands (:func:`image_png`).
 
     0: the default encoder at ``level`` (None: :func:`auto_level`). 1: libdeflate at
     :func:`optimize_deflate`, with the rows both packed (at 16 colors or fewer) and one byte
@@ -533,17 +530,18 @@ def optimized(indices: np.ndarray, palette: np.ndarray, *, level: int | None, op
     if not 0 <= optimize <= MAX_OPTIMIZE:
         raise ValueError(f"optimize must be from 0 to {MAX_OPTIMIZE}, got {optimize!r}")
     if optimize == 0:
-        return png_bytes(indices, palette, level=level, metadata=metadata)
-    strongest = optimize_deflate(indices.size)
-    best = png_bytes(indices, palette, level=strongest, metadata=metadata)
+        return image_png(image, palette, level=level, metadata=metadata)
+    size = image.width * image.height
+    strongest = optimize_deflate(size)
+    best = image_png(image, palette, level=strongest, metadata=metadata)
     if bit_depth(len(palette)) < 8:
-        wide = png_bytes(indices, palette, level=strongest, bits=8, metadata=metadata)
+        wide = image_png(image, palette, level=strongest, bits=8, metadata=metadata)
         best = wide if len(wide) < len(best) else best
-    if runs_oxipng(optimize, indices.size):
+    if runs_oxipng(optimize, size):
         import oxipng
 
         found = oxipng.optimize_from_memory(
-            best, level=2, fast_evaluation=False, palette_reduction=not keep_order,
+            bytes(best), level=2, fast_evaluation=False, palette_reduction=not keep_order,
             color_type_reduction=not keep_order, grayscale_reduction=not keep_order,
             deflate=oxipng.Deflaters.libdeflater(strongest))
         best = found if len(found) < len(best) else best

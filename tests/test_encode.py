@@ -160,9 +160,10 @@ def test_optimize_steps_down_above_the_effort_size():
     packed = encode.png_bytes(big, palette, level=10)
     wide = encode.png_bytes(big, palette, level=10, bits=8)
     smaller = min(packed, wide, key=len)
-    assert encode.optimized(big, palette, level=None, optimize=1) == smaller
+    image = Image.fromarray(big, "P")
+    assert encode.optimized(image, palette, level=None, optimize=1) == smaller
     # no oxipng above the effort size: level 2 is level 1 there (pyoxipng need not exist)
-    assert encode.optimized(big, palette, level=None, optimize=2) == smaller
+    assert encode.optimized(image, palette, level=None, optimize=2) == smaller
 
 
 def test_compress_level_takes_libdeflate_levels_and_names_a_bad_one(flower, tmp_path):
@@ -484,16 +485,17 @@ def test_optimized_webp_has_the_same_pixels_and_bytes_each_run(tmp_path, small_p
 @pytest.mark.parametrize("band", [1, 37, 1 << 20])
 def test_a_png_read_from_the_image_in_bands_is_the_png_of_its_indices(monkeypatch, n_colors,
                                                                        band):
-    """``image_png`` (the default writer: the indices read out of Pillow in bands) gives the
+    """``image_png`` (the file writer: the indices read out of Pillow in bands) gives the
     bytes of ``png_bytes`` on the whole index array, for bands of a row or less, several
-    rows, and the whole image, with a width that leaves packed rows part-filled."""
+    rows, and the whole image, with a width that leaves packed rows part-filled, at the
+    fewest bits and at 8 (``--optimize``'s wide rows)."""
     monkeypatch.setattr(encode, "BAND_PIXELS", band)
     indices, palette = _case(23, 29, n_colors, seed=n_colors, alpha=n_colors % 2 == 1)
     image = Image.fromarray(indices, "P")
     metadata = encode.Metadata(icc_profile=b"profile" * 9, dpi=(72.0, 96.0))
-    for level in (None, 1, 10):
-        expected = encode.png_bytes(indices, palette, level=level, metadata=metadata)
-        found = encode.image_png(image, palette, level=level, metadata=metadata)
+    for level, bits in ((None, None), (1, None), (10, None), (10, 8)):
+        expected = encode.png_bytes(indices, palette, level=level, bits=bits, metadata=metadata)
+        found = encode.image_png(image, palette, level=level, bits=bits, metadata=metadata)
         assert bytes(found) == expected
     assert reference_decode(bytes(found))[0] == indices.tolist()
 
